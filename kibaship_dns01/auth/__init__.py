@@ -1,0 +1,1 @@
+"""Delegated authentication and authorization (SPEC §5)."""

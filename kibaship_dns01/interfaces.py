@@ -1,0 +1,112 @@
+"""The zope.interface seams of the daemon.
+
+Each step of the request flow (authenticate -> authorize -> decode -> resolve
+project -> build event -> publish -> respond) that talks to the outside world
+sits behind one of these, so tests substitute the verified fakes in
+``kibaship_dns01.testing`` and the fakes cannot drift from the real thing
+(``verifyObject`` checks both).
+"""
+from zope.interface import Attribute, Interface
+
+
+class ISolver(Interface):
+    """What cert-manager's two actions do (SPEC §2)."""
+
+    def present(request):
+        """Handle a ``Present`` :class:`~kibaship_dns01.challenge.ChallengeRequest`.
+
+        :return: a Deferred firing ``None`` on success, or failing with
+            :class:`~kibaship_dns01.challenge.SolverError` whose message is shown
+            to the user.  Any other failure is reported as an internal error.
+        """
+
+    def cleanUp(request):
+        """Handle a ``CleanUp`` request; same contract as :meth:`present`."""
+
+
+class IKubernetesClient(Interface):
+    """Non-blocking access to the Kubernetes API server (JSON over HTTPS).
+
+    Paths are absolute API paths such as ``/api/v1/namespaces/x/secrets/y``.
+    Failures are the typed exceptions of ``kibaship_dns01.kube.errors``.
+    """
+
+    def get(path, params=None):
+        """GET one object. :return: Deferred firing the decoded JSON object."""
+
+    def list(path, params=None):
+        """LIST a collection, following ``continue`` tokens.
+
+        :return: Deferred firing a List object whose ``items`` hold every page
+            and whose ``metadata.resourceVersion`` is that of the first page.
+        """
+
+    def watch(path, resourceVersion, onEvent, params=None):
+        """WATCH a collection from ``resourceVersion``.
+
+        ``onEvent(type, object)`` is called for every event line (including
+        ``BOOKMARK`` and ``ERROR``).
+
+        :return: a cancellable Deferred firing ``None`` when the server ends
+            the stream.
+        """
+
+    def post(path, body):
+        """POST ``body`` (a dict). :return: Deferred firing the decoded response."""
+
+
+class IStreamPublisher(Interface):
+    """Appends events to a project's stream on a Valkey cluster (SPEC §7, §9)."""
+
+    def append(target, projectUUID, fields, idempotencyKey):
+        """Append ``fields`` to ``{project:<projectUUID>}:events`` exactly once.
+
+        ``target`` says which cluster and how to reach it.  A second call with
+        the same ``idempotencyKey`` within the idempotency window appends
+        nothing and returns the first entry's id.
+
+        :return: Deferred firing the stream entry id (``str``).
+        """
+
+    def check(target):
+        """A cheap health check of ``target``. :return: Deferred firing ``None``."""
+
+
+class IAuthenticator(Interface):
+    """Who is calling (SPEC §5, delegated authentication)."""
+
+    def authenticate(request):
+        """Identify the caller of a ``twisted.web`` request.
+
+        :return: Deferred firing a :class:`~kibaship_dns01.auth.types.UserInfo`;
+            a credential that was presented but fails verification fails the
+            Deferred with :class:`~kibaship_dns01.auth.types.Unauthenticated`.
+        """
+
+
+class IAuthorizer(Interface):
+    """May the caller do this (SPEC §5, delegated authorization)."""
+
+    def authorize(attributes):
+        """Decide on :class:`~kibaship_dns01.auth.types.RequestAttributes`.
+
+        :return: Deferred firing a :class:`~kibaship_dns01.auth.types.Decision`.
+            Never allows on error.
+        """
+
+
+class IProjectResolver(Interface):
+    """Turns a challenge request into the Kibaship project behind it (SPEC §6)."""
+
+    def resolve(request, defaultProjectUUID=None):
+        """:return: Deferred firing a ``ProjectContext``; fails with
+        ``ResolutionError`` whose message tells the operator what to fix."""
+
+
+class IReadiness(Interface):
+    """Something ``/readyz`` waits for (serving cert, auth ConfigMap, caches)."""
+
+    name = Attribute("Short name shown in /readyz?verbose output.")
+
+    def isReady():
+        """:return: ``True`` once loaded and current."""

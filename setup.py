@@ -1,0 +1,39 @@
+"""Packaging for kibaship-dns01.
+
+The ``twisted/plugins`` dropin is shipped as part of the ``twisted.plugins``
+namespace so ``twistd kibaship-dns01`` works from any directory after
+``pip install .``.  Editable installs must use ``editable_mode=compat`` (see
+README): PEP 660's import hooks hide the dropin directory from Twisted's
+plugin scanner, which walks ``sys.path`` entries on disk.
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="kibaship-dns01",
+    version="0.1.0",
+    description="cert-manager DNS01 webhook that asks Kibaship users to add TXT records",
+    python_requires=">=3.10",
+    packages=find_packages(exclude=["tests", "tests.*", "bench"]) + ["twisted.plugins"],
+    install_requires=[
+        "Twisted[tls]>=24.3,<27",
+        "treq>=23.11,<27",
+        "pyOpenSSL>=24.0,<27",
+        "service-identity>=24.1,<27",
+        "cryptography>=42,<51",
+        "txredisapi>=1.4.10,<2",
+        "kubernetes>=29,<38",
+        "zope.interface>=6,<9",
+        "attrs>=23.1,<27",
+        "prometheus_client>=0.20,<1",
+    ],
+    extras_require={
+        "test": [
+            "pytest>=8,<10",
+            "hypothesis>=6.100,<7",
+            "jsonschema>=4.20,<5",
+            "kubernetes-validate>=1.30,<2",
+            "PyYAML>=6,<7",
+        ],
+    },
+    zip_safe=False,
+)
