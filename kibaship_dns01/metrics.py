@@ -1,0 +1,69 @@
+"""Prometheus collectors for the whole daemon (SPEC §10).
+
+All collectors live in one module-level registry so every module counts into
+the same place and ``/metrics`` serves them together.  Tests read values with
+``REGISTRY.get_sample_value(name, labels)``; counters only ever grow, so tests
+compare before/after rather than absolute values.
+"""
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+# --- HTTP / solver ---------------------------------------------------------
+HTTP_REQUESTS = Counter(
+    "kibaship_dns01_http_requests_total", "HTTP requests served, by path class and status code.",
+    ["route", "code"], registry=REGISTRY)
+SOLVER_REQUESTS = Counter(
+    "kibaship_dns01_solver_requests_total",
+    "Present/CleanUp requests, by action and outcome (success, failure, dry_run, unresolved).",
+    ["action", "outcome"], registry=REGISTRY)
+SOLVER_LATENCY = Histogram(
+    "kibaship_dns01_solver_duration_seconds", "Time to answer a Present/CleanUp, by action.",
+    ["action"], buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+RESOLUTION_FAILURES = Counter(
+    "kibaship_dns01_resolution_failures_total",
+    "Challenges whose project could not be resolved, by reason.",
+    ["reason"], registry=REGISTRY)
+
+# --- auth ------------------------------------------------------------------
+AUTHN_DECISIONS = Counter(
+    "kibaship_dns01_authentication_total",
+    "Authentication results, by method (front_proxy, client_cert, token, anonymous) and result.",
+    ["method", "result"], registry=REGISTRY)
+AUTHZ_DECISIONS = Counter(
+    "kibaship_dns01_authorization_total",
+    "Authorization decisions, by decision (allow, deny, error) and source (masters, health, cache, sar).",
+    ["decision", "source"], registry=REGISTRY)
+API_REQUESTS = Counter(
+    "kibaship_dns01_kube_api_requests_total",
+    "Requests made to the Kubernetes API server, by verb and result code.",
+    ["verb", "code"], registry=REGISTRY)
+
+# --- Valkey ----------------------------------------------------------------
+VALKEY_APPENDS = Counter(
+    "kibaship_dns01_valkey_appends_total",
+    "Idempotent stream appends, by result (appended, duplicate, failed).",
+    ["result"], registry=REGISTRY)
+VALKEY_REDIRECTS = Counter(
+    "kibaship_dns01_valkey_redirects_total", "Cluster redirections followed, by kind (moved, ask).",
+    ["kind"], registry=REGISTRY)
+VALKEY_RETRIES = Counter(
+    "kibaship_dns01_valkey_retries_total",
+    "Command retries, by cause (tryagain, clusterdown, connection, noscript, auth).",
+    ["cause"], registry=REGISTRY)
+VALKEY_ERRORS = Counter(
+    "kibaship_dns01_valkey_errors_total", "Valkey operations that failed for good, by kind.",
+    ["kind"], registry=REGISTRY)
+VALKEY_LATENCY = Histogram(
+    "kibaship_dns01_valkey_append_duration_seconds", "Time for one idempotent append.",
+    buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+
+# --- caches ----------------------------------------------------------------
+CACHE_OBJECTS = Gauge(
+    "kibaship_dns01_cache_objects", "Objects held by a watch-backed cache, by cache name.",
+    ["cache"], registry=REGISTRY)
+READY = Gauge(
+    "kibaship_dns01_ready", "1 when a readiness condition holds, by condition.",
+    ["condition"], registry=REGISTRY)
