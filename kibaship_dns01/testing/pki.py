@@ -124,3 +124,24 @@ def serverPair(ca, names=("localhost", "127.0.0.1"), **kw):
 def clientPair(ca, cn, orgs=(), **kw):
     """A client certificate: user ``cn`` in groups ``orgs``."""
     return issue(ca, cn, orgs=orgs, client=True, **kw)
+
+
+def writeServingPair(directory, names=("localhost", "127.0.0.1")):
+    """Write ``ca.crt``, ``tls.crt`` and ``tls.key`` into ``directory`` (local runs)."""
+    import os
+
+    os.makedirs(directory, exist_ok=True)
+    ca = makeCA("kibaship-dns01-local-ca")
+    pair = serverPair(ca, names)
+    pair.writeTo(os.path.join(directory, "tls.crt"), os.path.join(directory, "tls.key"))
+    with open(os.path.join(directory, "ca.crt"), "wb") as f:
+        f.write(ca.certPEM)
+    return ca, pair
+
+
+if __name__ == "__main__":
+    import sys
+
+    target = sys.argv[1] if len(sys.argv) > 1 else "./local-certs"
+    writeServingPair(target)
+    print(f"wrote {target}/ca.crt, {target}/tls.crt, {target}/tls.key")

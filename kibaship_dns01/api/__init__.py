@@ -1,0 +1,1 @@
+"""The aggregated-API surface served over TLS (SPEC §2–§4)."""

@@ -1,0 +1,254 @@
+"""The HTTP side of the aggregated API: one request, one direction of flow.
+
+authenticate -> authorize -> route -> (solver POST: limit, decode, solve,
+encode) -> respond.  Routing happens after authorization, as in
+``k8s.io/apiserver``, so an unauthenticated caller learns nothing about paths.
+Every error is a Kubernetes ``Status`` (SPEC §4).
+"""
+import time
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from twisted.web import server
+from twisted.web.resource import Resource
+
+from kibaship_dns01 import metrics
+from kibaship_dns01.api import discovery
+from kibaship_dns01.api.payload import BadPayload, decodeChallengeRequest, encodeResponse
+from kibaship_dns01.api.status import writeJSON, writeStatus
+from kibaship_dns01.auth.types import ANONYMOUS_USER, RequestAttributes, Unauthenticated
+from kibaship_dns01.challenge import PRESENT, SolverError
+
+log = Logger()
+
+HEALTH_PATHS = ("/healthz", "/livez", "/readyz")
+DEFAULT_MAX_BODY = 1024 * 1024
+SOLVER_TIMEOUT = 50.0  # cert-manager gives up after 60 s
+
+
+class BoundedRequest(server.Request):
+    """A request that stops buffering its body past the site's limit.
+
+    Twisted reads the whole body before ``render``; without this a client
+    could make us buffer any amount.  Bytes past the limit are discarded and
+    the request is answered 413 without parsing.
+    """
+
+    tooLarge = False
+    user = None
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.started = time.monotonic()
+
+    def gotLength(self, length):
+        if length is not None and length > self.channel.site.maxBodyBytes:
+            self.tooLarge = True
+            length = 0
+        super().gotLength(length)
+
+    def handleContentChunk(self, data):
+        if self.tooLarge:
+            return
+        if self.content.tell() + len(data) > self.channel.site.maxBodyBytes:
+            self.tooLarge = True
+            self.content.seek(0)
+            self.content.truncate()
+            return
+        super().handleContentChunk(data)
+
+
+def _isJSON(request):
+    ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
+    return ctype == b"application/json"
+
+
+class APIResource(Resource):
+    """The single leaf resource routing every path of the aggregated API."""
+
+    isLeaf = True
+
+    def __init__(self, api, solver, authenticator=None, authorizer=None, readiness=(),
+                 clock=None, solverTimeout=SOLVER_TIMEOUT):
+        super().__init__()
+        self.api = api
+        self.solver = solver
+        self.authenticator = authenticator
+        self.authorizer = authorizer
+        self.readiness = list(readiness)
+        self._clock = clock
+        self._solverTimeout = solverTimeout
+        self._gets = {
+            "/healthz": self._ok, "/livez": self._ok, "/readyz": self._readyz,
+            "/version": lambda r: writeJSON(r, 200, discovery.versionInfo()),
+            "/apis": lambda r: writeJSON(r, 200, discovery.apiGroupList(api)),
+            f"/apis/{api.group}": lambda r: writeJSON(r, 200, discovery.apiGroupDocument(api)),
+            api.versionPath: lambda r: writeJSON(r, 200, discovery.apiResourceList(api)),
+            "/openapi/v2": lambda r: writeJSON(r, 200, discovery.openAPIv2()),
+            "/openapi/v3": lambda r: writeJSON(r, 200, discovery.openAPIv3Discovery(api)),
+            f"/openapi/v3{api.versionPath}": lambda r: writeJSON(
+                r, 200, discovery.openAPIv3Document()),
+        }
+
+    # -- entry ------------------------------------------------------------
+    def render(self, request):
+        d = defer.ensureDeferred(self._handle(request))
+        d.addErrback(self._internalError, request)
+        d.addCallback(self._finish, request)
+        request.notifyFinish().addErrback(lambda _: d.cancel())
+        return server.NOT_DONE_YET
+
+    def _finish(self, body, request):
+        if body is not None and not request.finished and not request._disconnected:
+            request.write(body)
+            request.finish()
+
+    def _internalError(self, failure, request):
+        if failure.check(defer.CancelledError):
+            return None
+        log.failure("unhandled error serving {path}", failure, path=_path(request))
+        return writeStatus(request, 500, "internal error; see the kibaship-dns01 logs")
+
+    async def _handle(self, request):
+        path = _path(request)
+        try:
+            user = await self._authenticate(request)
+        except Unauthenticated as e:
+            return writeStatus(request, 401, e.message)
+        request.user = user
+        refusal = await self._authorize(request, path, user)
+        if refusal is not None:
+            return refusal
+        return await self._route(request, path)
+
+    # -- authn / authz ----------------------------------------------------
+    async def _authenticate(self, request):
+        if self.authenticator is None:
+            return ANONYMOUS_USER
+        return await self.authenticator.authenticate(request)
+
+    def _attributes(self, request, path, user):
+        method = request.method.decode("ascii", "replace")
+        if method == "POST" and path == self.api.solverPath:
+            return RequestAttributes(user=user, verb="create", path=path, resourceRequest=True,
+                                     apiGroup=self.api.group, apiVersion=discovery.VERSION,
+                                     resource=self.api.solver)
+        verb = "get" if method in ("GET", "HEAD") else method.lower()
+        return RequestAttributes(user=user, verb=verb, path=path)
+
+    async def _authorize(self, request, path, user):
+        if self.authorizer is None:
+            return None
+        attributes = self._attributes(request, path, user)
+        decision = await self.authorizer.authorize(attributes)
+        if decision.allowed:
+            return None
+        if decision.error:
+            return writeStatus(request, 503, decision.error, reason="InternalError")
+        return writeStatus(request, 403, decision.reason, reason="Forbidden")
+
+    # -- routing ----------------------------------------------------------
+    async def _route(self, request, path):
+        method = request.method
+        if path == self.api.solverPath:
+            if method != b"POST":
+                return self._notAllowed(request, path, b"POST")
+            return await self._solve(request)
+        handler = self._gets.get(path)
+        if handler is None:
+            return writeStatus(request, 404, f"the server could not find the requested resource "
+                               f"({method.decode('ascii', 'replace')} {path})")
+        if method not in (b"GET", b"HEAD"):
+            return self._notAllowed(request, path, b"GET, HEAD")
+        return handler(request)
+
+    def _notAllowed(self, request, path, allow):
+        request.setHeader(b"allow", allow)
+        return writeStatus(request, 405, f"{request.method.decode('ascii', 'replace')} is not "
+                           f"allowed on {path}; use {allow.decode()}")
+
+    def _ok(self, request):
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        return b"ok"
+
+    def _readyz(self, request):
+        checks = [(c.name, c.isReady()) for c in self.readiness]
+        ready = all(ok for _, ok in checks)
+        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
+        if ready and b"verbose" not in request.args:
+            return b"ok"
+        lines = [f"[{'+' if ok else '-'}]{name} {'ok' if ok else 'failed: not ready'}"
+                 for name, ok in checks]
+        lines.append("readyz check passed" if ready else "readyz check failed")
+        request.setResponseCode(200 if ready else 500)
+        return ("\n".join(lines) + "\n").encode()
+
+    # -- the solver POST --------------------------------------------------
+    async def _solve(self, request):
+        if request.tooLarge:
+            limit = request.channel.site.maxBodyBytes
+            return writeStatus(request, 413, f"request body is larger than the limit of "
+                               f"{limit} bytes; a ChallengePayload is a few kilobytes")
+        if not _isJSON(request):
+            got = (request.getHeader(b"content-type") or b"none").decode("latin-1")
+            return writeStatus(request, 415, f"Content-Type must be application/json, not {got}")
+        try:
+            challenge = decodeChallengeRequest(request.content.read())
+        except BadPayload as e:
+            return writeStatus(request, 400, str(e))
+        message = await self._runSolver(challenge)
+        return writeJSON(request, 201, encodeResponse(challenge, message))
+
+    async def _runSolver(self, challenge):
+        """Run the solver; ``None`` on success, else the message for cert-manager."""
+        call = self.solver.present if challenge.action == PRESENT else self.solver.cleanUp
+        d = defer.maybeDeferred(call, challenge)
+        if self._clock is not None:
+            d.addTimeout(self._solverTimeout, self._clock)
+        try:
+            await d
+        except SolverError as e:
+            return e.message
+        except defer.TimeoutError:
+            return (f"{challenge.action} for {challenge.resolvedFQDN} did not finish within "
+                    f"{self._solverTimeout:g}s; cert-manager will retry")
+        except Exception as e:
+            log.failure("solver failed for {fqdn}", fqdn=challenge.resolvedFQDN)
+            return (f"internal error in kibaship-dns01 while handling {challenge.action} for "
+                    f"{challenge.resolvedFQDN} ({type(e).__name__}); see its logs")
+        return None
+
+
+def _path(request):
+    return request.path.decode("utf-8", "replace")
+
+
+class APISite(server.Site):
+    """A ``Site`` with bounded bodies and one structured log line per request."""
+
+    requestFactory = BoundedRequest
+    noisy = False
+
+    def __init__(self, resource, maxBodyBytes=DEFAULT_MAX_BODY, **kw):
+        super().__init__(resource, **kw)
+        self.maxBodyBytes = maxBodyBytes
+
+    def log(self, request):
+        user = request.user.name if getattr(request, "user", None) else None
+        duration = time.monotonic() - request.started
+        route = _route(request)
+        metrics.HTTP_REQUESTS.labels(route=route, code=str(request.code)).inc()
+        log.info("{method} {path} {code} {duration_ms}ms user={user}",
+                 method=request.method.decode("ascii", "replace"), path=_path(request),
+                 code=request.code, user=user, duration_ms=round(duration * 1000, 1),
+                 client=request.getClientAddress().host if request.getClientAddress() else None,
+                 log_kind="http_request")
+
+
+def _route(request):
+    path = _path(request)
+    if path in HEALTH_PATHS:
+        return path[1:]
+    if path.startswith("/apis"):
+        return "solver" if request.method == b"POST" else "discovery"
+    return "other"

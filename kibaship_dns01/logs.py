@@ -1,0 +1,84 @@
+"""Log observers: one JSON object per line for machines, text for humans.
+
+Events come from ``twisted.logger``; structured fields passed as keyword
+arguments (``challenge_id``, ``fqdn``, ``project_uuid`` ...) become JSON keys,
+so log pipelines can filter on them without parsing messages.
+"""
+import json
+import time
+
+from twisted.logger import (FilteringLogObserver, LogLevel, LogLevelFilterPredicate,
+                            formatEvent, formatEventAsClassicLogText)
+from twisted.logger import ILogObserver
+from zope.interface import implementer
+
+LEVELS = {"debug": LogLevel.debug, "info": LogLevel.info, "warn": LogLevel.warn,
+          "warning": LogLevel.warn, "error": LogLevel.error}
+
+#: keys twisted.logger adds for its own bookkeeping; never copied into JSON
+_INTERNAL = {"log_logger", "log_source", "log_io", "log_trace", "log_legacy", "log_text",
+             "log_flattened", "log_format", "log_level", "log_namespace", "log_time",
+             "log_failure", "log_system", "message", "isError", "format", "system", "time"}
+
+
+def _jsonable(value):
+    if isinstance(value, (str, int, float, bool, type(None))):
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return repr(value)
+
+
+def eventAsJSON(event):
+    """The JSON line for one event (without the newline)."""
+    level = event.get("log_level")
+    out = {
+        "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(event.get("log_time", time.time())))
+        + f".{int((event.get('log_time', 0) % 1) * 1000):03d}Z",
+        "level": level.name if level is not None else "info",
+        "logger": event.get("log_namespace", ""),
+        "msg": formatEvent(event),
+    }
+    failure = event.get("log_failure")
+    if failure is not None:
+        out["error"] = failure.getErrorMessage()
+        out["traceback"] = failure.getTraceback()
+    for key, value in event.items():
+        if key not in _INTERNAL and not key.startswith("_") and key not in out:
+            out[key] = _jsonable(value)
+    return json.dumps(out, separators=(",", ":"))
+
+
+@implementer(ILogObserver)
+class JSONLinesObserver:
+    """Writes :func:`eventAsJSON` lines to a text stream."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def __call__(self, event):
+        self._stream.write(eventAsJSON(event) + "\n")
+        self._stream.flush()
+
+
+@implementer(ILogObserver)
+class TextObserver:
+    """Classic ``twistd``-style text lines with the traceback of failures."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def __call__(self, event):
+        text = formatEventAsClassicLogText(event)
+        if text:
+            self._stream.write(text)
+            self._stream.flush()
+
+
+def buildObserver(stream, fmt="json", level="info"):
+    """An observer writing ``fmt`` (``json`` or ``text``) at ``level`` and above."""
+    inner = JSONLinesObserver(stream) if fmt == "json" else TextObserver(stream)
+    predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])
+    return FilteringLogObserver(inner, [predicate])

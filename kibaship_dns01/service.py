@@ -1,0 +1,151 @@
+"""Wires the daemon's services together into one ``MultiService``.
+
+Children: the TLS site (always), the metrics site (``--metrics-port``), and
+the Kubernetes, authentication, resolution and Valkey services as they are
+configured.  Start order is the order added; stop is the reverse.
+"""
+from prometheus_client.twisted import MetricsResource
+from twisted.application import service
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
+from twisted.logger import ILogObserver, Logger
+from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.components import Componentized
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+from zope.interface import implementer
+
+from kibaship_dns01 import metrics
+from kibaship_dns01.api.discovery import APIIdentity
+from kibaship_dns01.api.site import APIResource, APISite
+from kibaship_dns01.api.tls import ReloadingServerTLS
+from kibaship_dns01.challenge import SolverError
+from kibaship_dns01.interfaces import ISolver
+from kibaship_dns01.logs import buildObserver
+
+log = Logger()
+
+
+@implementer(ISolver)
+class UnconfiguredSolver:
+    """Refuses every challenge with a message saying what is missing.
+
+    Used when no real solver has been wired; the daemon must never pretend a
+    challenge was presented.
+    """
+
+    message = ("kibaship-dns01 has no solver configured (Kubernetes access and the Valkey "
+               "publisher are not set up), so no DNS instructions were sent")
+
+    def present(self, request):
+        raise SolverError(self.message, reason="unconfigured")
+
+    def cleanUp(self, request):
+        raise SolverError(self.message, reason="unconfigured")
+
+
+def _endpoint(reactor, address, port):
+    factory = TCP6ServerEndpoint if ":" in address else TCP4ServerEndpoint
+    return factory(reactor, port, interface=address)
+
+
+class ListeningService(service.Service):
+    """Listens with ``factory`` on an endpoint while running."""
+
+    def __init__(self, endpoint, factory, name):
+        self.endpoint = endpoint
+        self.factory = factory
+        self.setName(name)
+        self.port = None
+
+    def startService(self):
+        super().startService()
+        d = self.endpoint.listen(self.factory)
+        d.addCallback(self._listening)
+        return d
+
+    def _listening(self, port):
+        self.port = port
+        host = port.getHost()
+        log.info("{name} listening on {host}:{port}", name=self.name, host=host.host,
+                 port=host.port)
+
+    def stopService(self):
+        super().stopService()
+        if self.port is not None:
+            port, self.port = self.port, None
+            return port.stopListening()
+
+
+class TLSSiteService(ListeningService):
+    """The aggregated API over TLS, with certificate reloading while running."""
+
+    def __init__(self, endpoint, site, tls):
+        factory = TLSMemoryBIOFactory(tls, False, site)
+        factory.noisy = False
+        super().__init__(endpoint, factory, "https")
+        self.tls = tls
+
+    def startService(self):
+        self.tls.startPolling()
+        return super().startService()
+
+    def stopService(self):
+        self.tls.stopPolling()
+        return super().stopService()
+
+
+class DaemonService(service.MultiService):
+    """The root service; installs the configured log observer under twistd.
+
+    twistd asks the application for an ``ILogObserver`` component before it
+    falls back to its own text log; attaching ours when the service joins the
+    application makes ``--log-format`` apply to everything twistd logs too.
+    """
+
+    logObserver = None
+
+    def setServiceParent(self, parent):
+        if self.logObserver is not None and isinstance(parent, Componentized):
+            parent.setComponent(ILogObserver, self.logObserver)
+        return super().setServiceParent(parent)
+
+
+def buildAPISite(settings, tls, solver, clock, authenticator=None, authorizer=None,
+                 readiness=()):
+    api = APIIdentity(group=settings.groupName, solver=settings.solverName)
+    resource = APIResource(api, solver, authenticator=authenticator, authorizer=authorizer,
+                           readiness=[tls, *readiness], clock=clock)
+    return APISite(resource, maxBodyBytes=settings.maxBodyBytes)
+
+
+class QuietSite(Site):
+    """A plain site without per-request access logs (scrapes every few seconds)."""
+
+    noisy = False
+
+    def log(self, request):
+        pass
+
+
+def buildMetricsService(settings, reactor):
+    root = Resource()
+    root.putChild(b"metrics", MetricsResource(registry=metrics.REGISTRY))
+    site = QuietSite(root)
+    endpoint = _endpoint(reactor, settings.metricsBindAddress, settings.metricsPort)
+    return ListeningService(endpoint, site, "metrics")
+
+
+def buildService(settings, reactor, stdout=None):
+    """The whole daemon for ``settings``."""
+    import sys
+
+    root = DaemonService()
+    root.logObserver = buildObserver(stdout or sys.stdout, settings.logFormat, settings.logLevel)
+    tls = ReloadingServerTLS(settings.tlsCertFile, settings.tlsPrivateKeyFile, reactor)
+    tls.load()
+    site = buildAPISite(settings, tls, UnconfiguredSolver(), reactor)
+    TLSSiteService(_endpoint(reactor, settings.bindAddress, settings.securePort), site,
+                   tls).setServiceParent(root)
+    if settings.metricsPort:
+        buildMetricsService(settings, reactor).setServiceParent(root)
+    return root

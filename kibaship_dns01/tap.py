@@ -1,0 +1,208 @@
+"""``twistd kibaship-dns01`` options and service construction.
+
+Flags follow Kubernetes naming (``--secure-port``, ``--tls-cert-file`` ...).
+Every flag may also come from ``KIBASHIP_DNS01_<FLAG>`` in the environment
+(e.g. ``KIBASHIP_DNS01_SECURE_PORT``); an explicit flag wins.  Values are
+validated here so a typo stops the daemon with a usage error naming the flag,
+instead of a traceback minutes later.
+"""
+import ipaddress
+import os
+import re
+
+import attr
+from twisted.python import usage
+
+from kibaship_dns01.durations import parseDuration
+from kibaship_dns01.logs import LEVELS
+
+ENV_PREFIX = "KIBASHIP_DNS01_"
+_DNS_LABELS = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+#: (flag, default, help); the defaults mirror the Kibaship operator (SPEC §8)
+_PARAMETERS = [
+    ("secure-port", "8443", "HTTPS port of the aggregated API"),
+    ("bind-address", "0.0.0.0", "address the HTTPS server listens on"),
+    ("tls-cert-file", None, "PEM serving certificate (chain); re-read when it changes"),
+    ("tls-private-key-file", None, "PEM private key of the serving certificate"),
+    ("group-name", "dns.kibaship.com", "API group (Issuer solver groupName, APIService group)"),
+    ("solver-name", "kibaship", "solver name (Issuer solverName)"),
+    ("kubeconfig", None, "kubeconfig file; absent means in-cluster configuration"),
+    ("metrics-port", "0", "plain-HTTP port for /metrics; 0 disables it"),
+    ("metrics-bind-address", "0.0.0.0", "address the metrics server listens on"),
+    ("log-format", "json", "json or text"),
+    ("log-level", "info", "debug, info, warn or error"),
+    ("max-body-bytes", "1048576", "largest request body accepted"),
+    ("valkey-namespace", "kibaship-operator", "namespace of the operator's Valkey cluster"),
+    ("valkey-service", "kibaship-valkey-cluster-kibaship-com", "Service name of the Valkey cluster"),
+    ("valkey-port", "6379", "Valkey port"),
+    ("valkey-secret", "kibaship-valkey-cluster-kibaship-com",
+     "Secret (in --valkey-namespace) holding the Valkey password as its only key"),
+    ("valkey-connect-timeout", "5s", "default Valkey connect timeout"),
+    ("valkey-read-timeout", "3s", "default Valkey command timeout"),
+    ("valkey-min-replicas", "0", "default replicas an append must reach (WAIT) before success"),
+    ("idempotency-window", "24h", "how long a retried Present/CleanUp is recognised"),
+]
+
+
+def _envName(flag):
+    return ENV_PREFIX + flag.upper().replace("-", "_")
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class Settings:
+    """The validated daemon settings, as typed values."""
+
+    securePort: int
+    bindAddress: str
+    tlsCertFile: str
+    tlsPrivateKeyFile: str
+    groupName: str
+    solverName: str
+    kubeconfig: object
+    metricsPort: int
+    metricsBindAddress: str
+    dryRun: bool
+    logFormat: str
+    logLevel: str
+    maxBodyBytes: int
+    valkeyNamespace: str
+    valkeyService: str
+    valkeyPort: int
+    valkeySecret: str
+    valkeyConnectTimeout: float
+    valkeyReadTimeout: float
+    valkeyMinReplicas: int
+    idempotencyWindow: float
+
+
+def _port(flag, value, allowZero=False):
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        raise usage.UsageError(f"--{flag}: {value!r} is not a port number")
+    if not (0 if allowZero else 1) <= port <= 65535:
+        raise usage.UsageError(f"--{flag}: {port} is outside 1-65535")
+    return port
+
+
+def _integer(flag, value, minimum=0):
+    try:
+        n = int(value)
+    except (TypeError, ValueError):
+        raise usage.UsageError(f"--{flag}: {value!r} is not an integer")
+    if n < minimum:
+        raise usage.UsageError(f"--{flag}: must be at least {minimum}, got {n}")
+    return n
+
+
+def _duration(flag, value):
+    try:
+        seconds = parseDuration(value)
+    except ValueError as e:
+        raise usage.UsageError(f"--{flag}: {e}")
+    if seconds <= 0:
+        raise usage.UsageError(f"--{flag}: must be greater than zero, got {value!r}")
+    return seconds
+
+
+def _address(flag, value):
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        raise usage.UsageError(f"--{flag}: {value!r} is not an IP address")
+    return value
+
+
+def _dnsName(flag, value):
+    if not value or len(value) > 253 or not _DNS_LABELS.match(value):
+        raise usage.UsageError(f"--{flag}: {value!r} is not a lower-case DNS name")
+    return value
+
+
+def _choice(flag, value, choices):
+    if value not in choices:
+        raise usage.UsageError(f"--{flag}: {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _file(flag, value):
+    if not value:
+        raise usage.UsageError(f"--{flag} is required")
+    if not os.path.isfile(value):
+        raise usage.UsageError(f"--{flag}: {value} does not exist or is not a file")
+    return value
+
+
+def _checkServingPair(settings):
+    """Refuse to start with a serving pair that cannot be served (at start-up only;
+    later rotations that fail keep the previous pair, see ``api.tls``)."""
+    from kibaship_dns01.api.tls import CertificateLoadError, ReloadingServerTLS
+
+    try:
+        ReloadingServerTLS(settings.tlsCertFile, settings.tlsPrivateKeyFile, clock=None).load()
+    except CertificateLoadError as e:
+        raise usage.UsageError(f"--tls-cert-file/--tls-private-key-file: {e}")
+
+
+class Options(usage.Options):
+    """Command-line options of ``twistd kibaship-dns01``."""
+
+    synopsis = "[options]"
+    longdesc = ("cert-manager DNS01 webhook solver for Kibaship: asks the project's users, via "
+                "its Valkey event stream, to add the TXT record. Every flag may also be set with "
+                f"the environment variable {ENV_PREFIX}<FLAG> (e.g. {_envName('secure-port')}).")
+    optFlags = [
+        ["dry-run", None, "resolve and build events, log them, append nothing"],
+    ]
+    optParameters = [[flag, None, default, text] for flag, default, text in _PARAMETERS]
+
+    def __init__(self):
+        super().__init__()
+        # The environment replaces defaults; flags parsed later still override it.
+        for flag, _, _ in _PARAMETERS:
+            if _envName(flag) in os.environ:
+                self[flag] = os.environ[_envName(flag)]
+        if os.environ.get(_envName("dry-run"), "").lower() in ("1", "true", "yes"):
+            self["dry-run"] = 1
+
+    def postOptions(self):
+        self.settings = self._validate()
+        _checkServingPair(self.settings)
+
+    def _validate(self):
+        g = self.get
+        return Settings(
+            securePort=_port("secure-port", g("secure-port")),
+            bindAddress=_address("bind-address", g("bind-address")),
+            tlsCertFile=_file("tls-cert-file", g("tls-cert-file")),
+            tlsPrivateKeyFile=_file("tls-private-key-file", g("tls-private-key-file")),
+            groupName=_dnsName("group-name", g("group-name")),
+            solverName=_dnsName("solver-name", g("solver-name")),
+            kubeconfig=_file("kubeconfig", g("kubeconfig")) if g("kubeconfig") else None,
+            metricsPort=_port("metrics-port", g("metrics-port"), allowZero=True),
+            metricsBindAddress=_address("metrics-bind-address", g("metrics-bind-address")),
+            dryRun=bool(g("dry-run")),
+            logFormat=_choice("log-format", g("log-format"), ("json", "text")),
+            logLevel=_choice("log-level", g("log-level"), tuple(LEVELS)),
+            maxBodyBytes=_integer("max-body-bytes", g("max-body-bytes"), minimum=1024),
+            valkeyNamespace=_dnsName("valkey-namespace", g("valkey-namespace")),
+            valkeyService=_dnsName("valkey-service", g("valkey-service")),
+            valkeyPort=_port("valkey-port", g("valkey-port")),
+            valkeySecret=_dnsName("valkey-secret", g("valkey-secret")),
+            valkeyConnectTimeout=_duration("valkey-connect-timeout", g("valkey-connect-timeout")),
+            valkeyReadTimeout=_duration("valkey-read-timeout", g("valkey-read-timeout")),
+            valkeyMinReplicas=_integer("valkey-min-replicas", g("valkey-min-replicas")),
+            idempotencyWindow=_duration("idempotency-window", g("idempotency-window")),
+        )
+
+
+def makeService(options):
+    """Build the daemon's ``MultiService`` from parsed :class:`Options`."""
+    from twisted.internet import reactor
+
+    from kibaship_dns01.service import buildService
+
+    return buildService(options.settings, reactor)
+
+
