@@ -1,0 +1,229 @@
+"""Realistic cert-manager object chains for tests.
+
+cert-manager (v1.x) creates, for one Certificate:
+
+- a CertificateRequest named ``<certificate>-<revision>``, with the
+  Certificate's labels copied verbatim, its annotations copied plus
+  ``cert-manager.io/certificate-name`` / ``-revision`` /
+  ``private-key-secret-name``, and a controller ownerReference to the
+  Certificate;
+- an Order named ``<request>-<hash>`` with the request's labels *and*
+  annotations, and a controller ownerReference to the request;
+- one Challenge per authorization, named ``<order>-<hash>``, with no labels,
+  the ``finalizer.acme.cert-manager.io`` finalizer and a controller
+  ownerReference to the Order.  A wildcard name ``*.example.com`` becomes a
+  Challenge with ``dnsName: example.com`` and ``wildcard: true``.
+
+:func:`buildChain` builds exactly that (UIDs assigned up front so the
+ownerReferences are right), and :class:`CertificateChain` adds it to a
+:class:`~kibaship_dns01.testing.kubestore.KubeStore` and makes the matching
+:class:`~kibaship_dns01.challenge.ChallengeRequest`.
+"""
+import base64
+import hashlib
+import json
+import struct
+import uuid
+
+import attr
+
+from kibaship_dns01.challenge import PRESENT, ChallengeRequest
+from kibaship_dns01.project import (
+    APPLICATION_LABEL, DOMAIN_LABEL, NAME_ANNOTATION, PROJECT_LABEL, SLUG_LABEL, WORKSPACE_LABEL)
+
+DEFAULT_GROUP = "dns.kibaship.com"
+DEFAULT_SOLVER = "kibaship"
+CLUSTER_ISSUER = {"name": "certmanager-acme-issuer", "kind": "ClusterIssuer",
+                  "group": "cert-manager.io"}
+CERTIFICATE_NAME_ANNOTATION = "cert-manager.io/certificate-name"
+CHALLENGE_FINALIZER = "finalizer.acme.cert-manager.io"
+
+PROJECT_UUID = "0b6f3a2e-5c1d-4e8f-9a7b-1c2d3e4f5a6b"
+WORKSPACE_UUID = "1a2b3c4d-5e6f-4a8b-9c0d-1e2f3a4b5c6d"
+APPLICATION_UUID = "2b3c4d5e-6f7a-4b9c-8d1e-2f3a4b5c6d7e"
+DOMAIN_UUID = "3c4d5e6f-7a8b-4c0d-9e2f-3a4b5c6d7e8f"
+
+
+def kibashipLabels(projectUUID=PROJECT_UUID, workspaceUUID=WORKSPACE_UUID,
+                   applicationUUID=APPLICATION_UUID, domainUUID=DOMAIN_UUID, slug="shop"):
+    """The labels the Kibaship operator puts on an ApplicationDomain Certificate
+    (``None`` leaves one out)."""
+    values = {PROJECT_LABEL: projectUUID, WORKSPACE_LABEL: workspaceUUID,
+              APPLICATION_LABEL: applicationUUID, DOMAIN_LABEL: domainUUID, SLUG_LABEL: slug}
+    return {key: value for key, value in values.items() if value is not None}
+
+
+def _fnv32a(data):
+    value = 0x811C9DC5
+    for byte in data:
+        value = ((value ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return value
+
+
+def computeName(prefix, spec):
+    """cert-manager's ``apiutil.ComputeName``: ``<prefix>-<fnv32a(spec JSON)>``."""
+    digest = _fnv32a(json.dumps(spec, sort_keys=True).encode())
+    return "%s-%d" % (prefix[:52].rstrip("-"), digest)
+
+
+def challengeKey(dnsName, wildcard=False, seed=""):
+    """A DNS01 key as cert-manager computes it: base64url(sha256(keyAuthorization)),
+    unpadded; deterministic in its arguments."""
+    keyAuthorization = "%s%s%s.thumbprint" % (seed, "*." if wildcard else "", dnsName)
+    digest = hashlib.sha256(keyAuthorization.encode()).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def ownerReference(owner):
+    """A controller ownerReference to ``owner`` (``metav1.NewControllerRef``)."""
+    meta = owner["metadata"]
+    return {"apiVersion": owner["apiVersion"], "kind": owner["kind"], "name": meta["name"],
+            "uid": meta["uid"], "controller": True, "blockOwnerDeletion": True}
+
+
+def _meta(name, namespace, labels=None, annotations=None, owner=None):
+    meta = {"name": name, "namespace": namespace, "uid": str(uuid.uuid4())}
+    if labels:
+        meta["labels"] = dict(labels)
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    if owner is not None:
+        meta["ownerReferences"] = [ownerReference(owner)]
+    return meta
+
+
+def _identifier(name):
+    """``*.example.com`` -> (``example.com``, True)."""
+    return (name[2:], True) if name.startswith("*.") else (name, False)
+
+
+@attr.s(auto_attribs=True)
+class CertificateChain:
+    """One Certificate's objects as cert-manager created them (mutable dicts).
+
+    ``certificate`` is ``None`` for a CertificateRequest created by hand.
+    """
+
+    certificate: object
+    certificateRequest: dict
+    order: dict
+    challenges: list
+
+    def objects(self):
+        """Every object, owners first (the order cert-manager creates them in)."""
+        head = [self.certificate] if self.certificate is not None else []
+        return head + [self.certificateRequest, self.order] + list(self.challenges)
+
+    def addTo(self, store):
+        """Add every object to ``store``; :return: self."""
+        for obj in self.objects():
+            store.add(obj)
+        return self
+
+    def challenge(self, dnsName=None, wildcard=False):
+        """The Challenge for ``dnsName`` (default: the first one) and wildcard flag."""
+        for ch in self.challenges:
+            if (dnsName is None or ch["spec"]["dnsName"] == dnsName) and \
+                    ch["spec"]["wildcard"] == wildcard:
+                return ch
+        raise KeyError("no challenge for %s (wildcard=%s)" % (dnsName, wildcard))
+
+    def request(self, challenge=None, resourceNamespace=None, action=PRESENT, config=None):
+        """The ChallengeRequest cert-manager sends for ``challenge``.
+
+        ``resourceNamespace`` defaults to the Challenge's namespace (an
+        ``Issuer``); pass cert-manager's namespace for a ``ClusterIssuer``.
+        """
+        challenge = challenge if challenge is not None else self.challenges[0]
+        return requestFor(challenge, resourceNamespace, action, config)
+
+
+def requestFor(challenge, resourceNamespace=None, action=PRESENT, config=None):
+    """A :class:`ChallengeRequest` for a Challenge object (SPEC §2 fields)."""
+    spec = challenge["spec"]
+    dnsName = spec["dnsName"]
+    zone = ".".join(dnsName.split(".")[-2:]) + "."
+    raw = {"uid": "", "action": action, "type": "dns-01", "dnsName": dnsName,
+           "key": spec["key"], "resourceNamespace": resourceNamespace
+           or challenge["metadata"]["namespace"], "resolvedFQDN": "_acme-challenge.%s." % dnsName,
+           "resolvedZone": zone, "allowAmbientCredentials": True}
+    if config is not None:
+        raw["config"] = config
+    return ChallengeRequest(raw=raw, config=config, **{k: v for k, v in raw.items()
+                                                       if k != "config"})
+
+
+def buildChain(certificateName="ad-shop-example-com", namespace="certificates",
+               dnsNames=("shop.example.com",), labels=None, annotations=None, issuerRef=None,
+               groupName=DEFAULT_GROUP, solverName=DEFAULT_SOLVER, revision=1,
+               copyLabels=True, withCertificate=True, keySeed=None, config=None,
+               displayName="Shop"):
+    """Build the cert-manager objects behind one Certificate.
+
+    :param labels: the Certificate's labels; ``None`` means :func:`kibashipLabels`.
+    :param copyLabels: ``False`` leaves the request and Order unlabelled, as
+        when the labels were added to the Certificate after issuance started.
+    :param withCertificate: ``False`` builds a hand-made CertificateRequest
+        (no Certificate, no ownerReference, no certificate-name annotation).
+    :param keySeed: varies the challenge keys (defaults to the Certificate name).
+    """
+    labels = kibashipLabels() if labels is None else dict(labels)
+    annotations = dict(annotations or {})
+    if displayName is not None:
+        annotations.setdefault(NAME_ANNOTATION, displayName)
+    issuerRef = dict(issuerRef or CLUSTER_ISSUER)
+    certificate = None
+    requestAnnotations = {}
+    if withCertificate:
+        certificate = {
+            "apiVersion": "cert-manager.io/v1", "kind": "Certificate",
+            "metadata": _meta(certificateName, namespace, labels, annotations),
+            "spec": {"secretName": certificateName + "-tls", "dnsNames": list(dnsNames),
+                     "issuerRef": issuerRef}}
+        requestAnnotations = dict(annotations)
+        requestAnnotations.update({
+            CERTIFICATE_NAME_ANNOTATION: certificateName,
+            "cert-manager.io/certificate-revision": str(revision),
+            "cert-manager.io/private-key-secret-name": certificateName + "-abcde"})
+    requestLabels = labels if copyLabels else {}
+    request = {
+        "apiVersion": "cert-manager.io/v1", "kind": "CertificateRequest",
+        "metadata": _meta("%s-%d" % (certificateName[:52], revision), namespace, requestLabels,
+                          requestAnnotations, certificate),
+        "spec": {"request": base64.b64encode(b"-----BEGIN CERTIFICATE REQUEST-----").decode(),
+                 "issuerRef": issuerRef, "usages": ["digital signature", "key encipherment"]}}
+    order = _order(request, dnsNames, issuerRef)
+    seed = certificateName if keySeed is None else keySeed
+    challenges = [_challenge(order, name, issuerRef, groupName, solverName, seed, config)
+                  for name in dnsNames]
+    return CertificateChain(certificate, request, order, challenges)
+
+
+def _order(request, dnsNames, issuerRef):
+    meta = request["metadata"]
+    spec = {"request": request["spec"]["request"], "issuerRef": issuerRef,
+            "dnsNames": list(dnsNames)}
+    name = computeName(meta["name"], dict(spec, request=None))
+    return {"apiVersion": "acme.cert-manager.io/v1", "kind": "Order",
+            "metadata": _meta(name, meta["namespace"], meta.get("labels"),
+                              meta.get("annotations"), request),
+            "spec": spec, "status": {"state": "pending"}}
+
+
+def _challenge(order, name, issuerRef, groupName, solverName, seed, config):
+    dnsName, wildcard = _identifier(name)
+    token = base64.urlsafe_b64encode(
+        struct.pack(">I", _fnv32a((seed + name).encode())) * 8).rstrip(b"=").decode()
+    webhook = {"groupName": groupName, "solverName": solverName}
+    if config is not None:
+        webhook["config"] = config
+    spec = {"url": "https://acme.example/chall/" + token[:12],
+            "authorizationURL": "https://acme.example/authz/" + token[:12],
+            "dnsName": dnsName, "wildcard": wildcard, "type": "DNS-01", "token": token,
+            "key": challengeKey(dnsName, wildcard, seed),
+            "solver": {"dns01": {"webhook": webhook}}, "issuerRef": issuerRef}
+    meta = _meta(computeName(order["metadata"]["name"], spec), order["metadata"]["namespace"],
+                 owner=order)
+    meta["finalizers"] = [CHALLENGE_FINALIZER]
+    return {"apiVersion": "acme.cert-manager.io/v1", "kind": "Challenge", "metadata": meta,
+            "spec": spec, "status": {"processing": True, "presented": False, "state": "pending"}}
