@@ -12,7 +12,16 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from kibaship_dns01.interfaces import IKubernetesClient
+from kibaship_dns01.kube.errors import KubeError, errorFromStatus
 from kibaship_dns01.testing.kubestore import KubeStore
+
+
+def _likeTheClient(failure, what):
+    """Store errors carry the server's Status; name the request like KubeClient does."""
+    error = failure.value
+    if isinstance(error, KubeError) and error.status is not None:
+        raise errorFromStatus(error.code, error.status, what)
+    return failure
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -58,7 +67,8 @@ class FakeKubernetesClient:
 
     def _call(self, verb, path, params, fn, body=None):
         self.calls.append(Call(verb, path, dict(params or {}), body))
-        return defer.maybeDeferred(fn)
+        what = "%s %s" % ("POST" if verb == "post" else "GET", path)
+        return defer.maybeDeferred(fn).addErrback(_likeTheClient, what)
 
     def get(self, path, params=None):
         return self._call("get", path, params, lambda: self.store.getPath(path, params))

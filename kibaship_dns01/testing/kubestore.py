@@ -86,9 +86,18 @@ def _fail(code, reason, message, details=None):
     return classForCode(code)(message, code=code, reason=reason, status=status)
 
 
+def _details(resource, name):
+    """Status details as the API server sends them (empty group omitted)."""
+    details = {"name": name}
+    if resource.group:
+        details["group"] = resource.group
+    details["kind"] = resource.plural
+    return details
+
+
 def _notFound(resource, name):
     return _fail(404, "NotFound", '%s "%s" not found' % (_qualified(resource), name),
-                 {"name": name, "group": resource.group, "kind": resource.plural})
+                 _details(resource, name))
 
 
 def _qualified(resource):
@@ -373,7 +382,7 @@ class KubeStore:
         resource, key = self._keyOf(obj)
         if key in self._objects:
             raise _fail(409, "AlreadyExists", '%s "%s" already exists' % (_qualified(resource), key[2]),
-                        {"name": key[2], "group": resource.group, "kind": resource.plural})
+                        _details(resource, key[2]))
         obj = copy.deepcopy(obj)
         md = obj["metadata"]
         md.setdefault("uid", str(uuid.uuid4()))
@@ -394,7 +403,7 @@ class KubeStore:
                         'Operation cannot be fulfilled on %s "%s": the object has been modified; '
                         "please apply your changes to the latest version and try again"
                         % (_qualified(resource), key[2]),
-                        {"name": key[2], "group": resource.group, "kind": resource.plural})
+                        _details(resource, key[2]))
         obj = copy.deepcopy(obj)
         for field in ("uid", "creationTimestamp"):
             obj["metadata"][field] = prev["metadata"][field]

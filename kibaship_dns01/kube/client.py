@@ -1,0 +1,386 @@
+"""A non-blocking JSON client for the Kubernetes API server, on treq.
+
+One persistent connection pool (so GETs reuse TLS sessions), a bearer token
+read per request from the config's provider (rotated service-account tokens
+are picked up without a restart), bounded connect/request times, and every
+failure mapped to :mod:`kibaship_dns01.kube.errors`.  WATCH streams are parsed
+line by line as they arrive with a bounded line buffer, so one huge or
+malicious event cannot exhaust memory.
+"""
+import json
+
+from treq.client import HTTPClient
+from twisted.internet import defer, error as ierror
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web import _newclient
+from twisted.web.client import Agent, HTTPConnectionPool, PotentialDataLoss, ResponseDone
+from zope.interface import implementer
+
+from kibaship_dns01 import __version__, metrics
+from kibaship_dns01.interfaces import IKubernetesClient
+from kibaship_dns01.kube.config import KubeConfigError
+from kibaship_dns01.kube.errors import (APITimeout, Gone, KubeError, Unauthorized, Unavailable,
+                                        errorFromStatus)
+from kibaship_dns01.kube.tls import APIServerTLSPolicy
+
+MiB = 1024 * 1024
+USER_AGENT = "kibaship-dns01/%s" % (__version__,)
+
+
+def _describeConnectionFailure(exc):
+    """Dig the root cause out of twisted.web's wrapper exceptions."""
+    reasons = getattr(exc, "reasons", None)
+    if reasons:
+        inner = [r.value for r in reasons if isinstance(r, Failure)]
+        for value in inner:
+            if type(value).__module__.startswith("OpenSSL"):
+                return ("TLS handshake failed (%s); check that the configured certificate "
+                        "authority signed the API server's certificate" % (value,))
+        return "; ".join(_describeConnectionFailure(v) for v in inner) or str(exc)
+    return "%s: %s" % (type(exc).__name__, exc) if str(exc) else type(exc).__name__
+
+
+_CONNECTION_ERRORS = (ierror.ConnectError, ierror.ConnectionLost, ierror.ConnectionDone,
+                      _newclient.ResponseNeverReceived, _newclient.RequestTransmissionFailed,
+                      _newclient.ResponseFailed, _newclient.RequestGenerationFailed)
+
+
+def _mapTransportFailure(exc, what):
+    """A transport-level exception -> the typed error (or ``None``: re-raise)."""
+    if isinstance(exc, KubeError):
+        return exc
+    if isinstance(exc, (defer.TimeoutError, ierror.TimeoutError)):
+        return APITimeout("%s: no answer from the API server in time; %s"
+                          % (what, APITimeout.hint), code=None)
+    if isinstance(exc, _CONNECTION_ERRORS):
+        return Unavailable("%s: cannot reach the API server: %s; %s"
+                           % (what, _describeConnectionFailure(exc), Unavailable.hint), code=None)
+    return None
+
+
+class _BodyReader(Protocol):
+    """Collects a response body up to ``limit`` bytes."""
+
+    def __init__(self, limit, what):
+        self._chunks, self._size, self._limit, self._what = [], 0, limit, what
+        self.done = defer.Deferred(lambda d: self._stop())
+
+    def _stop(self):
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def dataReceived(self, data):
+        self._size += len(data)
+        if self._size > self._limit:
+            self._stop()
+            if not self.done.called:
+                self.done.errback(KubeError("%s: response body larger than %d bytes"
+                                            % (self._what, self._limit)))
+            return
+        self._chunks.append(data)
+
+    def connectionLost(self, reason):
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(b"".join(self._chunks))
+        else:
+            self.done.errback(reason)
+
+
+class _WatchReader(Protocol):
+    """Splits a watch stream into ``{"type","object"}`` lines and dispatches them.
+
+    ``done`` fires ``None`` when the server ends the stream cleanly; it fails
+    on a lost connection, an oversized or malformed line, or an exception
+    raised by ``onEvent`` (a consumer bug must not be silently swallowed).
+    """
+
+    def __init__(self, onEvent, maxLine, what):
+        self._onEvent, self._maxLine, self._what = onEvent, maxLine, what
+        self._buf = bytearray()
+        self._scanned = 0
+        self.events = 0
+        self.done = defer.Deferred(lambda d: self._stop())
+
+    def _stop(self):
+        if self.transport is not None:
+            self.transport.stopProducing()
+
+    def _fail(self, exc):
+        if not self.done.called:
+            self._stop()
+            if not self.done.called:
+                self.done.errback(exc)
+
+    def dataReceived(self, data):
+        if self.done.called:
+            return
+        self._buf += data
+        while not self.done.called:
+            end = self._buf.find(b"\n", self._scanned)
+            if end < 0:
+                self._scanned = len(self._buf)
+                if len(self._buf) > self._maxLine:
+                    self._fail(KubeError("%s: watch event larger than %d bytes"
+                                         % (self._what, self._maxLine)))
+                return
+            line = bytes(self._buf[:end])
+            del self._buf[:end + 1]
+            self._scanned = 0
+            self._dispatch(line)
+
+    def _dispatch(self, line):
+        if not line.strip():
+            return
+        try:
+            event = json.loads(line)
+            kind, obj = event["type"], event["object"]
+            if not isinstance(kind, str) or not isinstance(obj, dict):
+                raise ValueError("type must be a string and object a mapping")
+        except (ValueError, KeyError, TypeError) as e:
+            self._fail(KubeError("%s: malformed watch event: %s" % (self._what, e)))
+            return
+        self.events += 1
+        try:
+            self._onEvent(kind, obj)
+        except Exception:
+            self._fail(Failure())
+
+    def connectionLost(self, reason):
+        if self.done.called:
+            return
+        if self._buf.strip():
+            self._dispatch(bytes(self._buf))
+            self._buf.clear()
+        if self.done.called:
+            return
+        if reason.check(ResponseDone, PotentialDataLoss):
+            self.done.callback(None)
+        else:
+            self.done.errback(Unavailable("%s: watch connection lost: %s"
+                                          % (self._what, _describeConnectionFailure(reason.value))))
+
+
+def _decodeJSON(body, what):
+    try:
+        return json.loads(body)
+    except ValueError as e:
+        raise KubeError("%s: the API server answered invalid JSON: %s" % (what, e))
+
+
+def _statusOf(body):
+    """The ``Status`` dict in an error body, or ``None``."""
+    try:
+        value = json.loads(body)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) and value.get("kind") == "Status" else None
+
+
+@implementer(IKubernetesClient)
+class KubeClient:
+    """:class:`IKubernetesClient` over HTTPS with treq.
+
+    :param config: a :class:`~kibaship_dns01.kube.config.KubeConfig`.
+    :param reactor: the reactor (connections and timeouts).
+    :param connectTimeout: seconds for the TCP connect.
+    :param requestTimeout: seconds for a whole GET/LIST page/POST, and for
+        a WATCH to answer with headers.
+    :param watchTimeout: ``timeoutSeconds`` asked of the server when the
+        caller gives none; the client gives up ``watchGrace`` seconds later.
+    :param pageSize: LIST ``limit`` per page when the caller sets none.
+    """
+
+    def __init__(self, config, reactor=None, connectTimeout=10.0, requestTimeout=30.0,
+                 watchTimeout=300, watchGrace=30.0, pageSize=500, maxBodyBytes=64 * MiB,
+                 maxEventBytes=16 * MiB, maxPages=10000, maxPersistentPerHost=8):
+        if reactor is None:
+            from twisted.internet import reactor
+        self._config = config
+        self._reactor = reactor
+        self._requestTimeout = requestTimeout
+        self._watchTimeout = watchTimeout
+        self._watchGrace = watchGrace
+        self._pageSize = pageSize
+        self._maxBody = maxBodyBytes
+        self._maxEvent = maxEventBytes
+        self._maxPages = maxPages
+        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool.maxPersistentPerHost = maxPersistentPerHost
+        self._pool.retryAutomatically = True
+        agent = Agent(reactor, contextFactory=APIServerTLSPolicy(config),
+                      connectTimeout=connectTimeout, pool=self._pool)
+        self._http = HTTPClient(agent)
+        self._watches = set()
+
+    @property
+    def server(self):
+        return self._config.server
+
+    def close(self):
+        """Cancel running watches and close pooled connections. :return: Deferred."""
+        for d in list(self._watches):
+            d.cancel()
+        return self._pool.closeCachedConnections()
+
+    # --- plumbing -----------------------------------------------------------
+
+    def _headers(self):
+        headers = {"Accept": ["application/json"], "User-Agent": [USER_AGENT]}
+        provider = self._config.tokenProvider
+        token = None
+        if provider is not None:
+            try:
+                token = provider.token()
+            except KubeConfigError as e:
+                raise Unauthorized("no bearer token for the API server: %s" % (e,), code=None)
+        if token:
+            headers["Authorization"] = ["Bearer " + token]
+        return headers, token
+
+    async def _open(self, method, path, params, body, what):
+        """Send a request; fire the response once headers arrived (bounded)."""
+        headers, token = self._headers()
+        kw = {"json": body} if body is not None else {}
+        d = self._http.request(method, self._config.server + path, params=params,
+                               headers=headers, allow_redirects=False, unbuffered=True,
+                               reactor=self._reactor, **kw)
+        d.addTimeout(self._requestTimeout, self._reactor)
+        try:
+            return await d, token
+        except Exception as e:
+            mapped = _mapTransportFailure(e, what)
+            if mapped is None:
+                raise
+            raise mapped
+
+    async def _readBody(self, response, what):
+        reader = _BodyReader(self._maxBody, what)
+        response.deliverBody(reader)
+        try:
+            return await reader.done
+        except Exception as e:
+            mapped = _mapTransportFailure(e, what)
+            if mapped is None:
+                raise
+            raise mapped
+
+    def _count(self, verb, code):
+        metrics.API_REQUESTS.labels(verb=verb, code=str(code)).inc()
+
+    async def _once(self, verb, method, path, params, body):
+        what = "%s %s" % (method, path)
+        try:
+            response, token = await self._open(method, path, params, body, what)
+            data = await self._readBody(response, what)
+        except APITimeout:
+            self._count(verb, "timeout")
+            raise
+        except KubeError:
+            self._count(verb, "error")
+            raise
+        self._count(verb, response.code)
+        if 200 <= response.code < 300:
+            return _decodeJSON(data, what), token
+        raise errorFromStatus(response.code, _statusOf(data), what)
+
+    async def _request(self, verb, method, path, params=None, body=None):
+        """One call; a 401 re-reads the token and retries once if it changed."""
+        try:
+            result, _ = await self._once(verb, method, path, params, body)
+            return result
+        except Unauthorized:
+            provider = self._config.tokenProvider
+            if provider is None:
+                raise
+            _, used = self._headers()
+            provider.invalidate()
+            _, fresh = self._headers()
+            if fresh == used:
+                raise
+        result, _ = await self._once(verb, method, path, params, body)
+        return result
+
+    def _bounded(self, coro, timeout, what):
+        d = defer.ensureDeferred(coro)
+        d.addTimeout(timeout, self._reactor)
+
+        def timedOut(f):
+            f.trap(defer.TimeoutError)
+            raise APITimeout("%s: no answer from the API server within %ss; %s"
+                             % (what, timeout, APITimeout.hint), code=None)
+        return d.addErrback(timedOut)
+
+    # --- IKubernetesClient ---------------------------------------------------
+
+    def get(self, path, params=None):
+        return self._bounded(self._request("get", "GET", path, params),
+                             2 * self._requestTimeout, "GET " + path)
+
+    def post(self, path, body):
+        return self._bounded(self._request("post", "POST", path, None, body),
+                             2 * self._requestTimeout, "POST " + path)
+
+    def list(self, path, params=None):
+        return defer.ensureDeferred(self._listAll(path, dict(params or {})))
+
+    async def _page(self, path, params):
+        return await self._bounded(self._request("list", "GET", path, params),
+                                   2 * self._requestTimeout, "LIST " + path)
+
+    async def _listAll(self, path, params):
+        """Merge ``continue`` pages; an expired token falls back to one unpaged LIST."""
+        params.setdefault("limit", str(self._pageSize))
+        first = await self._page(path, params)
+        items = list(first.get("items") or [])
+        token, pages = first.get("metadata", {}).get("continue"), 1
+        while token:
+            if pages >= self._maxPages:
+                raise KubeError("LIST %s: more than %d pages" % (path, self._maxPages))
+            try:
+                page = await self._page(path, dict(params, **{"continue": token}))
+            except Gone:
+                unpaged = dict(params)
+                unpaged.pop("limit", None)
+                return await self._page(path, unpaged)
+            items.extend(page.get("items") or [])
+            token, pages = page.get("metadata", {}).get("continue"), pages + 1
+        first["items"] = items
+        first.setdefault("metadata", {}).pop("continue", None)
+        first["metadata"].pop("remainingItemCount", None)
+        return first
+
+    def watch(self, path, resourceVersion, onEvent, params=None):
+        params = dict(params or {})
+        params.setdefault("timeoutSeconds", str(int(self._watchTimeout)))
+        params.update(watch="1", allowWatchBookmarks="true")
+        if resourceVersion:
+            params["resourceVersion"] = str(resourceVersion)
+        bound = float(params["timeoutSeconds"]) + self._watchGrace
+        d = self._bounded(self._watch(path, params, onEvent), bound, "WATCH " + path)
+        self._watches.add(d)
+        d.addBoth(self._forgetWatch, d)
+        return d
+
+    def _forgetWatch(self, result, d):
+        self._watches.discard(d)
+        return result
+
+    async def _watch(self, path, params, onEvent):
+        what = "WATCH " + path
+        try:
+            response, _ = await self._open("GET", path, params, None, what)
+        except KubeError:
+            self._count("watch", "error")
+            raise
+        self._count("watch", response.code)
+        if response.code != 200:
+            data = await self._readBody(response, what)
+            if response.code == 401 and self._config.tokenProvider is not None:
+                self._config.tokenProvider.invalidate()
+            raise errorFromStatus(response.code, _statusOf(data), what)
+        reader = _WatchReader(onEvent, self._maxEvent, what)
+        response.deliverBody(reader)
+        await reader.done

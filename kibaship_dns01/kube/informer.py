@@ -1,0 +1,334 @@
+"""A watch-backed cache of one Kubernetes collection (an "informer").
+
+Why: the solver must find a Challenge by ``spec.key`` on every request, and
+the auth layer must follow the authentication ConfigMap as its CA rotates.
+Polling or LISTing per request would load the API server and add latency, so
+this keeps a local copy current: LIST, then WATCH from the list's
+resourceVersion, apply each event, and relist when the server says the
+version is too old (410).  Memory is proportional to the objects kept, and a
+``trim`` function drops the fields nobody reads.
+
+It is a background :class:`~twisted.application.service.Service`: it retries
+forever while running, every attempt bounded in time by the client, with
+exponential backoff and jitter between failed attempts.
+"""
+import random
+
+from twisted.application import service
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from kibaship_dns01 import metrics
+from kibaship_dns01.interfaces import IReadiness
+from kibaship_dns01.kube.errors import Gone
+
+MIN_WATCH_SECONDS = 300
+
+
+def _key(obj):
+    md = obj.get("metadata") or {}
+    return md.get("namespace"), md.get("name")
+
+
+def _rvOf(obj):
+    return (obj.get("metadata") or {}).get("resourceVersion")
+
+
+class Backoff:
+    """Exponential backoff with equal jitter: delay n is in [d/2, d], d = min(cap, base*2**(n-1))."""
+
+    def __init__(self, base=0.5, cap=30.0, rng=None):
+        self.base, self.cap = base, cap
+        self._rng = rng or random.Random()
+
+    def delay(self, failures):
+        d = min(self.cap, self.base * (2 ** max(0, min(failures - 1, 30))))
+        return d / 2 + self._rng.random() * d / 2
+
+
+class _Index:
+    """value -> keys for one indexer, plus key -> values to undo on change."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.byValue = {}
+        self.byKey = {}
+
+    def add(self, key, obj):
+        values = list(self.fn(obj) or ())
+        self.byKey[key] = values
+        for v in values:
+            self.byValue.setdefault(v, set()).add(key)
+
+    def remove(self, key):
+        for v in self.byKey.pop(key, ()):
+            keys = self.byValue.get(v)
+            if keys is not None:
+                keys.discard(key)
+                if not keys:
+                    del self.byValue[v]
+
+
+@implementer(IReadiness)
+class Informer(service.Service):
+    """A LIST+WATCH cache of the collection at ``path``.
+
+    :param client: an :class:`~kibaship_dns01.interfaces.IKubernetesClient`.
+    :param path: collection path, e.g. ``/apis/acme.cert-manager.io/v1/challenges``
+        (cluster-wide) or ``/api/v1/namespaces/kube-system/configmaps``.
+    :param clock: ``IReactorTime`` for backoff timers.
+    :param name: cache name for metrics, logs and readiness.
+    :param trim: ``fn(obj) -> obj`` applied to every object before it is stored.
+    :param indexers: ``{"indexName": fn(obj) -> list[str]}``.
+    :param params: extra query parameters for LIST and WATCH (selectors).
+    """
+
+    log = Logger()
+
+    def __init__(self, client, path, clock, name, trim=None, indexers=None, params=None,
+                 backoff=None, healthyWatchSeconds=10.0, rng=None):
+        self.client, self.path, self.clock, self.name = client, path, clock, name
+        self._trim = trim or (lambda obj: obj)
+        self._indexes = {n: _Index(fn) for n, fn in (indexers or {}).items()}
+        self._params = dict(params or {})
+        self._rng = rng or random.Random()
+        self._backoff = backoff or Backoff(rng=self._rng)
+        self._healthy = healthyWatchSeconds
+        self._objects = {}
+        self._listeners = []
+        self._waiters = []
+        self._rv = None
+        self._failures = 0
+        self._inflight = None
+        self._timer = None
+        self._watchState = None
+        self.hasSynced = False
+        self.relists = 0
+
+    # --- reading -------------------------------------------------------------
+
+    def get(self, namespace, name):
+        """The cached object or ``None``."""
+        return self._objects.get((namespace, name))
+
+    def byIndex(self, indexName, value):
+        """Objects whose indexer ``indexName`` produced ``value``."""
+        try:
+            index = self._indexes[indexName]
+        except KeyError:
+            raise KeyError("cache %r has no index %r (indexes: %s)"
+                           % (self.name, indexName, ", ".join(sorted(self._indexes)) or "none"))
+        return [self._objects[k] for k in sorted(index.byValue.get(value, ()), key=str)]
+
+    def list(self):
+        return list(self._objects.values())
+
+    def __len__(self):
+        return len(self._objects)
+
+    @property
+    def resourceVersion(self):
+        """The last resourceVersion seen (list, event or bookmark)."""
+        return self._rv
+
+    def addListener(self, fn):
+        """Call ``fn(eventType, obj)`` after every change of the cache."""
+        self._listeners.append(fn)
+
+    def whenSynced(self):
+        """A new Deferred firing ``None`` once the first LIST is stored."""
+        if self.hasSynced:
+            return defer.succeed(None)
+        d = defer.Deferred()
+        self._waiters.append(d)
+        return d
+
+    def isReady(self):
+        return self.hasSynced
+
+    # --- lifecycle -----------------------------------------------------------
+
+    def startService(self):
+        super().startService()
+        self._relist()
+
+    def stopService(self):
+        """Cancel the running request and any pending retry. :return: Deferred."""
+        super().stopService()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        inflight, self._inflight = self._inflight, None
+        if inflight is not None:
+            inflight.cancel()
+        return defer.succeed(None)
+
+    # --- the list/watch loop -----------------------------------------------
+
+    def _track(self, d):
+        self._inflight = d
+        return d
+
+    def _relist(self):
+        self._timer = None
+        if not self.running:
+            return
+        d = self._track(self.client.list(self.path, dict(self._params)))
+        d.addCallbacks(self._listed, self._failed, errbackArgs=("LIST",))
+
+    def _listed(self, result):
+        if not self.running:
+            return
+        self.relists += 1
+        self._replace(result)
+        self._rv = (result.get("metadata") or {}).get("resourceVersion") or self._rv
+        self._markSynced()
+        self._watch()
+
+    def _watch(self):
+        self._timer = None
+        if not self.running:
+            return
+        state = self._watchState = {"started": self.clock.seconds(), "events": 0, "gone": False}
+        params = dict(self._params, timeoutSeconds=str(
+            int(MIN_WATCH_SECONDS * (1 + self._rng.random()))))
+        d = self._track(self.client.watch(self.path, self._rv,
+                                          lambda t, o: self._onEvent(state, t, o), params))
+        d.addCallbacks(self._watchEnded, self._failed, callbackArgs=(state,),
+                       errbackArgs=("WATCH", state))
+
+    def _wasHealthy(self, state):
+        return state is not None and (
+            state["events"] > 0 or self.clock.seconds() - state["started"] >= self._healthy)
+
+    def _watchEnded(self, _, state):
+        if not self.running or state is not self._watchState:
+            return
+        healthy = self._wasHealthy(state)
+        if healthy:
+            self._failures = 0
+        nextStep = self._relist if state["gone"] else self._watch
+        if healthy:
+            nextStep()
+        else:
+            self._retryLater(nextStep, "the watch ended at once" if not state["gone"]
+                             else "the watch's resourceVersion expired")
+
+    def _failed(self, failure, what, state=None):
+        if not self.running or state is not self._watchState and what == "WATCH":
+            return None
+        if failure.check(defer.CancelledError):
+            if not (state and state["gone"]):
+                return None
+            return self._watchEnded(None, state)
+        if self._wasHealthy(state):
+            self._failures = 0
+        gone = failure.check(Gone) is not None
+        nextStep = self._relist if (what == "LIST" or gone) else self._watch
+        self._retryLater(nextStep, "%s failed: %s" % (what, failure.getErrorMessage()))
+        return None
+
+    def _retryLater(self, step, why):
+        self._failures += 1
+        delay = self._backoff.delay(self._failures)
+        self.log.warn("cache {name}: {why}; retrying in {delay:.1f}s (attempt {n})",
+                      name=self.name, why=why, delay=delay, n=self._failures)
+        self._timer = self.clock.callLater(delay, step)
+
+    # --- applying changes ----------------------------------------------------
+
+    def _onEvent(self, state, kind, obj):
+        if not self.running or state is not self._watchState:
+            return
+        rv = _rvOf(obj)
+        if kind == "ERROR":
+            self._onError(state, obj)
+            return
+        state["events"] += 1
+        if rv:
+            self._rv = rv
+        if kind in ("ADDED", "MODIFIED"):
+            self._upsert(obj)
+        elif kind == "DELETED":
+            self._delete(obj)
+
+    def _onError(self, state, status):
+        """A 410 means relist once the stream ends; cancel it so that happens now."""
+        if status.get("code") == 410:
+            state["gone"] = True
+            self.log.info("cache {name}: resourceVersion {rv} expired; relisting",
+                          name=self.name, rv=self._rv)
+            if self._inflight is not None:
+                self._inflight.cancel()
+        else:
+            self.log.warn("cache {name}: watch error: {msg}", name=self.name,
+                          msg=status.get("message"))
+
+    def _store(self, key, obj):
+        self._unindex(key)
+        self._objects[key] = obj
+        for index in self._indexes.values():
+            index.add(key, obj)
+
+    def _unindex(self, key):
+        for index in self._indexes.values():
+            index.remove(key)
+
+    def _upsert(self, obj):
+        obj = self._trim(obj)
+        key = _key(obj)
+        kind = "MODIFIED" if key in self._objects else "ADDED"
+        self._store(key, obj)
+        self._changed(kind, obj)
+
+    def _delete(self, obj):
+        key = _key(obj)
+        old = self._objects.pop(key, None)
+        self._unindex(key)
+        if old is not None:
+            self._changed("DELETED", self._trim(obj) if obj.get("metadata") else old)
+
+    def _replace(self, listResult):
+        """Swap in a fresh LIST, emitting the difference as events."""
+        kind = (listResult.get("kind") or "")[:-4] if str(listResult.get("kind", "")).endswith(
+            "List") else None
+        apiVersion = listResult.get("apiVersion")
+        fresh = {}
+        for item in listResult.get("items") or []:
+            if kind:
+                item.setdefault("kind", kind)
+            if apiVersion:
+                item.setdefault("apiVersion", apiVersion)
+            obj = self._trim(item)
+            fresh[_key(obj)] = obj
+        old = self._objects
+        for key in [k for k in old if k not in fresh]:
+            gone = self._objects.pop(key)
+            self._unindex(key)
+            self._changed("DELETED", gone)
+        for key, obj in fresh.items():
+            before = old.get(key)
+            if before is not None and _rvOf(before) == _rvOf(obj):
+                continue
+            self._store(key, obj)
+            self._changed("ADDED" if before is None else "MODIFIED", obj)
+
+    def _changed(self, kind, obj):
+        metrics.CACHE_OBJECTS.labels(cache=self.name).set(len(self._objects))
+        for fn in list(self._listeners):
+            try:
+                fn(kind, obj)
+            except Exception:
+                self.log.failure("cache {name}: listener failed on {kind}", name=self.name,
+                                 kind=kind)
+
+    def _markSynced(self):
+        metrics.CACHE_OBJECTS.labels(cache=self.name).set(len(self._objects))
+        if self.hasSynced:
+            return
+        self.hasSynced = True
+        self.log.info("cache {name}: synced {n} objects", name=self.name, n=len(self._objects))
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            d.callback(None)
