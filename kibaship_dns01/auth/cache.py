@@ -1,0 +1,100 @@
+"""The two tools both review caches need: an expiring LRU map and single-flight.
+
+``k8s.io/apiserver`` caches TokenReview and SubjectAccessReview answers for a
+few seconds and collapses concurrent identical reviews into one API call, so a
+burst of identical requests (cert-manager retrying, the aggregator probing)
+costs the API server one review, not one per request.  Both live here so the
+authenticator and the authorizer share one implementation.
+"""
+import collections
+
+from twisted.internet import defer
+from twisted.python.failure import Failure
+
+_MISSING = object()
+
+
+class ExpiringCache:
+    """A bounded map whose entries expire at the injected clock's time.
+
+    Bounded (least recently used goes first) because keys are built from
+    caller-controlled data: an unbounded map would be a memory leak an
+    anonymous caller could drive.
+
+    :param clock: ``IReactorTime``; only ``seconds()`` is used.
+    """
+
+    MISSING = _MISSING
+
+    def __init__(self, clock, maxEntries=8192):
+        self._clock = clock
+        self._max = maxEntries
+        self._entries = collections.OrderedDict()
+
+    def get(self, key):
+        """The live value for ``key``, or :attr:`MISSING`."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return _MISSING
+        expiresAt, value = entry
+        if self._clock.seconds() >= expiresAt:
+            del self._entries[key]
+            return _MISSING
+        self._entries.move_to_end(key)
+        return value
+
+    def set(self, key, value, ttl):
+        """Remember ``value`` for ``ttl`` seconds (nothing when ``ttl <= 0``)."""
+        if ttl <= 0:
+            return
+        self._entries[key] = (self._clock.seconds() + ttl, value)
+        self._entries.move_to_end(key)
+        while len(self._entries) > self._max:
+            self._entries.popitem(last=False)
+
+    def clear(self):
+        self._entries.clear()
+
+    def __len__(self):
+        return len(self._entries)
+
+
+class SingleFlight:
+    """Run one call per key at a time; concurrent callers share its result.
+
+    Each caller gets its own Deferred, so one caller cancelling (its client
+    went away) neither cancels the shared call nor the other callers.
+    """
+
+    def __init__(self):
+        self._waiting = {}
+
+    def inFlight(self, key):
+        return key in self._waiting
+
+    def run(self, key, fn):
+        """Call ``fn()`` (returning a Deferred or a value) unless ``key`` is in flight.
+
+        :return: a Deferred firing with the shared call's result or failure.
+        """
+        mine = defer.Deferred(lambda d: self._drop(key, d))
+        waiters = self._waiting.get(key)
+        if waiters is not None:
+            waiters.append(mine)
+            return mine
+        self._waiting[key] = [mine]
+        defer.maybeDeferred(fn).addBoth(self._finish, key)
+        return mine
+
+    def _drop(self, key, d):
+        waiters = self._waiting.get(key, [])
+        if d in waiters:
+            waiters.remove(d)
+
+    def _finish(self, result, key):
+        for waiter in self._waiting.pop(key, []):
+            if isinstance(result, Failure):
+                waiter.errback(result)
+            else:
+                waiter.callback(result)
+        return None
