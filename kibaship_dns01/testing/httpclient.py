@@ -1,0 +1,86 @@
+"""A small HTTPS client for tests: talks to the daemon as the kube-aggregator does.
+
+Trusts a given CA (never "verify nothing"), optionally presents a client
+certificate, uses a non-persistent pool so trial sees a clean reactor.
+"""
+import attr
+import treq
+from OpenSSL import crypto
+from twisted.internet import defer, ssl
+from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import Protocol
+from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.iweb import IPolicyForHTTPS
+from zope.interface import implementer
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class Response:
+    code: int
+    headers: object
+    body: bytes
+
+    def json(self):
+        import json
+
+        return json.loads(self.body)
+
+
+def _clientOptions(hostname, caPEM, clientPair=None):
+    trust = ssl.Certificate.loadPEM(caPEM) if caPEM else None
+    kw = {"trustRoot": trust} if trust is not None else {}
+    if clientPair is not None:
+        kw["clientCertificate"] = ssl.PrivateCertificate.loadPEM(
+            clientPair.certPEM + clientPair.keyPEM)
+    return ssl.optionsForClientTLS(hostname, **kw)
+
+
+@implementer(IPolicyForHTTPS)
+class _Policy:
+    def __init__(self, caPEM, clientPair):
+        self.caPEM = caPEM
+        self.clientPair = clientPair
+
+    def creatorForNetloc(self, hostname, port):
+        return _clientOptions(hostname.decode("ascii"), self.caPEM, self.clientPair)
+
+
+async def request(reactor, method, url, caPEM=None, clientPair=None, headers=None, body=None,
+                  timeout=10):
+    """One request; returns :class:`Response`.  ``body`` may be bytes or a dict (JSON)."""
+    if isinstance(method, bytes):
+        method = method.decode("ascii")
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    agent = Agent(reactor, contextFactory=_Policy(caPEM, clientPair), pool=pool)
+    kw = {"headers": headers or {}}
+    if isinstance(body, dict):
+        kw["json"] = body
+    elif body is not None:
+        kw["data"] = body
+    resp = await treq.request(method, url, agent=agent, timeout=timeout, **kw)
+    content = await treq.content(resp)
+    return Response(resp.code, resp.headers, content)
+
+
+@implementer(IHandshakeListener)
+class _Handshake(Protocol):
+    def __init__(self):
+        self.done = defer.Deferred()
+
+    def handshakeCompleted(self):
+        cert = self.transport.getPeerCertificate()
+        self.transport.loseConnection()
+        self.done.callback(crypto.dump_certificate(crypto.FILETYPE_PEM, cert))
+
+    def connectionLost(self, reason):
+        if not self.done.called:
+            self.done.errback(reason)
+
+
+async def peerCertificatePEM(reactor, host, port, caPEM, hostname="localhost"):
+    """The PEM certificate a TLS server presents to a new connection."""
+    endpoint = SSL4ClientEndpoint(reactor, host, port, _clientOptions(hostname, caPEM))
+    proto = _Handshake()
+    await connectProtocol(endpoint, proto)
+    return await proto.done

@@ -1,0 +1,73 @@
+"""Shared test scaffolding: a real TLS API site on a loopback port."""
+import os
+import shutil
+import tempfile
+
+import attr
+from twisted.internet import reactor
+from twisted.internet.endpoints import TCP4ServerEndpoint
+
+from kibaship_dns01.api.discovery import APIIdentity
+from kibaship_dns01.api.tls import ReloadingServerTLS
+from kibaship_dns01.service import TLSSiteService, buildAPISite
+from kibaship_dns01.tap import Settings
+from kibaship_dns01.testing import pki
+
+GROUP = "dns.kibaship.com"
+SOLVER = "kibaship"
+SOLVER_PATH = f"/apis/{GROUP}/v1alpha1/{SOLVER}"
+
+
+def settingsFor(certFile, keyFile, **overrides):
+    """Daemon settings with test-friendly values."""
+    values = dict(
+        securePort=0, bindAddress="127.0.0.1", tlsCertFile=certFile, tlsPrivateKeyFile=keyFile,
+        groupName=GROUP, solverName=SOLVER, kubeconfig=None, metricsPort=0,
+        metricsBindAddress="127.0.0.1", dryRun=False, logFormat="json", logLevel="info",
+        maxBodyBytes=1024 * 1024, valkeyNamespace="kibaship-operator",
+        valkeyService="kibaship-valkey-cluster-kibaship-com", valkeyPort=6379,
+        valkeySecret="kibaship-valkey-cluster-kibaship-com", valkeyConnectTimeout=5.0,
+        valkeyReadTimeout=3.0, valkeyMinReplicas=0, idempotencyWindow=86400.0)
+    values.update(overrides)
+    return Settings(**values)
+
+
+def writeServingFiles(directory, ca=None):
+    """A fresh serving pair for localhost under ``directory``; returns (ca, cert, key paths)."""
+    ca = ca or pki.makeCA()
+    certFile, keyFile = os.path.join(directory, "tls.crt"), os.path.join(directory, "tls.key")
+    pki.serverPair(ca).writeTo(certFile, keyFile)
+    return ca, certFile, keyFile
+
+
+@attr.s(auto_attribs=True)
+class RunningSite:
+    service: TLSSiteService
+    ca: object
+    certFile: str
+    keyFile: str
+    tls: ReloadingServerTLS
+
+    @property
+    def port(self):
+        return self.service.port.getHost().port
+
+    def url(self, path):
+        return f"https://localhost:{self.port}{path}"
+
+
+async def startTLSSite(testCase, solver, authenticator=None, authorizer=None, readiness=(),
+                       clock=reactor, pollInterval=10.0, **overrides):
+    """Start the real API site over TLS on 127.0.0.1; stopped at test cleanup."""
+    directory = tempfile.mkdtemp(prefix="kibaship-tls-")
+    testCase.addCleanup(shutil.rmtree, directory, True)
+    ca, certFile, keyFile = writeServingFiles(directory)
+    settings = settingsFor(certFile, keyFile, **overrides)
+    tls = ReloadingServerTLS(certFile, keyFile, clock, interval=pollInterval)
+    tls.load()
+    site = buildAPISite(settings, tls, solver, clock, authenticator=authenticator,
+                        authorizer=authorizer, readiness=readiness)
+    svc = TLSSiteService(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), site, tls)
+    await svc.startService()
+    testCase.addCleanup(svc.stopService)
+    return RunningSite(svc, ca, certFile, keyFile, tls)

@@ -1,0 +1,90 @@
+"""Command-line options: Kubernetes-style flags, environment defaults, usage errors."""
+import os
+
+from twisted.python import usage
+from twisted.trial.unittest import SynchronousTestCase
+
+from kibaship_dns01.durations import parseDuration
+from kibaship_dns01.tap import Options
+from tests.support import writeServingFiles
+
+
+class OptionsTests(SynchronousTestCase):
+    def setUp(self):
+        self.dir = self.mktemp()
+        os.makedirs(self.dir)
+        _, self.cert, self.key = writeServingFiles(self.dir)
+        self.base = ["--tls-cert-file", self.cert, "--tls-private-key-file", self.key]
+        self.patch(os, "environ", {k: v for k, v in os.environ.items()
+                                   if not k.startswith("KIBASHIP_DNS01_")})
+
+    def parse(self, *args):
+        opts = Options()
+        opts.parseOptions(self.base + list(args))
+        return opts.settings
+
+    def test_defaults(self):
+        s = self.parse()
+        self.assertEqual(
+            (s.securePort, s.bindAddress, s.groupName, s.solverName, s.kubeconfig, s.metricsPort,
+             s.dryRun, s.logFormat, s.logLevel, s.maxBodyBytes, s.valkeyNamespace,
+             s.valkeyService, s.valkeyPort, s.valkeySecret, s.valkeyConnectTimeout,
+             s.valkeyReadTimeout, s.valkeyMinReplicas, s.idempotencyWindow),
+            (8443, "0.0.0.0", "dns.kibaship.com", "kibaship", None, 0, False, "json", "info",
+             1048576, "kibaship-operator", "kibaship-valkey-cluster-kibaship-com", 6379,
+             "kibaship-valkey-cluster-kibaship-com", 5.0, 3.0, 0, 86400.0))
+
+    def test_flagsOverride(self):
+        s = self.parse("--secure-port", "9443", "--group-name", "acme.example.org",
+                       "--solver-name", "other", "--dry-run", "--log-format", "text",
+                       "--valkey-read-timeout", "1500ms", "--bind-address", "::1")
+        self.assertEqual((s.securePort, s.groupName, s.solverName, s.dryRun, s.logFormat,
+                          s.valkeyReadTimeout, s.bindAddress),
+                         (9443, "acme.example.org", "other", True, "text", 1.5, "::1"))
+
+    def test_environmentSuppliesDefaultsAndFlagsWin(self):
+        env = dict(os.environ, KIBASHIP_DNS01_SECURE_PORT="7443",
+                   KIBASHIP_DNS01_LOG_LEVEL="debug", KIBASHIP_DNS01_DRY_RUN="true")
+        self.patch(os, "environ", env)
+        s = self.parse("--log-level", "warn")
+        self.assertEqual((s.securePort, s.logLevel, s.dryRun), (7443, "warn", True))
+
+    def test_badValuesNameTheFlag(self):
+        cases = [
+            (["--secure-port", "http"], "--secure-port"),
+            (["--secure-port", "70000"], "--secure-port"),
+            (["--metrics-port", "-1"], "--metrics-port"),
+            (["--bind-address", "localhost"], "--bind-address"),
+            (["--group-name", "Not_A_DNS"], "--group-name"),
+            (["--solver-name", ""], "--solver-name"),
+            (["--log-format", "xml"], "--log-format"),
+            (["--log-level", "loud"], "--log-level"),
+            (["--valkey-connect-timeout", "5"], "--valkey-connect-timeout"),
+            (["--valkey-connect-timeout", "0s"], "--valkey-connect-timeout"),
+            (["--idempotency-window", "soon"], "--idempotency-window"),
+            (["--valkey-min-replicas", "-2"], "--valkey-min-replicas"),
+            (["--max-body-bytes", "10"], "--max-body-bytes"),
+            (["--kubeconfig", "/nonexistent/kubeconfig"], "--kubeconfig"),
+        ]
+        for args, flag in cases:
+            e = self.assertRaises(usage.UsageError, self.parse, *args)
+            self.assertTrue(str(e).startswith(flag), (args, str(e)))
+
+    def test_missingOrBadServingPair(self):
+        e = self.assertRaises(usage.UsageError, Options().parseOptions, [])
+        self.assertIn("--tls-cert-file is required", str(e))
+        with open(self.key, "wb") as f:
+            f.write(b"not a key")
+        e = self.assertRaises(usage.UsageError, self.parse)
+        self.assertIn("--tls-cert-file/--tls-private-key-file", str(e))
+
+
+class DurationTests(SynchronousTestCase):
+    def test_goStyle(self):
+        for text, seconds in [("5s", 5), ("1m30s", 90), ("250ms", 0.25), ("24h", 86400),
+                              ("1.5h", 5400), ("0", 0), ("100us", 0.0001)]:
+            self.assertAlmostEqual(parseDuration(text), seconds)
+
+    def test_invalid(self):
+        for text in ["", "5", "s", "5x", "-5s", "5 s", 5, None]:
+            self.assertRaises(ValueError, parseDuration, text)
