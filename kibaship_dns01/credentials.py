@@ -1,0 +1,95 @@
+"""Secret values for Valkey connections, read through the Kubernetes layer.
+
+Values are cached briefly (a Present burst for many challenges reads a Secret
+once) and dropped when Valkey rejects them, so a rotated password is picked up
+at the next connection.  No value is ever logged or put in a message: errors
+name the Secret and the key, never the content.
+"""
+import base64
+
+from twisted.internet import defer
+
+from kibaship_dns01.challenge import SolverError
+from kibaship_dns01.kube.errors import APITimeout, Forbidden, KubeError, NotFound, Unavailable
+
+DEFAULT_TTL = 30.0
+
+
+class SecretError(SolverError):
+    """A Secret needed for this challenge is missing, unreadable or malformed."""
+
+    def __init__(self, message, transient=False):
+        super().__init__(message, reason="secret")
+        self.transient = transient
+
+
+def _secretPath(ref):
+    return f"/api/v1/namespaces/{ref.namespace}/secrets/{ref.name}"
+
+
+def _pickKey(ref, data):
+    if ref.key is not None:
+        if ref.key not in data:
+            keys = ", ".join(sorted(data)) or "none"
+            raise SecretError(f"{ref.describe()} does not exist in the Secret (its keys: {keys});"
+                              f" fix the key in the issuer config or add it to the Secret")
+        return data[ref.key]
+    if len(data) != 1:
+        raise SecretError(
+            f"Secret {ref.namespace}/{ref.name} must hold exactly one key (the Valkey password) "
+            f"but holds {len(data)}; name the key with passwordSecretRef.key or fix the Secret")
+    return next(iter(data.values()))
+
+
+def _decode(ref, encoded):
+    try:
+        return base64.b64decode(encoded, validate=True)
+    except (ValueError, TypeError):
+        raise SecretError(f"{ref.describe()} is not valid base64 data")
+
+
+class SecretReader:
+    """Reads (and briefly caches) single Secret values via an ``IKubernetesClient``."""
+
+    def __init__(self, client, clock, ttl=DEFAULT_TTL):
+        self._client = client
+        self._clock = clock
+        self._ttl = ttl
+        self._cache = {}  # SecretRef -> (expires, bytes)
+
+    def invalidate(self, ref):
+        """Forget ``ref``'s value, e.g. after Valkey rejected it."""
+        self._cache.pop(ref, None)
+
+    @defer.inlineCallbacks
+    def read(self, ref):
+        """The value (``bytes``) of ``ref``; fails with :class:`SecretError`."""
+        cached = self._cache.get(ref)
+        if cached is not None and cached[0] > self._clock.seconds():
+            return cached[1]
+        try:
+            secret = yield self._client.get(_secretPath(ref))
+        except NotFound:
+            raise SecretError(f"Secret {ref.namespace}/{ref.name} not found; create it in "
+                              f"namespace {ref.namespace} or fix the issuer config")
+        except Forbidden:
+            raise SecretError(f"kibaship-dns01 is not allowed to read Secret "
+                              f"{ref.namespace}/{ref.name}; grant its ServiceAccount get on "
+                              f"secrets in namespace {ref.namespace}")
+        except (Unavailable, APITimeout) as e:
+            raise SecretError(f"could not read Secret {ref.namespace}/{ref.name}: {e}",
+                              transient=True)
+        except KubeError as e:
+            raise SecretError(f"could not read Secret {ref.namespace}/{ref.name}: {e}")
+        value = _decode(ref, _pickKey(ref, secret.get("data") or {}))
+        self._cache[ref] = (self._clock.seconds() + self._ttl, value)
+        return value
+
+    def readText(self, ref):
+        """The value as text (a password)."""
+        def text(value):
+            try:
+                return value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise SecretError(f"{ref.describe()} is not UTF-8 text")
+        return self.read(ref).addCallback(text)

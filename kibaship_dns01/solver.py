@@ -1,0 +1,164 @@
+"""Present and CleanUp: config -> resolve project -> build event -> append (SPEC §2, §7, §8).
+
+Failure policy, because cert-manager retries Present until it succeeds and a
+failing CleanUp keeps the Challenge's finalizer:
+
+* Present fails (``success:false`` with a message naming what to fix) on any
+  error; retries append nothing twice (idempotency key = challenge + operation).
+* CleanUp fails only for transient trouble worth retrying (API server or
+  Valkey unreachable) once the project is known.  When the project can no
+  longer be determined (objects gone, labels removed, config now invalid) it
+  logs, counts and reports success: there is no stream left to tell.
+"""
+import datetime
+
+from twisted.internet import defer
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from kibaship_dns01 import metrics
+from kibaship_dns01.challenge import PRESENT, SolverError
+from kibaship_dns01.config import ConfigError, Defaults, parseIssuerConfig
+from kibaship_dns01.credentials import SecretError
+from kibaship_dns01.events import SEQUENCE_FIELD, buildEvent, withSequence
+from kibaship_dns01.interfaces import ISolver
+from kibaship_dns01.resolve import ResolutionError
+from kibaship_dns01.valkey import streamKey
+from kibaship_dns01.valkey.errors import ValkeyError
+from kibaship_dns01.valkey.target import ValkeyTarget, parseAddress
+
+log = Logger()
+
+
+def _serverName(addr):
+    host, _ = parseAddress(addr)
+    return None if host.replace(".", "").isdigit() or ":" in host else host
+
+
+class TargetFactory:
+    """Turns :class:`~kibaship_dns01.config.ValkeySettings` into a ``ValkeyTarget``.
+
+    The password is not read here: the target carries a provider that the
+    publisher calls whenever it (re)connects, and an invalidation hook it
+    calls when Valkey rejects the password, so rotation needs no restart.
+    """
+
+    def __init__(self, secrets, idempotencyWindow=86400.0):
+        self._secrets = secrets
+        self._window = idempotencyWindow
+
+    async def target(self, settings):
+        ref = settings.passwordSecret
+        caPEM = await self._secrets.read(settings.caSecret) if settings.caSecret else None
+        kw = {}
+        if ref is not None:
+            kw = dict(credentials=lambda: self._secrets.readText(ref),
+                      invalidateCredentials=lambda: self._secrets.invalidate(ref),
+                      credentialsSource=ref.describe())
+        return ValkeyTarget(
+            seeds=(settings.addr,), username=settings.username, tls=settings.tls, caPEM=caPEM,
+            serverName=_serverName(settings.addr) if settings.tls else None,
+            connectTimeout=settings.connectTimeout,
+            readTimeout=settings.readTimeout + settings.writeTimeout,
+            minReplicas=settings.minReplicas, idempotencyWindow=self._window, **kw)
+
+
+class _Unresolved(Exception):
+    """CleanUp without a project: finish successfully, but say why in the log."""
+
+    def __init__(self, reason, message):
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@implementer(ISolver)
+class Solver:
+    """The real solver: publishes the challenge's DNS instructions to the project stream."""
+
+    def __init__(self, resolver, publisher, targets, clock, defaults=Defaults(), dryRun=False):
+        self._resolver = resolver
+        self._publisher = publisher
+        self._targets = targets
+        self._clock = clock
+        self._defaults = defaults
+        self._dryRun = dryRun
+
+    def present(self, request):
+        return defer.ensureDeferred(self._solve(request))
+
+    def cleanUp(self, request):
+        return defer.ensureDeferred(self._solve(request))
+
+    async def _solve(self, request):
+        started = self._clock.seconds()
+        record = {"action": request.action, "fqdn": request.resolvedFQDN,
+                  "dns_name": request.dnsName, "resource_namespace": request.resourceNamespace}
+        try:
+            outcome = await self._publish(request, record)
+        except _Unresolved as e:
+            outcome = "unresolved"
+            record.update(reason=e.reason, detail=e.message)
+        except SolverError as e:
+            self._decided(request, record, "failure", started, reason=e.reason, error=e.message)
+            raise
+        self._decided(request, record, outcome, started)
+
+    def _decided(self, request, record, outcome, started, **extra):
+        duration = self._clock.seconds() - started
+        metrics.SOLVER_REQUESTS.labels(action=request.action, outcome=outcome).inc()
+        metrics.SOLVER_LATENCY.labels(action=request.action).observe(duration)
+        record.update(extra, outcome=outcome, duration_ms=round(duration * 1000, 1))
+        level = log.warn if outcome == "failure" else log.info
+        level("{action} {fqdn}: {outcome}", log_kind="challenge_decision", **record)
+
+    async def _publish(self, request, record):
+        cleanup = request.action != PRESENT
+        config = self._config(request, cleanup)
+        context = await self._resolve(request, config, cleanup)
+        event = buildEvent(request, context, config, self._now())
+        stream = streamKey(context.projectUUID)
+        record.update(challenge_id=event.challengeID, project_uuid=context.projectUUID,
+                      stream=stream, certificate=f"{context.certificateNamespace}/"
+                      f"{context.certificateName}", event_id=event.eventID)
+        if self._dryRun:
+            record.update(event=withSequence(event.fields, 0))
+            return "dry_run"
+        result = await self._append(request, config, context, event, stream, cleanup)
+        record.update(entry_id=result.entryId, sequence=result.sequence,
+                      duplicate=result.duplicate)
+        return "success"
+
+    def _config(self, request, cleanup):
+        try:
+            return parseIssuerConfig(request.config, request.resourceNamespace, self._defaults)
+        except ConfigError as e:
+            if cleanup:
+                raise _Unresolved("config", str(e))
+            raise SolverError(f"invalid issuer webhook config: {e}", reason="config")
+
+    async def _resolve(self, request, config, cleanup):
+        try:
+            return await self._resolver.resolve(request, config.defaultProjectUUID)
+        except ResolutionError as e:
+            if cleanup and not e.transient:
+                raise _Unresolved(e.reason, e.message)
+            raise SolverError(e.message, reason=e.reason)
+
+    async def _append(self, request, config, context, event, stream, cleanup):
+        try:
+            target = await self._targets.target(config.valkey)
+            return await self._publisher.appendEvent(
+                target, context.projectUUID, event.fields, event.idempotencyKey,
+                sequenceField=SEQUENCE_FIELD)
+        except SecretError as e:
+            if cleanup and not e.transient:
+                raise _Unresolved("secret", e.message)
+            raise
+        except ValkeyError as e:
+            raise SolverError(
+                f"could not append the {event.operation} event for {request.resolvedFQDN} to "
+                f"Valkey stream {stream}: {e}; cert-manager will retry", reason="valkey")
+
+    def _now(self):
+        return datetime.datetime.fromtimestamp(self._clock.seconds(), datetime.timezone.utc)
