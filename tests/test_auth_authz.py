@@ -8,7 +8,7 @@ from zope.interface.verify import verifyObject
 
 from kibaship_dns01 import metrics
 from kibaship_dns01.auth import authz
-from kibaship_dns01.auth.cache import ExpiringCache, SingleFlight
+from kibaship_dns01.auth.cache import ExpiringCache, SingleFlight, withDeadline
 from kibaship_dns01.auth.types import (
     ANONYMOUS_USER, AUTHENTICATED, MASTERS, Decision, RequestAttributes, UserInfo)
 from kibaship_dns01.interfaces import IAuthorizer, IKubernetesClient
@@ -362,3 +362,19 @@ class CachePrimitiveTests(SynchronousTestCase):
         self.failureResultOf(b, ValueError)
         self.assertEqual(calls, [1])
         self.assertFalse(flight.inFlight("k"))
+
+    def test_deadlineReportedAsTimeoutWhateverTheCancelledCallSays(self):
+        clock = Clock()
+        call = defer.Deferred(lambda d: d.errback(Unavailable("cannot reach: CancelledError")))
+        withDeadline(call, 3, clock)
+        clock.advance(2.9)
+        self.assertNoResult(call)
+        clock.advance(0.1)
+        self.assertIn("within 3s", str(self.failureResultOf(call, defer.TimeoutError).value))
+
+    def test_deadlineCancelledWhenAnswered(self):
+        clock = Clock()
+        call = withDeadline(defer.Deferred(), 3, clock)
+        call.callback("ok")
+        self.assertEqual(self.successResultOf(call), "ok")
+        self.assertEqual(clock.getDelayedCalls(), [])

@@ -29,7 +29,7 @@ from zope.interface import implementer
 
 from kibaship_dns01 import metrics
 from kibaship_dns01.auth.authconfig import WHERE
-from kibaship_dns01.auth.cache import ExpiringCache, SingleFlight
+from kibaship_dns01.auth.cache import ExpiringCache, SingleFlight, withDeadline
 from kibaship_dns01.auth.peer import peerCertificateChain
 from kibaship_dns01.auth.types import (
     ANONYMOUS, ANONYMOUS_USER, AUTHENTICATED, UNAUTHENTICATED, Unauthenticated, UserInfo)
@@ -223,7 +223,7 @@ class TokenReviewAuthenticator:
         body = {"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
                 "spec": {"token": token}}
         d = defer.maybeDeferred(self._client.post, TOKEN_REVIEW_PATH, body)
-        d.addTimeout(self._timeout, self._clock)
+        withDeadline(d, self._timeout, self._clock)
         d.addCallbacks(self._reviewed, self._failed, callbackArgs=(key,))
         return d
 

@@ -18,7 +18,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from kibaship_dns01 import metrics
-from kibaship_dns01.auth.cache import ExpiringCache, SingleFlight
+from kibaship_dns01.auth.cache import ExpiringCache, SingleFlight, withDeadline
 from kibaship_dns01.auth.types import MASTERS, Decision
 from kibaship_dns01.interfaces import IAuthorizer
 from kibaship_dns01.kube.errors import makeStatus
@@ -198,7 +198,7 @@ class DelegatingAuthorizer:
         body = {"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
                 "spec": spec}
         d = defer.maybeDeferred(self._client.post, SAR_PATH, body)
-        d.addTimeout(self._timeout, self._clock)
+        withDeadline(d, self._timeout, self._clock)
         d.addCallback(lambda review: self._reviewed(attributes, key, review))
         d.addErrback(self._failed, attributes)
         return d

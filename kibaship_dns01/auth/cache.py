@@ -1,4 +1,4 @@
-"""The two tools both review caches need: an expiring LRU map and single-flight.
+"""What both review callers need: an expiring LRU map, single-flight, a deadline.
 
 ``k8s.io/apiserver`` caches TokenReview and SubjectAccessReview answers for a
 few seconds and collapses concurrent identical reviews into one API call, so a
@@ -98,3 +98,16 @@ class SingleFlight:
             else:
                 waiter.callback(result)
         return None
+
+
+def withDeadline(d, timeout, clock):
+    """Fail ``d`` with :class:`defer.TimeoutError` if it has not fired in ``timeout`` s.
+
+    Unlike the bare ``addTimeout``, the timeout is reported as such even when
+    the cancelled operation fails with its own error (the Kubernetes client
+    turns a cancelled request into "cannot reach the API server").
+    """
+    def timedOut(result, seconds):
+        return Failure(defer.TimeoutError("no answer within %gs" % (seconds,)))
+
+    return d.addTimeout(timeout, clock, onTimeoutCancel=timedOut)
