@@ -18,9 +18,16 @@ from kibaship_dns01 import metrics
 from kibaship_dns01.api.discovery import APIIdentity
 from kibaship_dns01.api.site import APIResource, APISite
 from kibaship_dns01.api.tls import ReloadingServerTLS
+from kibaship_dns01.auth.factory import buildAuth
 from kibaship_dns01.challenge import SolverError
+from kibaship_dns01.config import Defaults
+from kibaship_dns01.credentials import SecretReader
 from kibaship_dns01.interfaces import ISolver
+from kibaship_dns01.kube.client import KubeClient
 from kibaship_dns01.logs import buildObserver
+from kibaship_dns01.resolve import ChallengeResolver
+from kibaship_dns01.solver import Solver, TargetFactory
+from kibaship_dns01.valkey.publisher import ValkeyPublisher
 
 log = Logger()
 
@@ -135,15 +142,51 @@ def buildMetricsService(settings, reactor):
     return ListeningService(endpoint, site, "metrics")
 
 
-def buildService(settings, reactor, stdout=None):
-    """The whole daemon for ``settings``."""
+class KubeClientService(service.Service):
+    """Owns the API client's connection pool: closed (watches cancelled) on stop."""
+
+    name = "kubernetes-client"
+
+    def __init__(self, client):
+        self.client = client
+
+    def stopService(self):
+        super().stopService()
+        return self.client.close()
+
+
+def buildSolver(settings, client, resolver, publisher, clock):
+    """The real solver over the given Kubernetes client, resolver and publisher."""
+    targets = TargetFactory(SecretReader(client, clock), settings.idempotencyWindow)
+    return Solver(resolver, publisher, targets, clock, Defaults.fromSettings(settings),
+                  dryRun=settings.dryRun)
+
+
+def buildService(settings, reactor, kubeConfig, stdout=None):
+    """The whole daemon for ``settings``.
+
+    Children start in this order (and stop in reverse): API client, the
+    authentication ConfigMap watcher, the Challenge cache, the Valkey
+    publisher, then the listeners, so nothing is served before its
+    dependencies exist; ``/readyz`` says when the caches have loaded.
+    """
     import sys
 
     root = DaemonService()
     root.logObserver = buildObserver(stdout or sys.stdout, settings.logFormat, settings.logLevel)
     tls = ReloadingServerTLS(settings.tlsCertFile, settings.tlsPrivateKeyFile, reactor)
     tls.load()
-    site = buildAPISite(settings, tls, UnconfiguredSolver(), reactor)
+    client = KubeClient(kubeConfig, reactor)
+    KubeClientService(client).setServiceParent(root)
+    auth = buildAuth(client, reactor, setClientCAs=tls.setClientCAs)
+    auth.watcher.setServiceParent(root)
+    resolver = ChallengeResolver(client, reactor, settings.groupName, settings.solverName)
+    resolver.setServiceParent(root)
+    publisher = ValkeyPublisher(reactor)
+    publisher.setServiceParent(root)
+    solver = buildSolver(settings, client, resolver, publisher, reactor)
+    site = buildAPISite(settings, tls, solver, reactor, authenticator=auth.authenticator,
+                        authorizer=auth.authorizer, readiness=[auth.watcher, resolver])
     TLSSiteService(_endpoint(reactor, settings.bindAddress, settings.securePort), site,
                    tls).setServiceParent(root)
     if settings.metricsPort:

@@ -145,6 +145,19 @@ def _checkServingPair(settings):
         raise usage.UsageError(f"--tls-cert-file/--tls-private-key-file: {e}")
 
 
+def _loadKubeConfig(settings):
+    """The API server connection, or a usage error saying what is wrong with it."""
+    from kibaship_dns01.kube.config import KubeConfigError, loadConfig
+
+    try:
+        return loadConfig(settings.kubeconfig)
+    except KubeConfigError as e:
+        if settings.kubeconfig:
+            raise usage.UsageError(f"--kubeconfig: {e}")
+        raise usage.UsageError(f"no --kubeconfig given and the in-cluster configuration "
+                               f"cannot be loaded: {e}")
+
+
 class Options(usage.Options):
     """Command-line options of ``twistd kibaship-dns01``."""
 
@@ -169,6 +182,7 @@ class Options(usage.Options):
     def postOptions(self):
         self.settings = self._validate()
         _checkServingPair(self.settings)
+        self.kubeConfig = _loadKubeConfig(self.settings)
 
     def _validate(self):
         g = self.get
@@ -203,6 +217,6 @@ def makeService(options):
 
     from kibaship_dns01.service import buildService
 
-    return buildService(options.settings, reactor)
+    return buildService(options.settings, reactor, options.kubeConfig)
 
 

@@ -1,4 +1,5 @@
-"""The real daemon, started by ``twistd`` from outside the repository, spoken to over TLS."""
+"""The real daemon, started by ``twistd`` from outside the repository, spoken to over TLS
+the way the kube-aggregator does, appending to a real Valkey cluster."""
 import json
 import os
 import tempfile
@@ -8,13 +9,14 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from kibaship_dns01.testing.daemon import TWISTD, DaemonProcess, freePort
+from kibaship_dns01.testing.environment import CERT_MANAGER_USER, LocalEnvironment
+from kibaship_dns01.testing.eventschema import validateEntry
 from kibaship_dns01.testing.httpclient import request
-from tests.support import SOLVER_PATH, writeServingFiles
+from kibaship_dns01.testing.valkeycluster import ValkeyCluster
+from kibaship_dns01.valkey import streamKey
 
 
-class DaemonTests(TestCase):
-    timeout = 60
-
+class CommandLineTests(TestCase):
     def setUp(self):
         self.cwd = tempfile.mkdtemp(prefix="kibaship-daemon-")
 
@@ -38,36 +40,82 @@ class DaemonTests(TestCase):
             self.assertIn(b"--secure-port: 99999 is outside 1-65535", out + err)
         return defer.ensureDeferred(go())
 
-    def test_servesDiscoveryAndSolverOverTLSWithJSONLogs(self):
+
+def xrange(cluster, key):
+    """Entries of ``key`` as [(id, {field: value})], read with ``valkey-cli -c XRANGE``."""
+    raw = cluster.cli(cluster.nodes[0], "-c", "XRANGE", key, "-", "+", json_=True)
+    return [(entryId, dict(zip(flat[::2], flat[1::2]))) for entryId, flat in raw]
+
+
+class EndToEndTests(TestCase):
+    """Present/CleanUp through the running daemon land on the real cluster (issue 6's proof)."""
+
+    timeout = 120
+
+    def setUp(self):
+        # trial has no setUpClass: the cluster lives for this test only
+        self.cluster = ValkeyCluster(password="e2e-secret-password").start()
+        self.addCleanup(self.cluster.stop)
+
+    def test_presentAndCleanUpOverTLS(self):
         async def go():
-            ca, cert, key = writeServingFiles(self.cwd)
+            cwd = tempfile.mkdtemp(prefix="kibaship-e2e-")
+            env = LocalEnvironment(reactor, cwd, self.cluster)
+            await env.start()
+            self.addCleanup(lambda: defer.ensureDeferred(env.stop()))
             port, metricsPort = freePort(), freePort()
-            daemon = DaemonProcess(reactor, [
-                "--tls-cert-file", cert, "--tls-private-key-file", key,
-                "--secure-port", str(port), "--bind-address", "127.0.0.1",
-                "--metrics-port", str(metricsPort), "--metrics-bind-address", "127.0.0.1"],
-                cwd=self.cwd)
+            daemon = DaemonProcess(reactor, env.daemonArgs(port, metricsPort), cwd=cwd)
             daemon.start()
             self.addCleanup(lambda: defer.ensureDeferred(daemon.stop()))
             base = f"https://localhost:{port}"
-            await daemon.waitReady(base, ca.certPEM)
-            resp = await request(reactor, "GET", base + "/apis/dns.kibaship.com/v1alpha1",
-                                 caPEM=ca.certPEM)
-            self.assertEqual(resp.json()["groupVersion"], "dns.kibaship.com/v1alpha1")
-            resp = await request(reactor, "POST", base + SOLVER_PATH, caPEM=ca.certPEM,
-                                 headers={"Content-Type": ["application/json"]},
-                                 body=b"{broken")
-            self.assertEqual((resp.code, resp.json()["reason"]), (400, "BadRequest"))
+            await daemon.waitReady(base, env.servingCA.certPEM)
+
+            present = await env.post(base)
+            self.assertEqual(present.code, 201, present.body)
+            self.assertEqual(present.json()["response"], {"uid": "", "success": True})
+            again = await env.post(base)  # cert-manager retries Present
+            self.assertEqual(again.json()["response"]["success"], True)
+            cleanup = await env.post(base, action="CleanUp")
+            self.assertEqual(cleanup.json()["response"]["success"], True)
+
+            # a caller RBAC does not allow is refused before anything happens
+            denied = await env.post(base, user="system:serviceaccount:team:intruder",
+                                    groups=())
+            self.assertEqual(denied.code, 403)
+            self.assertIn('User "system:serviceaccount:team:intruder" cannot create resource '
+                          '"kibaship" in API group "dns.kibaship.com" at the cluster scope',
+                          denied.json()["message"])
+
+            key = streamKey(env.chain.certificate["metadata"]["labels"][
+                "platform.kibaship.com/project-uuid"])
+            entries = xrange(self.cluster, key)
+            self.assertEqual([f["operation"] for _, f in entries], ["present", "cleanup"])
+            datas = [validateEntry(f) for _, f in entries]
+            self.assertEqual([int(f["sequence"]) for _, f in entries], [1, 2])
+            self.assertEqual(datas[0]["payload"]["txt"],
+                             env.chain.challenges[0]["spec"]["key"])
+            self.assertEqual(datas[0]["payload"]["certificate"], "ad-shop-example-com")
+
             metricsBody = (await request(
-                reactor, "GET", f"http://127.0.0.1:{metricsPort}/metrics")).body
-            self.assertIn(b'kibaship_dns01_http_requests_total{code="400",route="solver"}',
+                reactor, "GET", f"http://127.0.0.1:{metricsPort}/metrics")).body.decode()
+            self.assertIn('kibaship_dns01_solver_requests_total{action="Present",'
+                          'outcome="success"} 2.0', metricsBody)
+            self.assertIn('kibaship_dns01_valkey_appends_total{result="duplicate"} 1.0',
                           metricsBody)
-            # twistd shuts down cleanly, then re-raises SIGTERM so its exit status shows why
+
             self.assertIn(await daemon.stop(), (0, -15))
             self.assertIn(b"Server Shut Down.", daemon.output)
             lines = [json.loads(l) for l in daemon.output.splitlines() if l.startswith(b"{")]
-            requests = [l for l in lines if l.get("log_kind") == "http_request"]
-            post = [l for l in requests if l["method"] == "POST"]
-            self.assertEqual([(p["path"], p["code"]) for p in post], [(SOLVER_PATH, 400)])
-            self.assertIn("duration_ms", post[0])
+            decisions = [l for l in lines if l.get("log_kind") == "challenge_decision"]
+            self.assertEqual([(d["action"], d["outcome"], d.get("duplicate")) for d in decisions],
+                             [("Present", "success", False), ("Present", "success", True),
+                              ("CleanUp", "success", False)])
+            for d in decisions:
+                self.assertEqual((d["stream"], d["fqdn"]), (key, "_acme-challenge.shop.example.com."))
+                self.assertIn("entry_id", d)
+            posts = [l for l in lines if l.get("log_kind") == "http_request"
+                     and l["method"] == "POST"]
+            self.assertEqual([(p["code"], p["user"]) for p in posts][:3],
+                             [(201, CERT_MANAGER_USER)] * 3)
+            self.assertNotIn(b"e2e-secret-password", daemon.output)
         return defer.ensureDeferred(go())

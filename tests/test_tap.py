@@ -6,6 +6,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from kibaship_dns01.durations import parseDuration
 from kibaship_dns01.tap import Options
+from kibaship_dns01.testing.kubeapi import StandInAPIServer
 from tests.support import writeServingFiles
 
 
@@ -14,7 +15,10 @@ class OptionsTests(SynchronousTestCase):
         self.dir = self.mktemp()
         os.makedirs(self.dir)
         _, self.cert, self.key = writeServingFiles(self.dir)
-        self.base = ["--tls-cert-file", self.cert, "--tls-private-key-file", self.key]
+        self.kubeconfig = os.path.join(self.dir, "kubeconfig")
+        StandInAPIServer().writeKubeconfig(self.kubeconfig)
+        self.base = ["--tls-cert-file", self.cert, "--tls-private-key-file", self.key,
+                     "--kubeconfig", self.kubeconfig]
         self.patch(os, "environ", {k: v for k, v in os.environ.items()
                                    if not k.startswith("KIBASHIP_DNS01_")})
 
@@ -26,11 +30,11 @@ class OptionsTests(SynchronousTestCase):
     def test_defaults(self):
         s = self.parse()
         self.assertEqual(
-            (s.securePort, s.bindAddress, s.groupName, s.solverName, s.kubeconfig, s.metricsPort,
+            (s.securePort, s.bindAddress, s.groupName, s.solverName, s.metricsPort,
              s.dryRun, s.logFormat, s.logLevel, s.maxBodyBytes, s.valkeyNamespace,
              s.valkeyService, s.valkeyPort, s.valkeySecret, s.valkeyConnectTimeout,
              s.valkeyReadTimeout, s.valkeyMinReplicas, s.idempotencyWindow),
-            (8443, "0.0.0.0", "dns.kibaship.com", "kibaship", None, 0, False, "json", "info",
+            (8443, "0.0.0.0", "dns.kibaship.com", "kibaship", 0, False, "json", "info",
              1048576, "kibaship-operator", "kibaship-valkey-cluster-kibaship-com", 6379,
              "kibaship-valkey-cluster-kibaship-com", 5.0, 3.0, 0, 86400.0))
 
@@ -69,6 +73,15 @@ class OptionsTests(SynchronousTestCase):
         for args, flag in cases:
             e = self.assertRaises(usage.UsageError, self.parse, *args)
             self.assertTrue(str(e).startswith(flag), (args, str(e)))
+
+    def test_kubeconfigProblemsAreUsageErrors(self):
+        with open(self.kubeconfig, "w") as f:
+            f.write("users: [")
+        e = self.assertRaises(usage.UsageError, self.parse)
+        self.assertTrue(str(e).startswith("--kubeconfig: "), str(e))
+        opts = Options()
+        e = self.assertRaises(usage.UsageError, opts.parseOptions, self.base[:4])
+        self.assertIn("no --kubeconfig given and the in-cluster configuration", str(e))
 
     def test_missingOrBadServingPair(self):
         e = self.assertRaises(usage.UsageError, Options().parseOptions, [])
