@@ -1,0 +1,99 @@
+"""Run the product's main job end to end on this machine.
+
+    python -m kibaship_dns01.testing.localrun [--keep-running] [--workdir DIR]
+
+Starts a six-node Valkey cluster (password protected), a stand-in Kubernetes
+API server holding a Kibaship Certificate -> CertificateRequest -> Order ->
+Challenge chain, and the real ``twistd kibaship-dns01`` over TLS; then sends
+the ``Present`` cert-manager would send, through the front proxy as the
+kube-aggregator does, and prints the stream entry read back with
+``valkey-cli XRANGE``.
+"""
+import argparse
+import json
+import os
+import secrets
+import shutil
+import sys
+
+from twisted.internet import defer, task
+
+from kibaship_dns01.testing.daemon import DaemonProcess, freePort
+from kibaship_dns01.testing.environment import FRONT_PROXY_CN, LocalEnvironment
+from kibaship_dns01.testing.valkeycluster import ValkeyCluster
+from kibaship_dns01.valkey import streamKey
+
+
+def _parse(argv):
+    p = argparse.ArgumentParser(prog="python -m kibaship_dns01.testing.localrun",
+                                description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", default="local-run", help="certificates, kubeconfig, logs")
+    p.add_argument("--port", type=int, default=8443, help="the daemon's --secure-port")
+    p.add_argument("--metrics-port", type=int, default=0, help="0 picks a free port")
+    p.add_argument("--keep-running", action="store_true",
+                   help="leave everything up until Ctrl-C")
+    return p.parse_args(argv)
+
+
+def _say(text=""):
+    print(text, flush=True)
+
+
+def _curlHints(env, base):
+    w = env.workdir
+    return (f"curl --cacert {w}/ca.crt --cert {w}/front-proxy.crt --key {w}/front-proxy.key "
+            f"-H 'X-Remote-User: system:kube-aggregator' -H 'X-Remote-Group: system:masters' "
+            f"{base}/apis/{env.groupName}/v1alpha1")
+
+
+async def _run(reactor, args, cluster):
+    env = LocalEnvironment(reactor, os.path.abspath(args.workdir), cluster)
+    await env.start()
+    metricsPort = args.metrics_port or freePort()
+    daemon = DaemonProcess(reactor, env.daemonArgs(args.port, metricsPort, ("--log-format",
+                                                                           "text")),
+                           cwd=env.workdir)
+    daemon.start()
+    base = f"https://localhost:{args.port}"
+    try:
+        await daemon.waitReady(base, env.servingCA.certPEM)
+        _say(f"daemon ready at {base} (metrics http://127.0.0.1:{metricsPort}/metrics)")
+        resp = await env.post(base)
+        _say(f"\nPOST {env.groupName}/v1alpha1/{env.solverName} (Present) -> HTTP {resp.code}")
+        _say(json.dumps(resp.json()["response"], indent=2))
+        project = env.chain.certificate["metadata"]["labels"]["platform.kibaship.com/project-uuid"]
+        key = streamKey(project)
+        _say(f"\nvalkey-cli -c XRANGE {key} - +")
+        _say(cluster.cli(cluster.nodes[0], "-c", "XRANGE", key, "-", "+"))
+        ok = resp.code == 201 and resp.json()["response"]["success"]
+        if args.keep_running:
+            _say(f"\nfront-proxy client certificate (CN {FRONT_PROXY_CN}) in {env.workdir}; try:")
+            _say(_curlHints(env, base))
+            _say("Ctrl-C to stop.")
+            await defer.Deferred()  # until the reactor stops
+        return 0 if ok else 1
+    except Exception:
+        _say(daemon.output.decode(errors="replace"))
+        raise
+    finally:
+        await daemon.stop()
+        await env.stop()
+        with open(os.path.join(env.workdir, "daemon.log"), "wb") as f:
+            f.write(daemon.output)
+
+
+def main(argv=None):
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    if shutil.which("valkey-server") is None:
+        sys.exit("valkey-server is not installed; see README.md (bookworm-backports)")
+    _say("starting a 6-node Valkey cluster ...")
+    cluster = ValkeyCluster(password=secrets.token_urlsafe(16)).start()
+    _say(f"Valkey cluster up: {', '.join(n.address for n in cluster.nodes)}")
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(_run(reactor, args, cluster)))
+    finally:
+        cluster.stop()
+
+
+if __name__ == "__main__":
+    main()
