@@ -70,11 +70,21 @@ class HangingClient(LaggingClient):
         super().__init__(inner)
         self.hang = False
         self.cancelled = []
+        self.pending = []
 
     def _maybeHang(self, verb, path, call):
         if not self.hang:
             return call()
-        return defer.Deferred(lambda d: self.cancelled.append((verb, path)))
+        d = defer.Deferred(lambda d: self.cancelled.append((verb, path)))
+        self.pending.append((verb, path, call, d))
+        return d
+
+    def release(self):
+        """Answer every pending call now (from the store as it is)."""
+        pending, self.pending = self.pending, []
+        for _, _, call, d in pending:
+            if not d.called:
+                call().chainDeferred(d)
 
     def get(self, path, params=None):
         return self._maybeHang("get", path, lambda: self.inner.get(path, params))
@@ -190,6 +200,21 @@ class FindChallengeTests(ResolverCase):
         self.assertEqual(len(logs.warnings()), 1)
         self.assertIn("Challenge bbb/", logs.warnings()[0]["names"])
 
+    def test_issuerChallengeOnlyInItsNamespace(self):
+        """Same key in two namespaces, both from namespaced Issuers: the cached
+        one elsewhere is not it, the fallback LIST of resourceNamespace is."""
+        issuer = {"name": "le", "kind": "Issuer", "group": "cert-manager.io"}
+        a = buildChain(namespace="aaa", keySeed="same", issuerRef=issuer)
+        b = buildChain(namespace="bbb", keySeed="same", issuerRef=issuer,
+                       labels=kibashipLabels(projectUUID=OTHER_PROJECT))
+        self.start(a)
+        self.client.lagging = True
+        b.addTo(self.store)
+        ctx = self.resolve(b.request(resourceNamespace="bbb"))
+        self.assertEqual((ctx.challengeNamespace, ctx.projectUUID), ("bbb", OTHER_PROJECT))
+        self.assertEqual([c.verb for c in self.calls()], ["list", "get"])
+        self.fails(a.request(resourceNamespace="cert-manager"), ChallengeGone)
+
     def test_apexAndWildcardShareFQDN(self):
         chain = buildChain(dnsNames=("example.com", "*.example.com"))
         self.start(chain)
@@ -273,8 +298,13 @@ class FindChallengeTests(ResolverCase):
                          {"dns01": {"webhook": {"groupName": GROUP, "solverName": SOLVER}}})
         self.assertEqual(set(trimmed["spec"]), {"key", "dnsName", "wildcard", "issuerRef",
                                                 "solver"})
-        self.assertEqual(trimmed["metadata"]["ownerReferences"],
-                         challenge["metadata"]["ownerReferences"])
+        owner = challenge["metadata"]["ownerReferences"][0]
+        self.assertEqual(trimmed["metadata"]["ownerReferences"], [
+            {key: owner[key] for key in ("apiVersion", "kind", "name", "uid", "controller")}])
+        self.assertEqual(trimmed["spec"]["issuerRef"], challenge["spec"]["issuerRef"])
+        other = trimChallenge(buildChain(namespace="x").challenges[0])
+        self.assertIs(other["spec"]["issuerRef"], trimmed["spec"]["issuerRef"])
+        self.assertIs(other["spec"]["solver"], trimmed["spec"]["solver"])
         self.assertNotIn("finalizers", trimmed["metadata"])
         self.start(chain)
         cached = self.resolver.informer.get("certificates", challenge["metadata"]["name"])
@@ -579,6 +609,51 @@ class APIFailureTests(ResolverCase):
         self.clock.advance(3)
         self.failureResultOf(d, TransientResolutionError)
         self.assertEqual([verb for verb, _ in self.client.cancelled], ["list"])
+
+    def test_concurrentMissesShareOneList(self):
+        """A burst of Challenges the watch has not delivered: one LIST per path."""
+        self.start()
+        self.client.lagging = True
+        a, b = buildChain(namespace="x"), buildChain(namespace="y")
+        a.addTo(self.store)
+        b.addTo(self.store)
+        self.client.hang = True
+        da = self.resolver.resolve(a.request(resourceNamespace="cert-manager"))
+        db = self.resolver.resolve(b.request(resourceNamespace="cert-manager"))
+        for expected in (["list"], ["list"], ["get", "get"]):
+            self.assertEqual([verb for verb, _, _, _ in self.client.pending], expected)
+            self.client.release()
+        self.assertEqual(self.successResultOf(da).challengeNamespace, "x")
+        self.assertEqual(self.successResultOf(db).challengeNamespace, "y")
+        self.assertEqual([c.path for c in self.calls("list")], [
+            "/apis/acme.cert-manager.io/v1/namespaces/cert-manager/challenges", CHALLENGES_PATH])
+
+    def test_oneDeadlineDoesNotCancelOthersList(self):
+        self.start()
+        self.client.lagging = True
+        chain = buildChain().addTo(self.store)
+        self.client.hang = True
+        first = self.resolver.resolve(chain.request())
+        self.clock.advance(5)
+        second = self.resolver.resolve(chain.request())
+        self.clock.advance(5)
+        self.failureResultOf(first, TransientResolutionError)
+        self.assertEqual(self.client.cancelled, [])
+        self.client.hang = False
+        self.client.release()
+        self.assertEqual(self.successResultOf(second).projectUUID, PROJECT_UUID)
+
+    def test_sharedListCancelledWhenNobodyWaits(self):
+        self.start()
+        self.client.hang = True
+        first = self.resolver.resolve(buildChain().request())
+        second = self.resolver.resolve(buildChain().request())
+        self.clock.advance(10)
+        self.failureResultOf(first, TransientResolutionError)
+        self.failureResultOf(second, TransientResolutionError)
+        self.assertEqual(self.client.cancelled, [
+            ("list", "/apis/acme.cert-manager.io/v1/namespaces/certificates/challenges")])
+        self.assertEqual(len(self.resolver._lists), 0)
 
     def test_noTimerLeftOnSuccess(self):
         chain = buildChain()

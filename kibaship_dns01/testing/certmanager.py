@@ -165,7 +165,9 @@ def buildChain(certificateName="ad-shop-example-com", namespace="certificates",
         when the labels were added to the Certificate after issuance started.
     :param withCertificate: ``False`` builds a hand-made CertificateRequest
         (no Certificate, no ownerReference, no certificate-name annotation).
-    :param keySeed: varies the challenge keys (defaults to the Certificate name).
+    :param keySeed: varies the challenge keys; by default they derive from the
+        namespace and Certificate name, so two chains share keys only when
+        given the same ``keySeed`` (an ACME authorization reused by two Orders).
     """
     labels = kibashipLabels() if labels is None else dict(labels)
     annotations = dict(annotations or {})
@@ -193,7 +195,7 @@ def buildChain(certificateName="ad-shop-example-com", namespace="certificates",
         "spec": {"request": base64.b64encode(b"-----BEGIN CERTIFICATE REQUEST-----").decode(),
                  "issuerRef": issuerRef, "usages": ["digital signature", "key encipherment"]}}
     order = _order(request, dnsNames, issuerRef)
-    seed = certificateName if keySeed is None else keySeed
+    seed = "%s/%s" % (namespace, certificateName) if keySeed is None else keySeed
     challenges = [_challenge(order, name, issuerRef, groupName, solverName, seed, config)
                   for name in dnsNames]
     return CertificateChain(certificate, request, order, challenges)

@@ -1,0 +1,192 @@
+"""Benchmark of project resolution (kibaship_dns01.resolve).
+
+Prints:
+
+1. API round trips per lookup kind, counted on the verified fake client
+   (cache hit, first lookup of a cached Challenge, cache miss for an Issuer
+   and a ClusterIssuer, unknown key, labels only on the Certificate);
+2. lookup time with 10,000 Challenges in the cache (fake client, so this is
+   the resolver's own CPU cost: index lookup, matching, chain cache);
+3. the same lookups over TLS against the stand-in API server holding the
+   10,000 Challenges (loopback latency, including a cluster-wide fallback
+   LIST of all of them), and the trimmed cache's memory.
+
+Run: ``/work/venv/bin/python bench/bench_resolve.py [--challenges 10000]``
+"""
+import argparse
+import gc
+import statistics
+import sys
+import time
+import tracemalloc
+
+from twisted.internet import defer, task
+from twisted.internet.testing import Clock
+
+from kibaship_dns01.kube.client import KubeClient
+from kibaship_dns01.resolve import KEY_INDEX, ChallengeQuery, ChallengeResolver
+from kibaship_dns01.testing.certmanager import buildChain
+from kibaship_dns01.testing.fakekube import FakeKubernetesClient
+from kibaship_dns01.testing.kubeapi import StandInAPIServer
+from kibaship_dns01.testing.kubestore import KubeStore
+
+GROUP, SOLVER = "dns.kibaship.com", "kibaship"
+NAMESPACES = 50
+
+
+def populate(store, count):
+    """``count`` Certificates with one Challenge each over ``NAMESPACES`` namespaces."""
+    chains = []
+    for i in range(count):
+        chain = buildChain(namespace="ns-%02d" % (i % NAMESPACES),
+                           certificateName="ad-site-%05d-example-com" % i,
+                           dnsNames=("site-%05d.example.com" % i,))
+        chains.append(chain.addTo(store))
+    return chains
+
+
+def fakeResolver(store):
+    client = FakeKubernetesClient(store)
+    resolver = ChallengeResolver(client, Clock(), GROUP, SOLVER)
+    resolver.startService()
+    return client, resolver
+
+
+def roundTrips(client, resolver, request, default=None):
+    before = len(client.calls)
+    d = resolver.resolve(request, default)
+    results = []
+    d.addBoth(results.append)
+    return len(client.calls) - before, [c.verb for c in client.calls[before:]]
+
+
+def countRoundTrips():
+    print("== API round trips per lookup (fake client) ==")
+    store = KubeStore()
+    cached = buildChain(namespace="shop").addTo(store)
+    onlyCert = buildChain(namespace="plain", copyLabels=False).addTo(store)
+    client, resolver = fakeResolver(store)
+    rows = [("first lookup, Challenge cached, labels on Order", cached.request()),
+            ("cache hit (chain cached)", cached.request()),
+            ("first lookup, labels only on the Certificate", onlyCert.request())]
+    for label, request in rows:
+        print("  %-56s %d  %s" % (label, *roundTrips(client, resolver, request)))
+    # the watch is live, so hold events back to simulate a Challenge the cache has not seen
+    resolver.stopService()
+    for name, ns, rns in (("miss, Issuer (resourceNamespace = Challenge's)", "lag1", "lag1"),
+                          ("miss, ClusterIssuer (namespace differs)", "lag2", "cert-manager")):
+        issuer = {"name": "le", "kind": "Issuer" if ns == rns else "ClusterIssuer",
+                  "group": "cert-manager.io"}
+        chain = buildChain(namespace=ns, issuerRef=issuer).addTo(store)
+        print("  %-56s %d  %s" % ("cache " + name,
+                                  *roundTrips(client, resolver, chain.request(
+                                      resourceNamespace=rns))))
+    unknown = buildChain(namespace="nowhere")
+    print("  %-56s %d  %s" % ("unknown key, ClusterIssuer (not found anywhere)",
+                              *roundTrips(client, resolver, unknown.request(
+                                  resourceNamespace="cert-manager"))))
+
+
+def timeIt(fn, repeat):
+    samples = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples), statistics.quantiles(samples, n=100)[98]
+
+
+def lookupTimes(count, repeat):
+    print("\n== lookup time, %d Challenges cached (fake client) ==" % count)
+    store = KubeStore(historyLimit=10)
+    start = time.perf_counter()
+    chains = populate(store, count)
+    print("  populate store: %.1fs" % (time.perf_counter() - start))
+    start = time.perf_counter()
+    client, resolver = fakeResolver(store)
+    print("  cache sync (LIST + trim + index): %.3fs, %d objects"
+          % (time.perf_counter() - start, len(resolver.informer)))
+    requests = [chains[(i * 7919) % count].request(resourceNamespace="cert-manager")
+                for i in range(repeat)]
+    for label in ("first lookup (index + 1 GET on the fake)", "cache hit (index + chain cache)"):
+        it = iter(requests)
+        med, p99 = timeIt(lambda: resolver.resolve(next(it)), repeat)
+        print("  %-42s median %6.1f us, p99 %6.1f us" % (label + ":", med * 1e6, p99 * 1e6))
+    queries = iter([ChallengeQuery(r.key, r.dnsName, r.resourceNamespace, GROUP, SOLVER)
+                    for r in requests])
+
+    def findOnly():
+        query = next(queries)
+        return query.pick(resolver.informer.byIndex(KEY_INDEX, query.key))
+    med, p99 = timeIt(findOnly, repeat)
+    print("  %-42s median %6.1f us, p99 %6.1f us" % ("index lookup + match only:", med * 1e6,
+                                                     p99 * 1e6))
+    resolver.stopService()
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.take_snapshot()
+    _, measured = fakeResolver(store)
+    measured.stopService()
+    gc.collect()
+    size = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    tracemalloc.stop()
+    print("  Challenge cache memory (trimmed objects + index): %.1f MiB, %d bytes per Challenge"
+          % (size / 2**20, size // max(1, len(measured.informer))))
+    return store, chains
+
+
+async def overTheWire(reactor, store, chains, repeat):
+    print("\n== over TLS, stand-in API server holding %d Challenges ==" % len(chains))
+    server = StandInAPIServer(store=store, reactor=reactor)
+    server.start()
+    client = KubeClient(server.clientConfig(), reactor)
+    resolver = ChallengeResolver(client, reactor, GROUP, SOLVER, lookupTimeout=30.0)
+    try:
+        start = reactor.seconds()
+        resolver.startService()
+        await resolver.informer.whenSynced()
+        print("  cache sync: %.2fs" % (reactor.seconds() - start))
+        picks = [chains[(i * 104729) % len(chains)] for i in range(repeat)]
+
+        async def measure(label, requests):
+            samples, trips = [], []
+            for request in requests:
+                mark = len(store.requests)
+                t0 = time.perf_counter()
+                await resolver.resolve(request)
+                samples.append(time.perf_counter() - t0)
+                trips.append(sum(1 for verb, _, _ in store.requests[mark:] if verb != "watch"))
+            print("  %-44s median %7.2f ms  max %7.2f ms  round trips %s"
+                  % (label, statistics.median(samples) * 1e3, max(samples) * 1e3,
+                     sorted(set(trips))))
+
+        await measure("first lookup (1 GET)", [c.request() for c in picks])
+        await measure("cache hit", [c.request() for c in picks])
+        resolver.informer.stopService()   # freeze the cache: new Challenges are misses
+        fresh = [buildChain(namespace="new-%d" % i, certificateName="fresh-%d" % i).addTo(store)
+                 for i in range(3)]
+        await measure("miss, Issuer (namespace LIST + GET)", [c.request() for c in fresh])
+        fresh = [buildChain(namespace="newer-%d" % i, certificateName="fresh-%d" % i).addTo(store)
+                 for i in range(3)]
+        await measure("miss, ClusterIssuer (+ cluster-wide LIST)",
+                      [c.request(resourceNamespace="cert-manager") for c in fresh])
+    finally:
+        await resolver.stopService()
+        await client.close()
+        await server.stop()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--challenges", type=int, default=10000)
+    parser.add_argument("--repeat", type=int, default=2000)
+    parser.add_argument("--wire-repeat", type=int, default=50)
+    args = parser.parse_args(argv)
+    countRoundTrips()
+    store, chains = lookupTimes(args.challenges, args.repeat)
+    task.react(lambda reactor: defer.ensureDeferred(
+        overTheWire(reactor, store, chains, args.wire_repeat)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
