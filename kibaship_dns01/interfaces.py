@@ -68,6 +68,11 @@ class IStreamPublisher(Interface):
         :return: Deferred firing the stream entry id (``str``).
         """
 
+    def appendEvent(target, projectUUID, fields, idempotencyKey, sequenceField=None):
+        """Like :meth:`append`, firing an ``AppendResult`` (entry id, sequence,
+        whether it was a duplicate).  ``sequenceField`` names the field whose
+        value carries the sequence placeholder the server replaces."""
+
     def check(target):
         """A cheap health check of ``target``. :return: Deferred firing ``None``."""
 
