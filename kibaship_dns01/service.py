@@ -120,8 +120,12 @@ class DaemonService(service.MultiService):
 def buildAPISite(settings, tls, solver, clock, authenticator=None, authorizer=None,
                  readiness=()):
     api = APIIdentity(group=settings.groupName, solver=settings.solverName)
+    conditions = [tls, *readiness]
+    for condition in conditions:
+        metrics.READY.labels(condition=condition.name).set_function(
+            lambda c=condition: 1.0 if c.isReady() else 0.0)
     resource = APIResource(api, solver, authenticator=authenticator, authorizer=authorizer,
-                           readiness=[tls, *readiness], clock=clock)
+                           readiness=conditions, clock=clock)
     return APISite(resource, maxBodyBytes=settings.maxBodyBytes)
 
 

@@ -15,7 +15,9 @@ instead of an opaque handshake failure, as ``k8s.io/apiserver`` does.
 """
 import hashlib
 
-from OpenSSL import SSL, crypto
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from OpenSSL import SSL
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -44,24 +46,24 @@ def _readPair(certPath, keyPath):
 
 
 def _parseCAs(pems):
-    """The distinct CA subjects found in PEM bundles (for the CertificateRequest)."""
-    names, seen = [], set()
+    """The CA certificates of PEM bundles, one per subject (for the CertificateRequest)."""
+    cas, seen = [], set()
     for bundle in pems:
         for cert in _loadCertChain(bundle):
-            der = cert.get_subject().der()
-            if der not in seen:
-                seen.add(der)
-                names.append(cert.get_subject())
-    return names
+            subject = cert.subject.public_bytes()
+            if subject not in seen:
+                seen.add(subject)
+                cas.append(cert)
+    return cas
 
 
 def _loadCertChain(pem):
-    marker = b"-----BEGIN CERTIFICATE-----"
-    chunks = [marker + c for c in pem.split(marker)[1:]]
-    return [crypto.load_certificate(crypto.FILETYPE_PEM, c) for c in chunks]
+    if b"-----BEGIN CERTIFICATE-----" not in pem:
+        return []
+    return x509.load_pem_x509_certificates(pem)
 
 
-def buildContext(certPEM, keyPEM, clientCANames=()):
+def buildContext(certPEM, keyPEM, clientCAs=()):
     """An ``SSL.Context`` serving ``certPEM`` (leaf first, then chain).
 
     Raises :class:`CertificateLoadError` when the pair is unusable.
@@ -70,7 +72,7 @@ def buildContext(certPEM, keyPEM, clientCANames=()):
         chain = _loadCertChain(certPEM)
         if not chain:
             raise CertificateLoadError("certificate file holds no PEM certificate")
-        key = crypto.load_privatekey(crypto.FILETYPE_PEM, keyPEM)
+        key = serialization.load_pem_private_key(keyPEM, password=None)
         ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
         ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
         ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
@@ -81,12 +83,12 @@ def buildContext(certPEM, keyPEM, clientCANames=()):
         ctx.check_privatekey()
     except CertificateLoadError:
         raise
-    except (crypto.Error, SSL.Error, ValueError) as e:
+    except (SSL.Error, ValueError, TypeError) as e:
         raise CertificateLoadError(f"certificate and key are not a usable pair: {e}")
     ctx.set_session_id(_SESSION_ID)
     ctx.set_verify(SSL.VERIFY_PEER, lambda conn, cert, errno, depth, ok: True)
-    if clientCANames:
-        ctx.set_client_ca_list(list(clientCANames))
+    for ca in clientCAs:
+        ctx.add_client_ca(ca)
     ctx.set_alpn_select_callback(_selectALPN)
     return ctx
 
