@@ -3,6 +3,8 @@ import json
 
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import TestCase
+from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
+from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from kibaship_dns01.challenge import SolverError
@@ -270,6 +272,20 @@ class ContractTests(TestCase):
             self.assertEqual(self.solver.calls, [])
         return d(go())
 
+    def test_oversizedChunkedBody413(self):
+        """Without a Content-Length the limit is enforced while the body streams in."""
+        async def go():
+            await self._site(maxBodyBytes=4096)
+            body = json.dumps(payload(config={"pad": "x" * 20000})).encode()
+            resp = await self._call(b"POST", SOLVER_PATH, headers=JSON,
+                                    body=ChunkedProducer(body))
+            self.assertStatus(resp, 413, "RequestEntityTooLarge", "limit of 4096 bytes")
+            small = await self._call(b"POST", SOLVER_PATH, headers=JSON,
+                                     body=ChunkedProducer(json.dumps(payload()).encode()))
+            self.assertEqual(small.code, 201)
+            self.assertEqual(len(self.solver.calls), 1)
+        return d(go())
+
     def test_solverThatNeverAnswersTimesOut(self):
         from twisted.internet.task import Clock
 
@@ -286,6 +302,30 @@ class ContractTests(TestCase):
             self.assertIn("did not finish within 50s",
                           resp.json()["response"]["status"]["message"])
         return d(go())
+
+
+@implementer(IBodyProducer)
+class ChunkedProducer:
+    """A body of unknown length, so the client sends it chunked in 1 KiB pieces."""
+
+    length = UNKNOWN_LENGTH
+
+    def __init__(self, data):
+        self.data = data
+
+    def startProducing(self, consumer):
+        for i in range(0, len(self.data), 1024):
+            consumer.write(self.data[i:i + 1024])
+        return defer.succeed(None)
+
+    def pauseProducing(self):
+        pass
+
+    def resumeProducing(self):
+        pass
+
+    def stopProducing(self):
+        pass
 
 
 def deferLater(seconds):
