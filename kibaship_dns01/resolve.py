@@ -9,7 +9,9 @@ and ``resourceNamespace``.  So the resolver
    Challenge's namespace for an ``Issuer`` but cert-manager's own namespace for
    a ``ClusterIssuer``);
 2. on a cache miss (a Challenge created a moment ago, or a cache still
-   syncing) LISTs ``resourceNamespace`` and then every namespace, once;
+   syncing) LISTs ``resourceNamespace``, gives a live watch ``watchGrace``
+   seconds to deliver the Challenge, then LISTs every namespace, once
+   (concurrent misses share these LISTs);
 3. walks the controller ``ownerReferences`` Challenge -> Order ->
    CertificateRequest -> Certificate, stopping at the first object that
    carries a valid project label (cert-manager copies the Certificate's
@@ -510,6 +512,55 @@ class SharedCalls:
         return len(self._inflight)
 
 
+class KeyWaiters:
+    """Lookups waiting for the watch to deliver a Challenge with their key.
+
+    A Challenge the cache has not seen is nearly always one cert-manager
+    created a moment ago, and the watch delivers it within milliseconds;
+    waiting that long is far cheaper than LISTing every Challenge in the
+    cluster (seconds of API server and reactor time in a large cluster).
+    """
+
+    def __init__(self, clock):
+        self._clock = clock
+        self._waiting = {}
+
+    def wait(self, query, timeout):
+        """:return: a Deferred firing the matching Challenge, or ``None`` after ``timeout``."""
+        entry = {"query": query, "timer": None}
+        d = defer.Deferred(lambda _: self._drop(entry))
+        entry["d"] = d
+        entry["timer"] = self._clock.callLater(timeout, self._expire, entry)
+        self._waiting.setdefault(query.key, []).append(entry)
+        return d
+
+    def notify(self, obj):
+        """The cache stored ``obj``: wake the lookups it answers."""
+        for key in challengeKeys(obj):
+            for entry in list(self._waiting.get(key, ())):
+                if entry["query"].matches(obj):
+                    self._drop(entry)
+                    entry["d"].callback(obj)
+
+    def _expire(self, entry):
+        entry["timer"] = None
+        self._drop(entry)
+        entry["d"].callback(None)
+
+    def _drop(self, entry):
+        if entry["timer"] is not None and entry["timer"].active():
+            entry["timer"].cancel()
+        entry["timer"] = None
+        entries = self._waiting.get(entry["query"].key, [])
+        if entry in entries:
+            entries.remove(entry)
+            if not entries:
+                del self._waiting[entry["query"].key]
+
+    def __len__(self):
+        return sum(len(entries) for entries in self._waiting.values())
+
+
 @implementer(IProjectResolver, IReadiness)
 class ChallengeResolver(service.Service):
     """Resolves challenge requests to :class:`~kibaship_dns01.project.ProjectContext`.
@@ -521,7 +572,7 @@ class ChallengeResolver(service.Service):
     name = "challenge-cache"
 
     def __init__(self, client, clock, groupName, solverName, lookupTimeout=10.0,
-                 maxCachedChains=MAX_CACHED_CHAINS):
+                 watchGrace=1.0, maxCachedChains=MAX_CACHED_CHAINS):
         self._client = client
         self._clock = clock
         self.groupName = groupName
@@ -531,6 +582,8 @@ class ChallengeResolver(service.Service):
         self._walker = ChainWalker(client)
         self._chains = collections.OrderedDict()
         self._lists = SharedCalls()
+        self._keyWaiters = KeyWaiters(clock)
+        self.watchGrace = watchGrace
         self.informer = Informer(client, CHALLENGES_PATH, clock, "challenges",
                                  trim=trimChallenge, indexers={KEY_INDEX: challengeKeys})
         self.informer.addListener(self._onChallengeEvent)
@@ -556,10 +609,13 @@ class ChallengeResolver(service.Service):
         return len(self._chains)
 
     def _onChallengeEvent(self, eventType, obj):
-        """A deleted Challenge never comes back under the same UID: forget its chain."""
+        """A deleted Challenge never comes back under the same UID: forget its
+        chain.  A new one may be what a lookup is waiting for."""
         if eventType == "DELETED":
             self._chains.pop(_get(obj, "metadata", "uid"), None)
             self._countChains()
+        else:
+            self._keyWaiters.notify(obj)
 
     def _remember(self, uid, chain):
         if not uid:
@@ -602,22 +658,34 @@ class ChallengeResolver(service.Service):
         return chain.context(defaultProjectUUID)
 
     async def findChallenge(self, query):
-        """The Challenge matching ``query``: from the cache, else one bounded LIST pass.
+        """The Challenge matching ``query``.
+
+        From the cache; else LIST ``resourceNamespace`` (cheap, and where an
+        Issuer's Challenge lives); else, if the cache is live, give the watch
+        ``watchGrace`` seconds to deliver it; else LIST all namespaces, once.
 
         :raises ChallengeGone: no such Challenge in any namespace.
         """
-        found = query.pick(self.informer.byIndex(KEY_INDEX, query.key))
+        found = self._cached(query)
+        if found is None:
+            found = query.pick(await self._listChallenges(query.resourceNamespace))
+        if found is None:
+            # the watch may have delivered it while that LIST was in flight
+            found = self._cached(query)
+        if found is None and self.informer.hasSynced and self.watchGrace > 0:
+            found = await self._keyWaiters.wait(query, self.watchGrace)
+        if found is None:
+            found = query.pick(await self._listChallenges(None))
         if found is not None:
             return found
-        for namespace in (query.resourceNamespace, None):
-            found = query.pick(await self._listChallenges(namespace))
-            if found is not None:
-                return found
         raise ChallengeGone(
             "no Challenge with key %s for dnsName %s and webhook %s/%s exists yet in any namespace;"
             " it may not be created yet (cert-manager retries) or belong to another solver"
             % (query.key, query.dnsName, query.groupName, query.solverName),
             "challenge_not_found")
+
+    def _cached(self, query):
+        return query.pick(self.informer.byIndex(KEY_INDEX, query.key))
 
     async def _listChallenges(self, namespace):
         """LIST Challenges directly (cache miss); ``namespace=None`` means all namespaces.

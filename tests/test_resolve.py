@@ -132,12 +132,18 @@ class ResolverCase(SynchronousTestCase):
         return [c for c in self.fake.calls[self.mark:]
                 if verb is None or getattr(c, "verb", None) == verb]
 
+    def settled(self, d):
+        """Let a lookup waiting for the watch run out its grace period."""
+        if not d.called:
+            self.clock.advance(self.resolver.watchGrace)
+        return d
+
     def resolve(self, request, default=None):
-        return self.successResultOf(self.resolver.resolve(request, default))
+        return self.successResultOf(self.settled(self.resolver.resolve(request, default)))
 
     def fails(self, request, errorType=ResolutionError, default=None):
-        failure = self.failureResultOf(self.resolver.resolve(request, default), errorType)
-        return failure.value
+        d = self.settled(self.resolver.resolve(request, default))
+        return self.failureResultOf(d, errorType).value
 
 
 class InterfaceTests(ResolverCase):
@@ -271,6 +277,54 @@ class FindChallengeTests(ResolverCase):
             ("list", "/apis/acme.cert-manager.io/v1/namespaces/shop/challenges"),
             ("get", "/apis/acme.cert-manager.io/v1/namespaces/shop/orders/"
              + chain.order["metadata"]["name"])])
+
+    def test_watchDeliversDuringGrace(self):
+        """ClusterIssuer miss: the watch delivering the Challenge within the
+        grace period spares the cluster-wide LIST."""
+        self.start()
+        self.client.lagging = True
+        chain = buildChain().addTo(self.store)
+        d = self.resolver.resolve(chain.request(resourceNamespace="cert-manager"))
+        self.assertNoResult(d)
+        self.clock.advance(self.resolver.watchGrace / 2)
+        self.client.flush()
+        self.assertEqual(self.successResultOf(d).challengeNamespace, "certificates")
+        self.assertEqual([c.verb for c in self.calls()], ["list", "get"])
+        self.assertEqual(len(self.resolver._keyWaiters), 0)
+
+    def test_deliveredDuringNamespaceList(self):
+        """The watch event arrives while the namespace LIST is in flight."""
+        self.start()
+        self.client.lagging = True
+        chain = buildChain().addTo(self.store)
+        self.client.hang = True
+        d = self.resolver.resolve(chain.request(resourceNamespace="cert-manager"))
+        self.client.flush()
+        self.client.hang = False
+        self.client.release()
+        self.assertEqual(self.successResultOf(d).challengeNamespace, "certificates")
+        self.assertEqual([c.verb for c in self.calls()], ["list", "get"])
+
+    def test_graceIgnoresOtherChallenges(self):
+        self.start()
+        self.client.lagging = True
+        chain = buildChain().addTo(self.store)
+        self.client.held = []   # its event is late beyond the grace period
+        self.client.lagging = False
+        d = self.resolver.resolve(chain.request(resourceNamespace="cert-manager"))
+        buildChain(namespace="unrelated").addTo(self.store)
+        self.assertEqual(len(self.resolver.informer), 1)
+        self.assertNoResult(d)
+        self.clock.advance(self.resolver.watchGrace)
+        self.assertEqual(self.successResultOf(d).challengeNamespace, "certificates")
+        self.assertEqual([c.verb for c in self.calls()], ["list", "list", "get"])
+
+    def test_noGraceBeforeSync(self):
+        """A cache that has not synced delivers nothing worth waiting for."""
+        chain = buildChain().addTo(self.store)
+        self.mark = 0
+        d = self.resolver.resolve(chain.request(resourceNamespace="cert-manager"))
+        self.assertEqual(self.successResultOf(d).challengeNamespace, "certificates")
 
     def test_createdAfterSyncClusterIssuer(self):
         self.start()
@@ -623,6 +677,7 @@ class APIFailureTests(ResolverCase):
         for expected in (["list"], ["list"], ["get", "get"]):
             self.assertEqual([verb for verb, _, _, _ in self.client.pending], expected)
             self.client.release()
+            self.clock.advance(self.resolver.watchGrace)
         self.assertEqual(self.successResultOf(da).challengeNamespace, "x")
         self.assertEqual(self.successResultOf(db).challengeNamespace, "y")
         self.assertEqual([c.path for c in self.calls("list")], [
@@ -654,6 +709,18 @@ class APIFailureTests(ResolverCase):
         self.assertEqual(self.client.cancelled, [
             ("list", "/apis/acme.cert-manager.io/v1/namespaces/certificates/challenges")])
         self.assertEqual(len(self.resolver._lists), 0)
+
+    def test_deadlineDuringGrace(self):
+        self.resolver = ChallengeResolver(self.client, self.clock, GROUP, SOLVER,
+                                          lookupTimeout=0.5, watchGrace=1.0)
+        self.start()
+        timers = set(self.clock.getDelayedCalls())
+        d = self.resolver.resolve(buildChain().request(resourceNamespace="cert-manager"))
+        self.clock.advance(0.5)
+        self.assertEqual(self.failureResultOf(d, TransientResolutionError).value.reason,
+                         "timeout")
+        self.assertEqual(len(self.resolver._keyWaiters), 0)
+        self.assertEqual(set(self.clock.getDelayedCalls()), timers)
 
     def test_noTimerLeftOnSuccess(self):
         chain = buildChain()

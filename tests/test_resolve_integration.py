@@ -114,13 +114,35 @@ class ResolveOverTheWireTests(StandInCase):
         self.assertEqual(apex.certificateName, wild.certificateName)
 
     @async_test
-    async def test_createdAfterSync(self):
+    async def test_createdAfterSyncIssuer(self):
         """Resolved in the same reactor turn as the create: the watch event
-        cannot have arrived, so the fallback LIST finds it."""
+        cannot have arrived, so the LIST of resourceNamespace finds it."""
+        await self.start()
+        chain = buildChain(namespace="shop").addTo(self.store)
+        ctx = await self.resolver.resolve(chain.request())
+        self.assertEqual(ctx.projectUUID, PROJECT_UUID)
+        self.assertEqual(self.requests("list"), [
+            ("list", "/apis/acme.cert-manager.io/v1/namespaces/shop/challenges")])
+
+    @async_test
+    async def test_createdAfterSyncClusterIssuer(self):
+        """ClusterIssuer: the namespace LIST misses, the watch then delivers
+        the Challenge within the grace period: no cluster-wide LIST."""
         await self.start()
         chain = buildChain().addTo(self.store)
         ctx = await self.resolver.resolve(chain.request(resourceNamespace="cert-manager"))
-        self.assertEqual(ctx.projectUUID, PROJECT_UUID)
+        self.assertEqual(ctx.challengeNamespace, "certificates")
+        self.assertEqual(self.requests("list"), [
+            ("list", "/apis/acme.cert-manager.io/v1/namespaces/cert-manager/challenges")])
+
+    @async_test
+    async def test_watchDownFallsBackToClusterList(self):
+        """No watch event within the grace period: one cluster-wide LIST."""
+        await self.start()
+        await self.resolver.informer.stopService()
+        chain = buildChain().addTo(self.store)
+        ctx = await self.resolver.resolve(chain.request(resourceNamespace="cert-manager"))
+        self.assertEqual(ctx.challengeNamespace, "certificates")
         self.assertEqual(self.requests("list"), [
             ("list", "/apis/acme.cert-manager.io/v1/namespaces/cert-manager/challenges"),
             ("list", CHALLENGES_PATH)])
