@@ -1,0 +1,365 @@
+"""Connections to one cluster node, on txredisapi's protocol.
+
+txredisapi 1.6.0 speaks RESP well (pipelining, per-reply timeouts, error
+replies as ``ResponseError``), but its connection *pool* does not fit a
+production cluster client, so this module keeps txredisapi's
+``BaseRedisProtocol`` and replaces the pool.  Deliberately, because:
+
+* ``ssl_context_factory=True`` is an unverifying ``ClientContextFactory``:
+  we wrap our own endpoint with ``wrapClientTLS(optionsForClientTLS(name,
+  trustRoot=<the CA>))``, i.e. certificate *and* host name verification.
+* A failed ``AUTH`` in ``connectionMade`` calls ``factory.stopTrying()``: the
+  pool never reconnects again.  Here ``AUTH`` is an ordinary first command of
+  each new connection; a rejection fails that attempt with
+  :class:`ValkeyAuthError` and the next attempt reads the credentials anew.
+* ``getConnection()`` waits forever when nothing connects: every attempt here
+  is bounded by ``connectTimeout`` on the injected reactor.
+* Its pool reconnects in the background on the global reactor with its own
+  1-10 s backoff, outside any caller's deadline; here a node is (re)connected
+  on demand, one attempt at a time (single-flight), within the caller's bound.
+* Its handler picks a random connection per command, so ``ASKING`` and the
+  command after it could travel on different connections.  :class:`Node`
+  hands out one connection and the caller writes ``ASKING`` and the command
+  back to back on it.
+
+``convertNumbers=False`` keeps stream ids and field values as strings
+(``"1-0"`` must not become a float).  Replies are pipelined: several callers
+share a connection and each gets its own reply in order.
+"""
+import re
+
+from OpenSSL import SSL
+from service_identity import VerificationError
+from twisted.internet import defer, ssl
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.endpoints import (
+    HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS)
+from twisted.internet.interfaces import IHandshakeListener
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from zope.interface import implementer
+
+import txredisapi
+
+from kibaship_dns01.valkey.errors import ConnectionLost, ValkeyAuthError, ValkeyTLSError
+from kibaship_dns01.valkey.flight import SingleFlight
+from kibaship_dns01.valkey.replies import AUTH, NOPERM, ServerError, classify
+from kibaship_dns01.valkey.target import formatAddress
+
+log = Logger()
+
+_PEM_CERT = re.compile(
+    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
+
+
+def trustRoot(caPEM):
+    """A Twisted trust root from a PEM bundle (one or more CA certificates)."""
+    blocks = _PEM_CERT.findall(caPEM or b"")
+    if not blocks:
+        raise ValkeyTLSError("the Valkey CA bundle contains no PEM certificate; "
+                             "check the caSecretRef key (expected ca.crt in PEM)")
+    return ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(b) for b in blocks])
+
+
+def makeEndpoint(reactor, address, target):
+    """The client endpoint for one node: plain TCP for IP literals (no
+    resolver round trip), ``HostnameEndpoint`` for names, TLS on top."""
+    host, port = address
+    timeout = target.connectTimeout
+    if isIPv6Address(host):
+        endpoint = TCP6ClientEndpoint(reactor, host, port, timeout=timeout)
+    elif isIPAddress(host):
+        endpoint = TCP4ClientEndpoint(reactor, host, port, timeout=timeout)
+    else:
+        endpoint = HostnameEndpoint(reactor, host, port, timeout=timeout)
+    if not target.tls:
+        return endpoint
+    root = trustRoot(target.caPEM) if target.caPEM else ssl.platformTrust()
+    options = ssl.optionsForClientTLS(target.serverName or host, trustRoot=root)
+    return wrapClientTLS(options, endpoint, clock=reactor)
+
+
+@implementer(IHandshakeListener)
+class NodeProtocol(txredisapi.BaseRedisProtocol):
+    """txredisapi's RESP protocol with the bits its pool used to provide.
+
+    ``ready`` fires once the transport is usable (after the TLS handshake when
+    ``tls``), ``closed`` when the connection is gone; ``lostReason`` keeps why,
+    so a failed handshake is reported as a TLS error rather than "lost".
+    """
+
+    def __init__(self, clock, replyTimeout, tls):
+        super().__init__(charset="utf-8", replyTimeout=replyTimeout, convertNumbers=False)
+        # txredisapi schedules reply timeouts with a class attribute bound to
+        # the global reactor; use the injected one
+        self.callLater = clock.callLater
+        self.tls = tls
+        self.ready = defer.Deferred()
+        self.closed = defer.Deferred()
+        self.lostReason = None
+        self._unparsed = []
+
+    # txredisapi's LineReceiver hands the bytes that follow every bulk string
+    # to the *next reactor iteration* (setLineMode -> callLater(0,
+    # dataReceived)) to avoid recursing once per bulk string.  That costs a
+    # reactor turn per bulk string (a CLUSTER SLOTS reply has dozens) and
+    # leaves delayed calls behind when a connection is closed.  Instead, queue
+    # the bytes and parse them in a loop within the same dataReceived call:
+    # same order, no recursion, no reactor turns.
+
+    def setLineMode(self, extra=b""):
+        self.line_mode = 1
+        if extra:
+            self._unparsed.append(extra)
+
+    def dataReceived(self, data, unpause=False):
+        super().dataReceived(data)
+        while self._unparsed:
+            super().dataReceived(self._unparsed.pop(0))
+
+    def connectionMade(self):
+        # Not the base connectionMade: its AUTH/SELECT dance calls
+        # factory.stopTrying() on failure.  Node does AUTH itself.
+        self.connected = 1
+        self._ready = True
+        if not self.tls:
+            self.ready.callback(self)
+
+    def handshakeCompleted(self):
+        if not self.ready.called:
+            self.ready.callback(self)
+
+    def connectionLost(self, why):
+        self.lostReason = why
+        super().connectionLost(why)
+        if not self.ready.called:
+            self.ready.errback(why)
+        self.closed.callback(None)
+
+
+class _ProtocolFactory(Factory):
+    def __init__(self, clock, replyTimeout, tls):
+        self.clock, self.replyTimeout, self.tls = clock, replyTimeout, tls
+
+    def buildProtocol(self, addr):
+        p = NodeProtocol(self.clock, self.replyTimeout, self.tls)
+        p.factory = self
+        return p
+
+
+def _tlsReason(failure):
+    """Why a TLS handshake failed (OpenSSL's reasons, or the host name
+    mismatch service_identity found), or None if it was not TLS."""
+    if failure is None:
+        return None
+    if failure.check(VerificationError):
+        return "the certificate does not match the expected name: %s" % (failure.value,)
+    if not failure.check(SSL.Error):
+        return None
+    reasons = [r[-1] for r in (failure.value.args[0] if failure.value.args else [])
+               if isinstance(r, tuple)]
+    return ", ".join(reasons) or str(failure.value)
+
+
+class Connection:
+    """One established, authenticated connection to ``address``."""
+
+    def __init__(self, protocol, address, readTimeout):
+        self.protocol = protocol
+        self.address = address
+        self.readTimeout = readTimeout
+
+    @property
+    def usable(self):
+        return self.protocol.lostReason is None and self.protocol.connected
+
+    @property
+    def pending(self):
+        return len(self.protocol.replyQueue.waiting)
+
+    def send(self, *args):
+        """Write one command now; Deferred firing its reply.
+
+        Error replies fail with :class:`ServerError`; a lost connection or a
+        reply slower than ``readTimeout`` with :class:`ConnectionLost` (the
+        connection is then closed by txredisapi, so later pipelined replies
+        cannot be confused).
+        """
+        try:
+            d = self.protocol.execute_command(*args)
+        except txredisapi.ConnectionError as e:
+            return defer.fail(self._lost(e))
+        return d.addErrback(self._mapError)
+
+    def _mapError(self, failure):
+        if failure.check(txredisapi.ResponseError):
+            raise ServerError(str(failure.value), self.address)
+        if failure.check(txredisapi.TimeoutError):
+            raise ConnectionLost("Valkey node %s sent no reply within %gs" % (
+                formatAddress(self.address), self.readTimeout))
+        if failure.check(txredisapi.ConnectionError):
+            raise self._lost(failure.value)
+        return failure
+
+    def _lost(self, error):
+        reason = self.protocol.lostReason
+        detail = reason.getErrorMessage() if reason is not None else str(error)
+        return ConnectionLost("connection to Valkey node %s lost: %s" % (
+            formatAddress(self.address), detail))
+
+    def abort(self):
+        if self.protocol.transport is not None and self.protocol.lostReason is None:
+            self.protocol.transport.abortConnection()
+        return self.protocol.closed
+
+
+class Node:
+    """Up to ``size`` pipelined connections to one node, made on demand.
+
+    ``credentials`` is a zero-argument callable returning a Deferred with the
+    password (or None); it is called for every new connection, so a rotated
+    password is used as soon as the old connections are gone.
+    """
+
+    def __init__(self, reactor, address, target, credentials, size=2, endpointFactory=None):
+        self.reactor = reactor
+        self.address = address
+        self.target = target
+        self.credentials = credentials
+        self.size = size
+        self._endpointFactory = endpointFactory or makeEndpoint
+        self._connections = []
+        self._connect = SingleFlight(self._newConnection)
+        self._closed = False
+        self._attempts = set()
+
+    def __repr__(self):
+        return "<Node %s %d connection(s)>" % (formatAddress(self.address), len(self._connections))
+
+    @property
+    def connected(self):
+        """True if at least one usable connection is open."""
+        return any(c.usable for c in self._connections)
+
+    def acquire(self):
+        """A Deferred firing a usable :class:`Connection` (the least busy one).
+
+        Opens another connection in the background while below ``size``.
+        Fails with :class:`ConnectionLost`, :class:`ValkeyAuthError` or
+        :class:`ValkeyTLSError` within ``connectTimeout`` when no connection
+        can be made.
+        """
+        if self._closed:
+            return defer.fail(ConnectionLost("Valkey node %s: client closed" % (
+                formatAddress(self.address),)))
+        self._connections = [c for c in self._connections if c.usable]
+        live = self._connections
+        if live and len(live) < self.size and not self._connect.running:
+            self._connect().addErrback(self._backgroundFailed)
+        if live:
+            return defer.succeed(min(live, key=lambda c: c.pending))
+        return self._connect()
+
+    def _backgroundFailed(self, failure):
+        log.info("extra connection to Valkey node {node} failed: {why}",
+                 node=formatAddress(self.address), why=failure.getErrorMessage())
+
+    def _newConnection(self):
+        d = defer.ensureDeferred(self._open())
+        self._attempts.add(d)
+        d.addBoth(self._attemptDone, d)
+        d.addTimeout(self.target.connectTimeout, self.reactor, onTimeoutCancel=self._timedOut)
+        return d.addErrback(self._cancelled)
+
+    def _cancelled(self, failure):
+        failure.trap(defer.CancelledError)
+        raise ConnectionLost("Valkey node %s: connection attempt abandoned (client closed)" % (
+            formatAddress(self.address),))
+
+    def _attemptDone(self, result, d):
+        self._attempts.discard(d)
+        return result
+
+    def _timedOut(self, result, timeout):
+        raise ConnectionLost("could not connect to Valkey node %s within %gs" % (
+            formatAddress(self.address), timeout))
+
+    async def _open(self):
+        endpoint = self._endpointFactory(self.reactor, self.address, self.target)
+        factory = _ProtocolFactory(self.reactor, self.target.readTimeout, self.target.tls)
+        try:
+            protocol = await endpoint.connect(factory)
+        except defer.CancelledError:
+            raise
+        except Exception as e:
+            raise ConnectionLost("could not connect to Valkey node %s: %s" % (
+                formatAddress(self.address), e))
+        conn = Connection(protocol, self.address, self.target.readTimeout)
+        try:
+            await self._handshake(protocol)
+            await self._authenticate(conn)
+        except BaseException:
+            conn.abort()
+            raise
+        if self._closed:
+            conn.abort()
+            raise ConnectionLost("Valkey node %s: client closed" % (formatAddress(self.address),))
+        self._connections.append(conn)
+        return conn
+
+    async def _handshake(self, protocol):
+        try:
+            await protocol.ready
+        except defer.CancelledError:
+            raise
+        except Exception:
+            tls = _tlsReason(protocol.lostReason)
+            if tls is not None:
+                raise ValkeyTLSError(
+                    "TLS handshake with Valkey node %s failed (%s): check that the CA "
+                    "(caSecretRef) signed the server certificate and that the certificate "
+                    "names %s (set serverName if nodes announce other addresses)" % (
+                        formatAddress(self.address), tls,
+                        self.target.serverName or self.address[0]))
+            raise ConnectionLost("connection to Valkey node %s closed before it was ready: %s"
+                                 % (formatAddress(self.address),
+                                    protocol.lostReason.getErrorMessage()))
+
+    async def _authenticate(self, conn):
+        try:
+            password = await self.credentials()
+        except defer.CancelledError:
+            raise
+        except Exception as e:
+            raise ValkeyAuthError("could not read the password for Valkey at %s from %s: %s" % (
+                formatAddress(self.address), self.target.describeCredentials(), e)) from e
+        if password is None:
+            return
+        args = ("AUTH", self.target.username, password) if self.target.username else (
+            "AUTH", password)
+        try:
+            await conn.send(*args)
+        except ServerError as e:
+            if classify(e.message) in (AUTH, NOPERM) or "AUTH" in e.message:
+                raise self.authError(e.message)
+            raise
+
+    def authError(self, reply):
+        """The :class:`ValkeyAuthError` for a rejection ``reply``."""
+        return ValkeyAuthError(
+            "Valkey at %s rejected the credentials for user %s: %s; check %s" % (
+                formatAddress(self.address), self.target.describeUser(), reply,
+                self.target.describeCredentials()))
+
+    def reset(self):
+        """Close every connection (e.g. after an auth failure); the next
+        :meth:`acquire` connects anew with fresh credentials."""
+        conns, self._connections = self._connections, []
+        return defer.DeferredList([c.abort() for c in conns])
+
+    def close(self):
+        """Close for good: connections, the attempt in progress, waiters."""
+        self._closed = True
+        for d in list(self._attempts):
+            d.cancel()
+        return self.reset()
