@@ -1,0 +1,188 @@
+"""The stream publisher: :class:`ValkeyPublisher`, a Twisted ``Service``.
+
+It implements :class:`~kibaship_dns01.interfaces.IStreamPublisher` and owns
+one :class:`~kibaship_dns01.valkey.cluster.ClusterClient` per distinct
+:class:`~kibaship_dns01.valkey.target.ValkeyTarget` (issuers may point at
+different clusters), created on first use, closed when idle for
+``idleTimeout`` and all closed by ``stopService``.
+
+``append`` is the interface method (fires the entry id); ``appendEvent``
+fires an :class:`AppendResult` with the sequence number and whether the call
+was a duplicate, which the solver logs.  With ``target.minReplicas > 0`` an
+append only succeeds after ``WAIT`` saw that many replicas acknowledge it
+(within half of ``readTimeout``); otherwise it fails with
+:class:`~kibaship_dns01.valkey.errors.ValkeyDurabilityError` and the caller
+may retry - the same idempotency key never appends twice.
+"""
+import attr
+from twisted.application import service
+from twisted.internet import defer, task
+from zope.interface import implementer
+
+from kibaship_dns01 import metrics
+from kibaship_dns01.interfaces import IStreamPublisher
+from kibaship_dns01.valkey.cluster import ClusterClient
+from kibaship_dns01.valkey.errors import ValkeyDurabilityError, ValkeyError, ValkeyUnavailable
+from kibaship_dns01.valkey.script import (
+    flattenFields, runAppend, scriptArguments, streamKey, validateProject)
+from kibaship_dns01.valkey.target import formatAddress
+
+
+@attr.s(frozen=True, auto_attribs=True)
+class AppendResult:
+    """What one idempotent append did."""
+
+    entryId: str
+    sequence: int
+    #: True when the idempotency key was already recorded (nothing appended)
+    duplicate: bool
+    stream: str
+
+
+def _waitTimeoutMs(target):
+    """WAIT's own bound: half the read timeout, so the WAIT reply (and any
+    command pipelined behind it) still arrives before ``readTimeout``."""
+    return max(1, int(target.readTimeout * 500))
+
+
+async def _appendOn(conn, keys, args, target):
+    """The operation run on the primary (must send its first command at once)."""
+    entryId, sequence, duplicate = await runAppend(conn, keys, args)
+    if target.minReplicas > 0:
+        acked = int(await conn.send("WAIT", target.minReplicas, _waitTimeoutMs(target)))
+        if acked < target.minReplicas:
+            raise ValkeyDurabilityError(
+                "entry %s of %s reached %d of the %d required replicas of Valkey node %s "
+                "within %dms; the primary may lose it if it fails now. Retrying is safe "
+                "(idempotent); check the replicas' health or lower minReplicas" % (
+                    entryId, keys[0], acked, target.minReplicas,
+                    formatAddress(conn.address), _waitTimeoutMs(target)))
+    return entryId, sequence, duplicate
+
+
+class _Entry:
+    """A cluster client and its bookkeeping for idle eviction."""
+
+    def __init__(self, client, now):
+        self.client = client
+        self.lastUsed = now
+        self.inFlight = 0
+
+
+@implementer(IStreamPublisher)
+class ValkeyPublisher(service.Service):
+    """See the module docstring."""
+
+    name = "valkey-publisher"
+
+    def __init__(self, reactor=None, poolSize=2, idleTimeout=600.0, clientFactory=None):
+        if reactor is None:
+            from twisted.internet import reactor
+        self.reactor = reactor
+        self.idleTimeout = idleTimeout
+        self._clientFactory = clientFactory or (
+            lambda target: ClusterClient(reactor, target, poolSize=poolSize))
+        self._entries = {}
+        self._reaper = None
+
+    # --- Service ---------------------------------------------------------------
+
+    def startService(self):
+        super().startService()
+        self._reaper = task.LoopingCall(self._closeIdle)
+        self._reaper.clock = self.reactor
+        self._reaper.start(max(1.0, self.idleTimeout / 4), now=False)
+
+    def stopService(self):
+        super().stopService()
+        if self._reaper is not None and self._reaper.running:
+            self._reaper.stop()
+        entries, self._entries = list(self._entries.values()), {}
+        return defer.DeferredList([e.client.close() for e in entries]).addCallback(
+            lambda _: None)
+
+    def _closeIdle(self):
+        cutoff = self.reactor.seconds() - self.idleTimeout
+        for target, entry in list(self._entries.items()):
+            if entry.inFlight == 0 and entry.lastUsed < cutoff:
+                del self._entries[target]
+                entry.client.close()
+
+    # --- clients ---------------------------------------------------------------
+
+    def clientFor(self, target):
+        """The cluster client for ``target`` (created on first use)."""
+        if not self.running:
+            raise ValkeyUnavailable("the Valkey publisher is not running (daemon starting "
+                                    "or stopping); retry shortly")
+        entry = self._entries.get(target)
+        if entry is None:
+            entry = self._entries[target] = _Entry(
+                self._clientFactory(target), self.reactor.seconds())
+        # an equal target may carry a newer credentials callable
+        entry.client.target = target
+        return entry
+
+    def _run(self, target, call):
+        """Run ``call(client)`` counting it as in flight for idle eviction."""
+        try:
+            entry = self.clientFor(target)
+        except ValkeyError as e:
+            return defer.fail(e)
+        entry.inFlight += 1
+
+        def done(result):
+            entry.inFlight -= 1
+            entry.lastUsed = self.reactor.seconds()
+            return result
+        return call(entry.client).addBoth(done)
+
+    # --- IStreamPublisher ------------------------------------------------------
+
+    def append(self, target, projectUUID, fields, idempotencyKey, sequenceField=None):
+        """Append once; Deferred firing the entry id (``str``)."""
+        return self.appendEvent(target, projectUUID, fields, idempotencyKey,
+                                sequenceField).addCallback(lambda r: r.entryId)
+
+    def appendEvent(self, target, projectUUID, fields, idempotencyKey, sequenceField=None):
+        """Append once; Deferred firing an :class:`AppendResult`.
+
+        ``sequenceField`` names the field whose value contains
+        :data:`~kibaship_dns01.valkey.script.SEQUENCE_PLACEHOLDER` (see
+        :mod:`kibaship_dns01.valkey.script`).  Bad arguments fail the
+        Deferred with ``ValueError``.
+        """
+        try:
+            validateProject(projectUUID)
+            if not idempotencyKey:
+                raise ValueError("an append needs a non-empty idempotency key")
+            flat = flattenFields(fields, sequenceField)
+        except ValueError as e:
+            return defer.fail(e)
+        keys, args = scriptArguments(projectUUID, idempotencyKey, flat,
+                                     target.idempotencyWindow, target.minReplicas > 0,
+                                     sequenceField)
+        started = self.reactor.seconds()
+        d = self._run(target, lambda client: client.execute(
+            keys[0], lambda conn: defer.ensureDeferred(_appendOn(conn, keys, args, target))))
+        d.addCallback(lambda r: AppendResult(r[0], r[1], r[2], streamKey(projectUUID)))
+        return d.addBoth(self._countAppend, started)
+
+    def _countAppend(self, result, started):
+        metrics.VALKEY_LATENCY.observe(self.reactor.seconds() - started)
+        if isinstance(result, AppendResult):
+            metrics.VALKEY_APPENDS.labels("duplicate" if result.duplicate else "appended").inc()
+        else:
+            metrics.VALKEY_APPENDS.labels("failed").inc()
+            self._countError(result)
+        return result
+
+    @staticmethod
+    def _countError(failure):
+        kind = failure.value.kind if isinstance(failure.value, ValkeyError) else "internal"
+        metrics.VALKEY_ERRORS.labels(kind).inc()
+        return failure
+
+    def check(self, target):
+        """PING a primary of ``target``'s cluster; Deferred firing ``None``."""
+        return self._run(target, lambda client: client.ping()).addErrback(self._countError)

@@ -1,0 +1,166 @@
+"""The idempotent append, as one server-side Lua script (SPEC §7).
+
+All three keys carry the project's hash tag ``{project:<uuid>}``, so they
+live in one slot and the script runs atomically on its primary:
+
+* ``{project:<uuid>}:events`` - the stream,
+* ``{project:<uuid>}:sequence`` - the per-project counter behind ``sequence``,
+* ``{project:<uuid>}:idempotency:<key>`` - ``"<entry id> <sequence>"`` with a
+  TTL of the idempotency window.
+
+If the idempotency record exists the script returns it (``duplicate=1``) and
+appends nothing.  Otherwise it INCRs the counter, XADDs the fields plus
+``sequence``, records the id, and returns it.  Retrying after a lost reply, a
+failover or a durability failure is therefore always safe.
+
+Sequence substitution: the event's ``event_data`` JSON must carry the same
+number in ``metadata.sequence_number``, but the number exists only inside the
+script.  The caller puts :data:`SEQUENCE_TOKEN` as a JSON *string* where the
+number belongs (``json.dumps({"sequence_number": SEQUENCE_TOKEN})`` yields
+``"sequence_number": "__kibaship_sequence__"``) and names that field; the
+script replaces the one quoted occurrence ``"__kibaship_sequence__"`` with
+the bare number (a plain, non-pattern ``string.find``), so the stored JSON has
+``"sequence_number": 42``.  A missing or repeated token is refused before the
+counter moves, both here and in the script.
+
+The script is sent with ``EVALSHA``; on ``NOSCRIPT`` (a new primary after a
+failover, ``SCRIPT FLUSH``, a restart) it is loaded with ``SCRIPT LOAD`` and
+``EVALSHA`` is repeated on the same connection, pipelined.
+"""
+import hashlib
+
+from kibaship_dns01 import metrics
+from kibaship_dns01.valkey import replies
+from kibaship_dns01.valkey.replies import ServerError
+
+SEQUENCE_TOKEN = "__kibaship_sequence__"
+#: what the script looks for: the token as a JSON string, quotes included
+SEQUENCE_PLACEHOLDER = '"%s"' % (SEQUENCE_TOKEN,)
+
+APPEND_SCRIPT = r"""
+-- KEYS[1] stream, KEYS[2] sequence counter, KEYS[3] idempotency record
+-- ARGV[1] record TTL in ms
+-- ARGV[2] '1': rewrite a found record (KEEPTTL) so WAIT covers a duplicate
+-- ARGV[3] field whose value holds the placeholder ('' for none)
+-- ARGV[4] the placeholder; ARGV[5..] field/value pairs
+local record = redis.call('GET', KEYS[3])
+if record then
+  if ARGV[2] == '1' then redis.call('SET', KEYS[3], record, 'KEEPTTL') end
+  local id, seq = string.match(record, '^(%S+) (%d+)$')
+  return {id, tonumber(seq), 1}
+end
+local target, first, last = nil, nil, nil
+if ARGV[3] ~= '' then
+  for i = 5, #ARGV, 2 do
+    if ARGV[i] == ARGV[3] then
+      target = i + 1
+      first, last = string.find(ARGV[target], ARGV[4], 1, true)
+      if not first or string.find(ARGV[target], ARGV[4], last + 1, true) then
+        return redis.error_reply('KIBASHIP_PLACEHOLDER field ' .. ARGV[3] ..
+          ' must contain the sequence placeholder exactly once')
+      end
+    end
+  end
+  if not target then
+    return redis.error_reply('KIBASHIP_PLACEHOLDER field ' .. ARGV[3] .. ' is missing')
+  end
+end
+local seq = redis.call('INCR', KEYS[2])
+local seqText = string.format('%d', seq)
+local entry = {}
+for i = 5, #ARGV, 2 do
+  local value = ARGV[i + 1]
+  if i + 1 == target then
+    value = string.sub(value, 1, first - 1) .. seqText .. string.sub(value, last + 1)
+  end
+  entry[#entry + 1] = ARGV[i]
+  entry[#entry + 1] = value
+end
+entry[#entry + 1] = 'sequence'
+entry[#entry + 1] = seqText
+local id = redis.call('XADD', KEYS[1], '*', unpack(entry))
+redis.call('SET', KEYS[3], id .. ' ' .. seqText, 'PX', ARGV[1])
+return {id, seq, 0}
+"""
+
+APPEND_SHA = hashlib.sha1(APPEND_SCRIPT.encode("utf-8")).hexdigest()
+
+
+def streamKey(projectUUID):
+    return "{project:%s}:events" % (projectUUID,)
+
+
+def sequenceKey(projectUUID):
+    return "{project:%s}:sequence" % (projectUUID,)
+
+
+def idempotencyKey(projectUUID, key):
+    return "{project:%s}:idempotency:%s" % (projectUUID, key)
+
+
+def validateProject(projectUUID):
+    """The project id must keep every key in one hash tag."""
+    if not isinstance(projectUUID, str) or not projectUUID or set("{}") & set(projectUUID):
+        raise ValueError("project UUID %r cannot be used in a stream key: it must be a "
+                         "non-empty string without braces" % (projectUUID,))
+
+
+def flattenFields(fields, sequenceField=None):
+    """``fields`` (mapping or pairs) → a flat list of strings, validated.
+
+    Refuses ``sequence`` (the script adds it), ``None`` values, an empty
+    set of fields, and a ``sequenceField`` without exactly one placeholder.
+    """
+    pairs = list(fields.items()) if hasattr(fields, "items") else list(fields)
+    if not pairs:
+        raise ValueError("a stream entry needs at least one field")
+    flat, names = [], set()
+    for name, value in pairs:
+        if name == "sequence":
+            raise ValueError("field 'sequence' is set by the append script; do not pass it")
+        if value is None:
+            raise ValueError("field %r has no value" % (name,))
+        value = value if isinstance(value, (str, bytes)) else str(value)
+        names.add(name)
+        flat += [name, value]
+    if sequenceField is not None:
+        if sequenceField not in names:
+            raise ValueError("sequenceField %r is not among the fields" % (sequenceField,))
+        value = dict(pairs)[sequenceField]
+        text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
+        if text.count(SEQUENCE_PLACEHOLDER) != 1:
+            raise ValueError("field %r must contain %s exactly once" % (
+                sequenceField, SEQUENCE_PLACEHOLDER))
+    return flat
+
+
+def scriptArguments(projectUUID, key, flatFields, windowSeconds, touch, sequenceField):
+    """``(keys, args)`` for :data:`APPEND_SCRIPT`."""
+    keys = [streamKey(projectUUID), sequenceKey(projectUUID), idempotencyKey(projectUUID, key)]
+    args = [str(max(1, int(windowSeconds * 1000))), "1" if touch else "0",
+            sequenceField or "", SEQUENCE_PLACEHOLDER] + list(flatFields)
+    return keys, args
+
+
+async def runAppend(conn, keys, args):
+    """EVALSHA the script on ``conn``; load it on NOSCRIPT and try once more.
+
+    :return: ``(entryId, sequence, duplicate)``.
+    """
+    call = ("EVALSHA", APPEND_SHA, len(keys)) + tuple(keys) + tuple(args)
+    try:
+        reply = await conn.send(*call)
+    except ServerError as e:
+        if replies.classify(e.message) != replies.NOSCRIPT:
+            raise
+        metrics.VALKEY_RETRIES.labels("noscript").inc()
+        loaded = conn.send("SCRIPT", "LOAD", APPEND_SCRIPT)
+        again = conn.send(*call)
+        try:
+            await loaded
+        except BaseException:
+            again.addErrback(lambda f: None)  # fails with NOSCRIPT; report the load error
+            raise
+        reply = await again
+    entryId, sequence, duplicate = reply
+    return str(entryId), int(sequence), bool(int(duplicate))
