@@ -63,6 +63,11 @@ class TargetFactory:
             minReplicas=settings.minReplicas, idempotencyWindow=self._window, **kw)
 
 
+#: resolution failures a CleanUp retries although they are not transient: the
+#: objects exist but the daemon may not read them, which an operator fixes (RBAC)
+_RETRY_CLEANUP = frozenset({"forbidden"})
+
+
 class _Unresolved(Exception):
     """CleanUp without a project: finish successfully, but say why in the log."""
 
@@ -141,7 +146,7 @@ class Solver:
         try:
             return await self._resolver.resolve(request, config.defaultProjectUUID)
         except ResolutionError as e:
-            if cleanup and not e.transient:
+            if cleanup and not (e.transient or e.reason in _RETRY_CLEANUP):
                 raise _Unresolved(e.reason, e.message)
             raise SolverError(e.message, reason=e.reason)
 

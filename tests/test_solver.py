@@ -186,6 +186,15 @@ class SolverTests(SynchronousTestCase):
         self.assertEqual(sample("kibaship_dns01_solver_requests_total", action=CLEANUP,
                                 outcome="unresolved"), before + 1)
 
+    def test_cleanUpRetriesWhenRBACForbidsReadingTheChain(self):
+        self.resolver.outcome = ResolutionError("cannot read Order certificates/o", "forbidden")
+        self.failureResultOf(self.solve(CLEANUP), SolverError)
+
+    def test_cleanUpWithoutAProjectLabelSucceeds(self):
+        self.resolver.outcome = ResolutionError("Certificate x has no label", "label_missing")
+        self.successResultOf(self.solve(CLEANUP))
+        self.assertEqual(self.entries(), [])
+
     def test_cleanUpRetriesTransientAPITrouble(self):
         self.resolver.outcome = TransientResolutionError("reading Order failed", "api_error")
         self.failureResultOf(self.solve(CLEANUP), SolverError)
