@@ -547,7 +547,8 @@ class DockerfileTests(SynchronousTestCase):
 
     def test_dockerignoreDefectsDetected(self):
         problems = self.problems(ignore=self.dockerignore.replace("kibaship_dns01/testing/\n", ""))
-        self.assertEqual(problems, [".dockerignore: kibaship_dns01/testing/pki.py must be excluded"])
+        self.assertEqual(problems,
+                         [".dockerignore: kibaship_dns01/testing/pki.py must be excluded"])
         problems = self.problems(ignore=self.dockerignore.replace("!twisted/\n", ""))
         self.assertIn(".dockerignore: twisted/plugins/kibaship_dns01_plugin.py must be included",
                       problems)
