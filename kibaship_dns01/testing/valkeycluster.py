@@ -11,9 +11,10 @@ replication, certificates from :mod:`kibaship_dns01.testing.pki`).
 
 Everything here is *blocking* (``subprocess``): call ``start()``/``stop()``
 outside a running reactor (a bench script's ``main``) or, from a test,
-through :func:`inThread` (the reactor's thread pool).  The short helpers used during a test (``cli``, ``slotOwner``,
-``kill``) take a few milliseconds; long waits inside a test go through
-:func:`pollUntil`, which polls from the reactor instead of sleeping in it.
+through :func:`inThread` (the reactor's thread pool).  The short helpers
+used during a test (``cli``, ``slotOwner``, ``kill``) take a few
+milliseconds; long waits inside a test go through :func:`pollUntil`, which
+polls from the reactor instead of sleeping in it.
 
 :func:`sharedCluster` hands out one plain six-node cluster per process,
 started on first use and torn down at interpreter exit, so every test module
@@ -38,12 +39,12 @@ import time
 import attr
 from twisted.internet import defer, task
 
+from kibaship_dns01.valkey.target import REQUIRED_ACL_RULES, ValkeyTarget
+
 CLUSTER_SLOTS = 16384
 
-#: the least an ACL user of the publisher needs (SPEC §9 plus what the
-#: idempotent append script calls), on the project keys only
-PUBLISHER_ACL_RULES = ("resetkeys ~{project:* resetchannels -@all +evalsha +eval +script|load "
-                       "+cluster|slots +asking +ping +wait +incr +xadd +get +set")
+#: the rules of an ACL user with exactly what the publisher needs
+PUBLISHER_ACL_RULES = "resetkeys resetchannels -@all " + REQUIRED_ACL_RULES
 
 
 class ValkeyNotInstalled(RuntimeError):
@@ -230,14 +231,12 @@ class ValkeyCluster:
     def target(self, **kw):
         """A :class:`~kibaship_dns01.valkey.target.ValkeyTarget` for this
         cluster: its seeds, its CA when TLS, its password when set."""
-        from twisted.internet.defer import succeed
-        from kibaship_dns01.valkey.target import ValkeyTarget
         kw.setdefault("seeds", self.seeds)
         if self.useTLS:
             kw.setdefault("tls", True)
             kw.setdefault("caPEM", self.tls.caPEM)
         if self.password is not None:
-            kw.setdefault("credentials", lambda: succeed(self.password))
+            kw.setdefault("credentials", lambda: defer.succeed(self.password))
         return ValkeyTarget(**kw)
 
     # --- talking to nodes (blocking, short) ----------------------------------
@@ -361,6 +360,12 @@ class ValkeyCluster:
         """True once a live node serves every slot ``oldPrimary`` served and all is ok."""
         return oldPrimary.alive is False and self.healthy() and all(
             node is not oldPrimary for node in self.slotMap().values())
+
+    def waitForFailover(self, oldPrimary, timeout=30.0):
+        """Block until :meth:`failedOver` (outside the reactor, or via
+        :func:`inThread`; from a running reactor prefer :func:`pollUntil`)."""
+        self._waitUntil(lambda: self.failedOver(oldPrimary), time.monotonic() + timeout,
+                        "a replica of %s to take over" % (oldPrimary.address,))
 
     def beginMigration(self, slot, target):
         """Mark ``slot`` IMPORTING on ``target`` and MIGRATING on its owner.

@@ -7,7 +7,8 @@ Other modules use only what is exported here:
 * :class:`ValkeyPublisher` - the ``IStreamPublisher`` and ``Service``;
 * :class:`AppendResult`, :data:`SEQUENCE_TOKEN`/:data:`SEQUENCE_PLACEHOLDER`
   (how ``event_data`` receives the sequence number), :func:`streamKey`;
-* the errors, all subclasses of :class:`ValkeyError`.
+* the errors, all subclasses of :class:`ValkeyError`;
+* :data:`REQUIRED_ACL_RULES`, what an ACL user of the publisher needs.
 
 Layers, bottom up: ``slots`` (key → slot), ``target`` (the config value),
 ``replies`` (error lines, redirects, slot map), ``node`` (connections to one
@@ -19,10 +20,11 @@ from kibaship_dns01.valkey.errors import (
     ValkeyUnavailable)
 from kibaship_dns01.valkey.publisher import AppendResult, ValkeyPublisher
 from kibaship_dns01.valkey.script import SEQUENCE_PLACEHOLDER, SEQUENCE_TOKEN, streamKey
-from kibaship_dns01.valkey.target import ValkeyTarget
+from kibaship_dns01.valkey.target import REQUIRED_ACL_RULES, ValkeyTarget
 
 __all__ = [
-    "AppendResult", "SEQUENCE_PLACEHOLDER", "SEQUENCE_TOKEN", "ValkeyAuthError",
+    "AppendResult", "REQUIRED_ACL_RULES", "SEQUENCE_PLACEHOLDER", "SEQUENCE_TOKEN",
+    "ValkeyAuthError",
     "ValkeyCommandError", "ValkeyDurabilityError", "ValkeyError", "ValkeyPublisher",
     "ValkeyTLSError", "ValkeyTarget", "ValkeyUnavailable", "streamKey",
 ]

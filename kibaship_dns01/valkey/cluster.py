@@ -43,7 +43,7 @@ from kibaship_dns01.valkey.flight import SingleFlight
 from kibaship_dns01.valkey.node import Node
 from kibaship_dns01.valkey.replies import ServerError, SlotMap
 from kibaship_dns01.valkey.slots import keySlot
-from kibaship_dns01.valkey.target import formatAddress
+from kibaship_dns01.valkey.target import REQUIRED_ACL_RULES, formatAddress
 
 log = Logger()
 
@@ -103,8 +103,6 @@ class ClusterClient:
         self._lastRefresh = None
         self._sleeps = set()
         self._closed = False
-        #: how many times the map was read (for tests and diagnostics)
-        self.refreshCount = 0
 
     # --- public ---------------------------------------------------------------
 
@@ -253,10 +251,9 @@ class ClusterClient:
 
     def _permissionError(self, error):
         return ValkeyAuthError(
-            "Valkey user %s at %s lacks a permission: %s; grant the ACL rules "
-            "+evalsha +eval +script|load +cluster|slots +asking +ping +wait +incr +xadd "
-            "+get +set on keys ~{project:*" % (
-                self.target.describeUser(), formatAddress(error.address), error.message))
+            "Valkey user %s at %s lacks a permission: %s; grant it the ACL rules %s" % (
+                self.target.describeUser(), formatAddress(error.address), error.message,
+                REQUIRED_ACL_RULES))
 
     def _backoff(self, state):
         state.backoffs += 1
@@ -336,7 +333,6 @@ class ClusterClient:
     def _install(self, newMap):
         self._map = newMap
         self._lastRefresh = self.reactor.seconds()
-        self.refreshCount += 1
         for address in [a for a in self._nodes if a not in newMap.nodes]:
             self._nodes.pop(address).close()
 

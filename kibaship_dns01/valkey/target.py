@@ -24,6 +24,11 @@ messages and keeps two targets that differ only in their Secret apart.
 import attr
 from twisted.internet import defer
 
+#: The ACL rules a Valkey user needs for the publisher: SPEC §9's list plus
+#: what the append script calls and SCRIPT LOAD/WAIT, on the project keys.
+REQUIRED_ACL_RULES = ("~{project:* +evalsha +eval +script|load +cluster|slots +asking +ping "
+                      "+wait +incr +xadd +get +set")
+
 ANNOUNCED = "announced"
 SEED_HOST = "seed-host"
 POLICIES = (ANNOUNCED, SEED_HOST)
