@@ -13,7 +13,11 @@ key's slot and reacts to what comes back:
     there once, with ``ASKING`` written immediately before the command on the
     same connection; the map is not changed.
 ``TRYAGAIN`` / ``CLUSTERDOWN`` / ``LOADING`` / ``MASTERDOWN`` / ``READONLY``
-    topology in flux: back off, refresh (not for ``TRYAGAIN``), retry.
+    topology in flux: back off, refresh (not for ``TRYAGAIN``), retry.  Note
+    that an append to a slot being migrated always ends here: after ``ASK``
+    the importing node refuses a multi-key script with a key it does not have
+    (the new idempotency record) with ``TRYAGAIN``, so the append waits,
+    within its bound, until ``CLUSTER SETSLOT ... NODE`` ends the migration.
 connection refused / lost / no reply in time
     refresh (the node may have failed over) after a back-off, retry.
 ``WRONGPASS`` / ``NOAUTH``
