@@ -20,7 +20,7 @@ setup(
         "pyOpenSSL>=24.0,<27",
         "service-identity>=24.1,<27",
         "cryptography>=42,<51",
-        "txredisapi>=1.4.10,<2",
+        "txredisapi>=1.6,<1.7",  # the node pool overrides protocol internals; tested on 1.6.0
         "kubernetes>=29,<38",
         "zope.interface>=6,<9",
         "attrs>=23.1,<27",
