@@ -46,10 +46,19 @@ _CONNECTION_ERRORS = (ierror.ConnectError, ierror.ConnectionLost, ierror.Connect
                       _newclient.ResponseFailed, _newclient.RequestGenerationFailed)
 
 
+def _wasCancelled(exc):
+    if isinstance(exc, defer.CancelledError):
+        return True
+    return any(isinstance(r, Failure) and _wasCancelled(r.value)
+               for r in getattr(exc, "reasons", None) or ())
+
+
 def _mapTransportFailure(exc, what):
     """A transport-level exception -> the typed error (or ``None``: re-raise)."""
     if isinstance(exc, KubeError):
         return exc
+    if _wasCancelled(exc):
+        return defer.CancelledError()
     if isinstance(exc, (defer.TimeoutError, ierror.TimeoutError)):
         return APITimeout("%s: no answer from the API server in time; %s"
                           % (what, APITimeout.hint), code=None)
@@ -59,37 +68,66 @@ def _mapTransportFailure(exc, what):
     return None
 
 
-class _BodyReader(Protocol):
-    """Collects a response body up to ``limit`` bytes."""
+class _StreamReader(Protocol):
+    """Base for body consumers that may give up on a response early.
 
-    def __init__(self, limit, what):
-        self._chunks, self._size, self._limit, self._what = [], 0, limit, what
+    Giving up stops the transport (closing the connection) and reports the
+    error only once the connection is gone, so the abandoned connection can
+    never go back into the pool after the caller has moved on.
+    """
+
+    def __init__(self, what):
+        self._what = what
+        self._error = None
         self.done = defer.Deferred(lambda d: self._stop())
 
     def _stop(self):
         if self.transport is not None:
             self.transport.stopProducing()
 
-    def dataReceived(self, data):
-        self._size += len(data)
-        if self._size > self._limit:
+    def _giveUp(self, error):
+        if self._error is None and not self.done.called:
+            self._error = error
             self._stop()
-            if not self.done.called:
-                self.done.errback(KubeError("%s: response body larger than %d bytes"
-                                            % (self._what, self._limit)))
-            return
-        self._chunks.append(data)
+
+    @property
+    def _active(self):
+        return self._error is None and not self.done.called
 
     def connectionLost(self, reason):
         if self.done.called:
             return
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback(b"".join(self._chunks))
+        if self._error is not None:
+            self.done.errback(self._error)
+        elif reason.check(ResponseDone, PotentialDataLoss):
+            self._finished()
         else:
-            self.done.errback(reason)
+            self.done.errback(Unavailable("%s: connection lost while reading the response: %s"
+                                          % (self._what, _describeConnectionFailure(reason.value))))
 
 
-class _WatchReader(Protocol):
+class _BodyReader(_StreamReader):
+    """Collects a response body up to ``limit`` bytes."""
+
+    def __init__(self, limit, what):
+        super().__init__(what)
+        self._chunks, self._size, self._limit = [], 0, limit
+
+    def dataReceived(self, data):
+        if not self._active:
+            return
+        self._size += len(data)
+        if self._size > self._limit:
+            self._giveUp(KubeError("%s: response body larger than %d bytes"
+                                   % (self._what, self._limit)))
+            return
+        self._chunks.append(data)
+
+    def _finished(self):
+        self.done.callback(b"".join(self._chunks))
+
+
+class _WatchReader(_StreamReader):
     """Splits a watch stream into ``{"type","object"}`` lines and dispatches them.
 
     ``done`` fires ``None`` when the server ends the stream cleanly; it fails
@@ -98,33 +136,28 @@ class _WatchReader(Protocol):
     """
 
     def __init__(self, onEvent, maxLine, what):
-        self._onEvent, self._maxLine, self._what = onEvent, maxLine, what
+        super().__init__(what)
+        self._onEvent, self._maxLine = onEvent, maxLine
         self._buf = bytearray()
         self._scanned = 0
         self.events = 0
-        self.done = defer.Deferred(lambda d: self._stop())
 
-    def _stop(self):
-        if self.transport is not None:
-            self.transport.stopProducing()
-
-    def _fail(self, exc):
-        if not self.done.called:
-            self._stop()
-            if not self.done.called:
-                self.done.errback(exc)
+    def _tooLong(self):
+        self._giveUp(KubeError("%s: watch event larger than %d bytes" % (self._what, self._maxLine)))
 
     def dataReceived(self, data):
-        if self.done.called:
+        if not self._active:
             return
         self._buf += data
-        while not self.done.called:
+        while self._active:
             end = self._buf.find(b"\n", self._scanned)
             if end < 0:
                 self._scanned = len(self._buf)
                 if len(self._buf) > self._maxLine:
-                    self._fail(KubeError("%s: watch event larger than %d bytes"
-                                         % (self._what, self._maxLine)))
+                    self._tooLong()
+                return
+            if end > self._maxLine:
+                self._tooLong()
                 return
             line = bytes(self._buf[:end])
             del self._buf[:end + 1]
@@ -140,27 +173,22 @@ class _WatchReader(Protocol):
             if not isinstance(kind, str) or not isinstance(obj, dict):
                 raise ValueError("type must be a string and object a mapping")
         except (ValueError, KeyError, TypeError) as e:
-            self._fail(KubeError("%s: malformed watch event: %s" % (self._what, e)))
+            self._giveUp(KubeError("%s: malformed watch event: %s" % (self._what, e)))
             return
         self.events += 1
         try:
             self._onEvent(kind, obj)
         except Exception:
-            self._fail(Failure())
+            self._giveUp(Failure())
 
     def connectionLost(self, reason):
-        if self.done.called:
-            return
-        if self._buf.strip():
+        if self._active and self._buf.strip() and len(self._buf) <= self._maxLine:
             self._dispatch(bytes(self._buf))
-            self._buf.clear()
-        if self.done.called:
-            return
-        if reason.check(ResponseDone, PotentialDataLoss):
-            self.done.callback(None)
-        else:
-            self.done.errback(Unavailable("%s: watch connection lost: %s"
-                                          % (self._what, _describeConnectionFailure(reason.value))))
+        self._buf.clear()
+        super().connectionLost(reason)
+
+    def _finished(self):
+        self.done.callback(None)
 
 
 def _decodeJSON(body, what):
@@ -241,20 +269,33 @@ class KubeClient:
         return headers, token
 
     async def _open(self, method, path, params, body, what):
-        """Send a request; fire the response once headers arrived (bounded)."""
+        """Send a request; fire the response once headers arrived (bounded).
+
+        The timer is ours rather than ``addTimeout`` because twisted.web
+        wraps the cancellation in ``ResponseNeverReceived``, and we must tell
+        our timeout apart from a caller cancelling (informer shutdown).
+        """
         headers, token = self._headers()
         kw = {"json": body} if body is not None else {}
         d = self._http.request(method, self._config.server + path, params=params,
                                headers=headers, allow_redirects=False, unbuffered=True,
                                reactor=self._reactor, **kw)
-        d.addTimeout(self._requestTimeout, self._reactor)
+        expired = []
+        timer = self._reactor.callLater(self._requestTimeout,
+                                        lambda: (expired.append(True), d.cancel()))
         try:
             return await d, token
         except Exception as e:
+            if expired:
+                raise APITimeout("%s: no response headers within %ss; %s"
+                                 % (what, self._requestTimeout, APITimeout.hint), code=None)
             mapped = _mapTransportFailure(e, what)
             if mapped is None:
                 raise
             raise mapped
+        finally:
+            if timer.active():
+                timer.cancel()
 
     async def _readBody(self, response, what):
         reader = _BodyReader(self._maxBody, what)

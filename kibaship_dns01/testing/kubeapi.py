@@ -25,6 +25,7 @@ import sys
 
 import yaml
 from twisted.internet import defer, ssl
+from twisted.protocols.policies import WrappingFactory
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
@@ -155,6 +156,8 @@ class _APIResource(Resource):
 
         request.setResponseCode(200)
         state["watch"] = server.store.watchPath(path, params, onEvent, onEnd)
+        if not request.finished:
+            request.write(b"")  # like kube-apiserver: headers go out when the watch starts
         if state["watch"].active:
             timeout = float(params.get("timeoutSeconds") or server.defaultWatchTimeout)
             state["timer"] = server.reactor.callLater(timeout, state["watch"].end)
@@ -168,32 +171,40 @@ class _APIResource(Resource):
             state["timer"].cancel()
 
 
-class _TrackingSite(Site):
-    """A Site that remembers its connections so stop() can close them all."""
-
-    def __init__(self, resource, server):
-        super().__init__(resource)
-        self._server = server
-        self.noisy = False
+class _QuietSite(Site):
+    noisy = False
 
     def log(self, request):
         """No access log: tests make many requests."""
 
-    def buildProtocol(self, addr):
-        proto = super().buildProtocol(addr)
-        lost = defer.Deferred()
-        self._server._connections[proto] = lost
-        original = proto.connectionLost
 
-        def connectionLost(reason):
-            self._server._connections.pop(proto, None)
-            try:
-                return original(reason)
-            finally:
-                lost.callback(None)
+class _TrackingFactory(WrappingFactory):
+    """Remembers every connection so stop() can abort them and wait until closed."""
 
-        proto.connectionLost = connectionLost
-        return proto
+    noisy = False
+
+    def __init__(self, wrapped, server):
+        super().__init__(wrapped)
+        self._server = server
+        self._lost = {}
+
+    def registerProtocol(self, p):
+        super().registerProtocol(p)
+        self._server.connectionsMade += 1
+        self._lost[p] = defer.Deferred()
+
+    def unregisterProtocol(self, p):
+        super().unregisterProtocol(p)
+        lost = self._lost.pop(p, None)
+        if lost is not None:
+            lost.callback(None)
+
+    def abortAll(self):
+        """Abort every open connection; the Deferred fires when all are gone."""
+        waits = list(self._lost.values())
+        for p in list(self.protocols):
+            p.transport.abortConnection()
+        return defer.gatherResults(waits)
 
 
 class StandInAPIServer:
@@ -223,10 +234,11 @@ class StandInAPIServer:
         self.hang = False
         self.hungRequests = []
         self.requestCount = 0
+        self.connectionsMade = 0
         self.defaultWatchTimeout = defaultWatchTimeout
         self._wantedPort = port
         self._listening = None
-        self._connections = {}
+        self._factory = None
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -239,9 +251,9 @@ class StandInAPIServer:
 
     def start(self):
         """Listen (again, on the same port after :meth:`down`). :return: Deferred."""
-        site = _TrackingSite(_APIResource(self), self)
-        self._listening = self.reactor.listenSSL(self._wantedPort, site, self._contextFactory(),
-                                                 interface="127.0.0.1")
+        self._factory = _TrackingFactory(_QuietSite(_APIResource(self)), self)
+        self._listening = self.reactor.listenSSL(self._wantedPort, self._factory,
+                                                 self._contextFactory(), interface="127.0.0.1")
         self._wantedPort = self._listening.getHost().port
         return defer.succeed(self)
 
@@ -252,9 +264,8 @@ class StandInAPIServer:
         listening, self._listening = self._listening, None
         self.hungRequests = []
         waits = [defer.maybeDeferred(listening.stopListening)] if listening else []
-        for proto, lost in list(self._connections.items()):
-            waits.append(lost)
-            proto.transport.abortConnection()
+        if self._factory is not None:
+            waits.append(self._factory.abortAll())
         return defer.gatherResults(waits).addCallback(lambda _: None)
 
     down = stop
@@ -273,7 +284,7 @@ class StandInAPIServer:
 
     @property
     def connectionCount(self):
-        return len(self._connections)
+        return len(self._factory.protocols) if self._factory is not None else 0
 
     # --- authentication / authorization -----------------------------------
 
