@@ -1,0 +1,341 @@
+"""The watch-backed cache (kibaship_dns01.kube.informer)."""
+import random
+
+from twisted.internet import defer, reactor
+from twisted.internet.task import Clock
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
+
+from kibaship_dns01 import metrics
+from kibaship_dns01.interfaces import IReadiness
+from kibaship_dns01.kube import errors
+from kibaship_dns01.kube.client import KubeClient
+from kibaship_dns01.kube.informer import Backoff, Informer
+from kibaship_dns01.testing.fakekube import FakeKubernetesClient
+from kibaship_dns01.testing.kubeapi import StandInAPIServer
+
+CHALLENGES = "/apis/acme.cert-manager.io/v1/challenges"
+
+
+def challenge(name, ns="ns", key=None, **extra):
+    spec = dict({"key": key or "key-" + name, "dnsName": name + ".example.com"}, **extra)
+    return {"apiVersion": "acme.cert-manager.io/v1", "kind": "Challenge",
+            "metadata": {"name": name, "namespace": ns, "annotations": {"big": "x" * 100}},
+            "spec": spec, "status": {"state": "pending"}}
+
+
+def trim(obj):
+    """Keep what the resolver reads."""
+    md = obj["metadata"]
+    return {"metadata": {k: md[k] for k in ("name", "namespace", "resourceVersion") if k in md},
+            "spec": {"key": obj["spec"]["key"], "dnsName": obj["spec"]["dnsName"]}}
+
+
+class _MaxRandom(random.Random):
+    """Jitter at its maximum, so backoff delays are exactly base * 2**n, capped."""
+
+    def random(self):
+        return 1.0
+
+
+class InformerTestsBase(SynchronousTestCase):
+    def setUp(self):
+        self.fake = FakeKubernetesClient()
+        self.store = self.fake.store
+        self.clock = Clock()
+        self.events = []
+
+    def informer(self, start=True, **kw):
+        kw.setdefault("indexers", {"byKey": lambda o: [o["spec"]["key"]]})
+        inf = Informer(self.fake, CHALLENGES, self.clock, "challenges", rng=_MaxRandom(), **kw)
+        inf.addListener(lambda kind, obj: self.events.append((kind, obj["metadata"]["name"])))
+        if start:
+            inf.startService()
+            self.addCleanup(inf.stopService)
+        return inf
+
+    def names(self, inf):
+        return sorted(o["metadata"]["name"] for o in inf.list())
+
+    def advanceUntil(self, predicate, limit=100):
+        """Run pending timers (backoff) until ``predicate()``; bounded."""
+        for _ in range(limit):
+            if predicate():
+                return
+            calls = self.clock.getDelayedCalls()
+            self.assertTrue(calls, "nothing scheduled and condition not met")
+            self.clock.advance(min(c.getTime() for c in calls) - self.clock.seconds())
+        self.fail("condition not met after %d timer runs" % limit)
+
+
+class SyncTests(InformerTestsBase):
+    def test_initialSync(self):
+        self.store.add(challenge("a"))
+        self.store.add(challenge("b", ns="other"))
+        inf = self.informer(start=False)
+        synced = inf.whenSynced()
+        self.assertFalse(inf.hasSynced)
+        self.assertFalse(inf.isReady())
+        self.assertNoResult(synced)
+        inf.startService()
+        self.addCleanup(inf.stopService)
+        self.successResultOf(synced)
+        self.successResultOf(inf.whenSynced())
+        self.assertTrue(inf.isReady())
+        self.assertEqual(len(inf), 2)
+        self.assertEqual(inf.get("other", "b")["spec"]["key"], "key-b")
+        self.assertIsNone(inf.get("ns", "b"))
+        self.assertEqual(sorted(self.events), [("ADDED", "a"), ("ADDED", "b")])
+        self.assertEqual(inf.resourceVersion, str(self.store.resourceVersion))
+        self.assertEqual(metrics.REGISTRY.get_sample_value(
+            "kibaship_dns01_cache_objects", {"cache": "challenges"}), 2)
+
+    def test_readiness(self):
+        inf = self.informer()
+        self.assertTrue(verifyObject(IReadiness, inf))
+        self.assertEqual(inf.name, "challenges")
+
+    def test_listThenWatchFromListVersion(self):
+        self.store.add(challenge("a"))
+        self.informer()
+        verbs = [(c.verb, c.params.get("resourceVersion")) for c in self.fake.calls]
+        self.assertEqual(verbs, [("list", None), ("watch", str(self.store.resourceVersion))])
+
+    def test_paramsGoToListAndWatch(self):
+        self.informer(params={"labelSelector": "app=x"})
+        self.assertEqual([c.params.get("labelSelector") for c in self.fake.calls], ["app=x", "app=x"])
+        self.assertGreaterEqual(int(self.fake.calls[1].params["timeoutSeconds"]), 300)
+
+
+class WatchTests(InformerTestsBase):
+    def test_addModifyDelete(self):
+        inf = self.informer()
+        self.store.add(challenge("a"))
+        self.assertEqual(inf.get("ns", "a")["spec"]["key"], "key-a")
+        self.store.put(challenge("a", key="k2"))
+        self.assertEqual(inf.get("ns", "a")["spec"]["key"], "k2")
+        self.store.delete(challenge("a"))
+        self.assertIsNone(inf.get("ns", "a"))
+        self.assertEqual(self.events, [("ADDED", "a"), ("MODIFIED", "a"), ("DELETED", "a")])
+        self.assertEqual(len(inf), 0)
+
+    def test_bookmarkMovesVersionOnly(self):
+        inf = self.informer()
+        self.store.add({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "x"}})
+        self.store.bookmark()
+        self.assertEqual(inf.resourceVersion, str(self.store.resourceVersion))
+        self.assertEqual(self.events, [])
+
+    def test_indexes(self):
+        inf = self.informer()
+        self.store.add(challenge("a", key="shared"))
+        self.store.add(challenge("b", ns="n2", key="shared"))
+        self.store.add(challenge("c", key="own"))
+        self.assertEqual([o["metadata"]["name"] for o in inf.byIndex("byKey", "shared")], ["b", "a"])
+        self.store.put(challenge("a", key="moved"))
+        self.assertEqual([o["metadata"]["name"] for o in inf.byIndex("byKey", "shared")], ["b"])
+        self.assertEqual([o["metadata"]["name"] for o in inf.byIndex("byKey", "moved")], ["a"])
+        self.store.delete(challenge("b", ns="n2"))
+        self.assertEqual(inf.byIndex("byKey", "shared"), [])
+        e = self.assertRaises(KeyError, inf.byIndex, "byName", "x")
+        self.assertIn("byKey", str(e))
+
+    def test_trimAppliesToListAndWatch(self):
+        self.store.add(challenge("a"))
+        inf = self.informer(trim=trim)
+        self.store.add(challenge("b"))
+        for name in ("a", "b"):
+            obj = inf.get("ns", name)
+            self.assertNotIn("status", obj)
+            self.assertNotIn("annotations", obj["metadata"])
+            self.assertEqual(obj["spec"]["dnsName"], name + ".example.com")
+
+    def test_listenerFailureDoesNotBreakTheCache(self):
+        inf = self.informer()
+        inf.addListener(lambda kind, obj: 1 / 0)
+        self.store.add(challenge("a"))
+        self.store.add(challenge("b"))
+        self.assertEqual(self.names(inf), ["a", "b"])
+        self.assertEqual(len(self.flushLoggedErrors(ZeroDivisionError)), 2)
+
+
+class RelistTests(InformerTestsBase):
+    def test_goneRelistsWithNoLostOrStaleObject(self):
+        for name in "abc":
+            self.store.add(challenge(name))
+        inf = self.informer()
+        self.events.clear()
+        self.fake.injectError(errors.Unavailable("down"), verb="watch")
+        self.store.closeWatches()                       # connection lost
+        self.store.delete(challenge("b"))               # changes the cache does not see ...
+        self.store.put(challenge("c", key="new-c"))
+        self.store.add(challenge("d"))
+        self.store.compact()                            # ... and whose history is gone
+        self.advanceUntil(lambda: inf.relists == 2)
+        self.assertEqual(self.names(inf), ["a", "c", "d"])
+        self.assertEqual(inf.get("ns", "c")["spec"]["key"], "new-c")
+        self.assertEqual(inf.byIndex("byKey", "key-c"), [])
+        self.assertEqual(sorted(self.events), [("ADDED", "d"), ("DELETED", "b"), ("MODIFIED", "c")])
+        expired = [c for c in self.fake.calls if c.verb == "watch"][-2]
+        self.assertEqual(expired.params["resourceVersion"], str(self.store.resourceVersion - 3))
+        self.store.add(challenge("e"))                  # and the new watch works
+        self.assertEqual(self.names(inf), ["a", "c", "d", "e"])
+
+    def test_expiredErrorEventDuringWatch(self):
+        self.store.add(challenge("a"))
+        inf = self.informer()
+        self.store.add(challenge("b"))                  # the watch was healthy ...
+        self.store.expireWatches()                      # ... then the server says 410
+        self.assertEqual(inf.relists, 2)                # relisted at once, no backoff
+        self.assertEqual(self.names(inf), ["a", "b"])
+        self.assertEqual(self.store.watchCount, 1)
+
+    def test_httpGoneOnWatchRelists(self):
+        inf = self.informer()
+        self.fake.injectError(410, verb="watch")
+        self.store.closeWatches()
+        self.advanceUntil(lambda: inf.relists == 2)
+        self.assertEqual(self.store.watchCount, 1)
+
+    def test_relistOnlyEmitsDifferences(self):
+        for name in "ab":
+            self.store.add(challenge(name))
+        inf = self.informer()
+        self.events.clear()
+        self.fake.injectError(410, verb="watch")
+        self.store.closeWatches()
+        self.advanceUntil(lambda: inf.relists == 2)
+        self.assertEqual(self.events, [])
+        self.assertEqual(self.names(inf), ["a", "b"])
+
+    def test_coreListItemsGetKind(self):
+        self.store.add({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": "extension-apiserver-authentication", "namespace": "kube-system"}})
+        inf = Informer(self.fake, "/api/v1/namespaces/kube-system/configmaps", self.clock, "authcm")
+        inf.startService()
+        self.addCleanup(inf.stopService)
+        obj = inf.get("kube-system", "extension-apiserver-authentication")
+        self.assertEqual((obj["kind"], obj["apiVersion"]), ("ConfigMap", "v1"))
+
+
+class BackoffTests(InformerTestsBase):
+    def pendingDelay(self):
+        (call,) = self.clock.getDelayedCalls()
+        return call.getTime() - self.clock.seconds()
+
+    def test_listFailuresBackOffExponentiallyWithCap(self):
+        self.fake.injectError(errors.Unavailable("down"), verb="list", times=9)
+        inf = self.informer()
+        delays = []
+        for _ in range(9):
+            delays.append(self.pendingDelay())
+            self.clock.advance(delays[-1])
+        self.assertEqual(delays, [0.5, 1, 2, 4, 8, 16, 30, 30, 30])
+        self.assertTrue(inf.hasSynced)
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_healthyWatchResetsFailures(self):
+        self.fake.injectError(errors.Unavailable("down"), verb="list", times=3)
+        inf = self.informer()
+        self.advanceUntil(lambda: inf.hasSynced)
+        self.clock.advance(60)                          # a long, healthy watch
+        self.fake.injectError(errors.Unavailable("down"), verb="watch")
+        self.store.closeWatches()
+        self.assertEqual(self.pendingDelay(), 0.5)
+
+    def test_serverDownThenBackReconnects(self):
+        """Down: every call fails and watches drop; back: the cache catches up."""
+        self.store.add(challenge("a"))
+        inf = self.informer()
+        self.fake.injectError(errors.Unavailable("connection refused"), times=6)
+        self.store.closeWatches()
+        self.store.add(challenge("b"))
+        delays = []
+        while self.store.watchCount == 0:
+            delays.append(self.pendingDelay())
+            self.clock.advance(delays[-1])
+        self.assertEqual(delays, [0.5, 1, 2, 4, 8, 16, 30])
+        self.assertEqual(self.names(inf), ["a", "b"])
+
+    def test_quickCleanEndsBackOff(self):
+        """A server that ends every watch at once must not cause a hot loop."""
+        inf = self.informer()
+        for expected in (0.5, 1, 2):
+            self.store.closeWatches()
+            self.assertEqual(self.pendingDelay(), expected)
+            self.clock.advance(expected)
+        self.assertEqual(inf.relists, 1)
+
+    def test_backoffBounds(self):
+        b = Backoff(base=0.5, cap=30.0, rng=random.Random(7))
+        for n in range(1, 60):
+            d = min(30.0, 0.5 * 2 ** (n - 1))
+            self.assertTrue(d / 2 <= b.delay(n) <= d, n)
+
+
+class StopTests(InformerTestsBase):
+    def test_stopCancelsWatch(self):
+        inf = self.informer()
+        self.assertEqual(self.store.watchCount, 1)
+        self.successResultOf(inf.stopService())
+        self.assertEqual(self.store.watchCount, 0)
+        self.store.add(challenge("late"))
+        self.assertIsNone(inf.get("ns", "late"))
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+
+    def test_stopCancelsBackoff(self):
+        self.fake.injectError(errors.Unavailable("down"), verb="list")
+        inf = self.informer()
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.successResultOf(inf.stopService())
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.assertFalse(inf.hasSynced)
+
+
+class StandInTests(TestCase):
+    """The informer over real TLS against the stand-in, including a restart."""
+
+    def setUp(self):
+        self.server = StandInAPIServer(reactor=reactor)
+        self.addCleanup(self.server.stop)
+        return self.server.start()
+
+    def waitFor(self, predicate, what, attempts=400):
+        d = defer.Deferred()
+
+        def check(n):
+            if predicate():
+                d.callback(None)
+            elif n == 0:
+                d.errback(AssertionError("timed out waiting for " + what))
+            else:
+                reactor.callLater(0.025, check, n - 1)
+        check(attempts)
+        return d
+
+    @defer.inlineCallbacks
+    def test_syncWatchAndReconnectAfterRestart(self):
+        store = self.server.store
+        store.add(challenge("a"))
+        client = KubeClient(self.server.clientConfig(), reactor=reactor, requestTimeout=2.0,
+                            connectTimeout=1.0)
+        self.addCleanup(client.close)
+        inf = Informer(client, CHALLENGES, reactor, "challenges",
+                       indexers={"byKey": lambda o: [o["spec"]["key"]]},
+                       backoff=Backoff(base=0.05, cap=0.2))
+        inf.startService()
+        self.addCleanup(inf.stopService)
+        yield inf.whenSynced()
+        self.assertEqual(len(inf), 1)
+        yield self.waitFor(lambda: store.watchCount == 1, "the watch")
+        store.add(challenge("b", key="kb"))
+        yield self.waitFor(lambda: inf.byIndex("byKey", "kb"), "the ADDED event")
+        yield self.server.down()
+        store.delete(challenge("a"))
+        store.add(challenge("c"))
+        store.compact()
+        yield self.server.up()
+        yield self.waitFor(lambda: inf.get("ns", "c") is not None and inf.get("ns", "a") is None,
+                           "reconnect and relist")
+        self.assertEqual(sorted(o["metadata"]["name"] for o in inf.list()), ["b", "c"])
+        self.assertGreaterEqual(inf.relists, 2)
