@@ -11,6 +11,7 @@ from kibaship_dns01.interfaces import IReadiness
 from kibaship_dns01.kube import errors
 from kibaship_dns01.kube.client import KubeClient
 from kibaship_dns01.kube.informer import Backoff, Informer
+from kibaship_dns01.kube.trim import keepFields
 from kibaship_dns01.testing.fakekube import FakeKubernetesClient
 from kibaship_dns01.testing.kubeapi import StandInAPIServer
 
@@ -149,6 +150,16 @@ class WatchTests(InformerTestsBase):
             self.assertNotIn("status", obj)
             self.assertNotIn("annotations", obj["metadata"])
             self.assertEqual(obj["spec"]["dnsName"], name + ".example.com")
+
+    def test_keepFields(self):
+        inf = self.informer(trim=keepFields("spec.key", "metadata.ownerReferences"))
+        obj = challenge("a")
+        obj["metadata"]["ownerReferences"] = [{"kind": "Order", "name": "o"}]
+        self.store.add(obj)
+        self.assertEqual(inf.get("ns", "a"), {
+            "apiVersion": "acme.cert-manager.io/v1", "kind": "Challenge", "spec": {"key": "key-a"},
+            "metadata": {"name": "a", "namespace": "ns", "ownerReferences": [{"kind": "Order", "name": "o"}],
+                         "resourceVersion": str(self.store.resourceVersion)}})
 
     def test_listenerFailureDoesNotBreakTheCache(self):
         inf = self.informer()

@@ -555,7 +555,8 @@ class KubeStore:
         if start is not None:
             after = tuple(start.split("/", 1)) if "/" in start else ("", start)
             keys = [k for k in keys if (k[1] or "", k[2]) > after]
-        return self._page(resource, state, keys, rv, self._limit(params))
+        counted = not (params.get("labelSelector") or params.get("fieldSelector"))
+        return self._page(resource, state, keys, rv, self._limit(params), counted)
 
     @staticmethod
     def _limit(params):
@@ -565,13 +566,15 @@ class KubeStore:
             raise _badRequest("invalid limit: %r" % (params.get("limit"),))
         return limit if limit > 0 else None
 
-    def _page(self, resource, state, keys, rv, limit):
+    def _page(self, resource, state, keys, rv, limit, counted):
+        """One page; ``remainingItemCount`` only without selectors (ListMeta docs)."""
         page, rest = (keys[:limit], keys[limit:]) if limit else (keys, [])
         metadata = {"resourceVersion": str(rv)}
         if rest:
             last = page[-1]
             metadata["continue"] = _encodeContinue(rv, "%s/%s" % (last[1] or "", last[2]))
-            metadata["remainingItemCount"] = len(rest)
+            if counted:
+                metadata["remainingItemCount"] = len(rest)
         items = [self._listItem(resource, state[k]) for k in page]
         return {"kind": resource.listKind, "apiVersion": resource.apiVersion,
                 "metadata": metadata, "items": items}
