@@ -48,7 +48,12 @@ class Backoff:
 
 
 class _Index:
-    """value -> keys for one indexer, plus key -> values to undo on change."""
+    """value -> keys for one indexer, plus key -> values to undo on change.
+
+    Most values (a Challenge's ``spec.key``) map to one object, so a value
+    holds its key directly and only becomes a set when shared: a set per
+    object would cost more than the trimmed object's strings.
+    """
 
     def __init__(self, fn):
         self.fn = fn
@@ -56,18 +61,32 @@ class _Index:
         self.byKey = {}
 
     def add(self, key, obj):
-        values = list(self.fn(obj) or ())
+        values = tuple(self.fn(obj) or ())
         self.byKey[key] = values
         for v in values:
-            self.byValue.setdefault(v, set()).add(key)
+            held = self.byValue.get(v)
+            if held is None:
+                self.byValue[v] = key
+            elif isinstance(held, set):
+                held.add(key)
+            elif held != key:
+                self.byValue[v] = {held, key}
 
     def remove(self, key):
         for v in self.byKey.pop(key, ()):
-            keys = self.byValue.get(v)
-            if keys is not None:
-                keys.discard(key)
-                if not keys:
-                    del self.byValue[v]
+            held = self.byValue.get(v)
+            if isinstance(held, set):
+                held.discard(key)
+                if len(held) == 1:
+                    self.byValue[v] = held.pop()
+            elif held == key:
+                del self.byValue[v]
+
+    def keys(self, value):
+        held = self.byValue.get(value)
+        if held is None:
+            return ()
+        return held if isinstance(held, set) else (held,)
 
 
 @implementer(IReadiness)
@@ -119,7 +138,7 @@ class Informer(service.Service):
         except KeyError:
             raise KeyError("cache %r has no index %r (indexes: %s)"
                            % (self.name, indexName, ", ".join(sorted(self._indexes)) or "none"))
-        return [self._objects[k] for k in sorted(index.byValue.get(value, ()), key=str)]
+        return [self._objects[k] for k in sorted(index.keys(value), key=str)]
 
     def list(self):
         return list(self._objects.values())

@@ -5,8 +5,9 @@ objects carry ``managedFields``, annotations and status that the daemon never
 reads and that dominate their size.  ``keepFields("metadata.name",
 "spec.key", ...)`` returns a function that copies only those dotted paths
 (missing ones are skipped), so the cache's memory is proportional to what is
-used.
+used.  Kept strings are interned, so the many repeated values share memory.
 """
+import sys
 
 
 def _split(paths):
@@ -18,9 +19,21 @@ def _split(paths):
     return tree
 
 
+def _intern(value):
+    """Share equal strings between cached objects (kinds, namespaces, issuer
+    names repeat in every object; JSON decoding makes a new copy each time)."""
+    if isinstance(value, str):
+        return sys.intern(value)
+    if isinstance(value, dict):
+        return {sys.intern(k): _intern(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_intern(v) for v in value]
+    return value
+
+
 def _copy(value, tree):
     if not tree or not isinstance(value, dict):
-        return value
+        return _intern(value)
     out = {}
     for key, sub in tree.items():
         if key in value:
