@@ -58,6 +58,11 @@ class InformerTestsBase(SynchronousTestCase):
     def names(self, inf):
         return sorted(o["metadata"]["name"] for o in inf.list())
 
+    def pendingDelay(self):
+        """The delay of the one pending timer (a backoff)."""
+        (call,) = self.clock.getDelayedCalls()
+        return call.getTime() - self.clock.seconds()
+
     def advanceUntil(self, predicate, limit=100):
         """Run pending timers (backoff) until ``predicate()``; bounded."""
         for _ in range(limit):
@@ -230,10 +235,6 @@ class RelistTests(InformerTestsBase):
 
 
 class BackoffTests(InformerTestsBase):
-    def pendingDelay(self):
-        (call,) = self.clock.getDelayedCalls()
-        return call.getTime() - self.clock.seconds()
-
     def test_listFailuresBackOffExponentiallyWithCap(self):
         self.fake.injectError(errors.Unavailable("down"), verb="list", times=9)
         inf = self.informer()
@@ -243,7 +244,8 @@ class BackoffTests(InformerTestsBase):
             self.clock.advance(delays[-1])
         self.assertEqual(delays, [0.5, 1, 2, 4, 8, 16, 30, 30, 30])
         self.assertTrue(inf.hasSynced)
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        (deadline,) = self.clock.getDelayedCalls()    # only the running watch's deadline
+        self.assertGreater(deadline.getTime() - self.clock.seconds(), 300)
 
     def test_healthyWatchResetsFailures(self):
         self.fake.injectError(errors.Unavailable("down"), verb="list", times=3)
@@ -282,6 +284,40 @@ class BackoffTests(InformerTestsBase):
         for n in range(1, 60):
             d = min(30.0, 0.5 * 2 ** (n - 1))
             self.assertTrue(d / 2 <= b.delay(n) <= d, n)
+
+
+class _HangOnce(FakeKubernetesClient):
+    """The first LIST never answers (a client without its own timeout)."""
+
+    hung = False
+
+    def list(self, path, params=None):
+        if not self.hung:
+            self.hung = True
+            return defer.Deferred()
+        return super().list(path, params)
+
+
+class DeadlineTests(InformerTestsBase):
+    def test_listThatNeverAnswersIsRetried(self):
+        self.fake = _HangOnce(self.store)
+        inf = self.informer(listTimeout=20)
+        self.assertFalse(inf.hasSynced)
+        self.clock.advance(20)
+        self.assertEqual(self.pendingDelay(), 0.5)
+        self.clock.advance(0.5)
+        self.assertTrue(inf.hasSynced)
+
+    def test_watchIsBoundedBeyondItsServerTimeout(self):
+        inf = self.informer(watchGrace=60)
+        seconds = int(self.fake.calls[-1].params["timeoutSeconds"])
+        self.clock.advance(seconds + 59)
+        self.assertEqual(self.fake.countCalls("watch"), 1)
+        self.clock.advance(1)
+        self.assertEqual(self.store.watchCount, 0)
+        self.assertEqual(self.pendingDelay(), 0.5)
+        self.clock.advance(0.5)
+        self.assertEqual((self.store.watchCount, self.fake.countCalls("watch"), inf.relists), (1, 2, 1))
 
 
 class StopTests(InformerTestsBase):

@@ -9,8 +9,9 @@ version is too old (410).  Memory is proportional to the objects kept, and a
 ``trim`` function drops the fields nobody reads.
 
 It is a background :class:`~twisted.application.service.Service`: it retries
-forever while running, every attempt bounded in time by the client, with
-exponential backoff and jitter between failed attempts.
+forever while running, every attempt bounded in time (by the client and by
+its own deadline, in case a client never answers), with exponential backoff
+and jitter between failed attempts.
 """
 import random
 
@@ -106,7 +107,8 @@ class Informer(service.Service):
     log = Logger()
 
     def __init__(self, client, path, clock, name, trim=None, indexers=None, params=None,
-                 backoff=None, healthyWatchSeconds=10.0, rng=None):
+                 backoff=None, healthyWatchSeconds=10.0, rng=None, listTimeout=300.0,
+                 watchGrace=60.0):
         self.client, self.path, self.clock, self.name = client, path, clock, name
         self._trim = trim or (lambda obj: obj)
         self._indexes = {n: _Index(fn) for n, fn in (indexers or {}).items()}
@@ -114,6 +116,8 @@ class Informer(service.Service):
         self._rng = rng or random.Random()
         self._backoff = backoff or Backoff(rng=self._rng)
         self._healthy = healthyWatchSeconds
+        self._listTimeout = listTimeout
+        self._watchGrace = watchGrace
         self._objects = {}
         self._listeners = []
         self._waiters = []
@@ -194,6 +198,7 @@ class Informer(service.Service):
         if not self.running:
             return
         d = self._track(self.client.list(self.path, dict(self._params)))
+        d.addTimeout(self._listTimeout, self.clock)
         d.addCallbacks(self._listed, self._failed, errbackArgs=("LIST",))
 
     def _listed(self, result):
@@ -210,10 +215,11 @@ class Informer(service.Service):
         if not self.running:
             return
         state = self._watchState = {"started": self.clock.seconds(), "events": 0, "gone": False}
-        params = dict(self._params, timeoutSeconds=str(
-            int(MIN_WATCH_SECONDS * (1 + self._rng.random()))))
+        seconds = int(MIN_WATCH_SECONDS * (1 + self._rng.random()))
+        params = dict(self._params, timeoutSeconds=str(seconds))
         d = self._track(self.client.watch(self.path, self._rv,
                                           lambda t, o: self._onEvent(state, t, o), params))
+        d.addTimeout(seconds + self._watchGrace, self.clock)
         d.addCallbacks(self._watchEnded, self._failed, callbackArgs=(state,),
                        errbackArgs=("WATCH", state))
 
