@@ -214,8 +214,9 @@ class KubeClient:
     :param config: a :class:`~kibaship_dns01.kube.config.KubeConfig`.
     :param reactor: the reactor (connections and timeouts).
     :param connectTimeout: seconds for the TCP connect.
-    :param requestTimeout: seconds for a whole GET/LIST page/POST, and for
-        a WATCH to answer with headers.
+    :param requestTimeout: seconds until response headers (GET, LIST page,
+        POST, WATCH); a whole GET/LIST page/POST, including one retry after
+        a rotated token, is bounded by twice this.
     :param watchTimeout: ``timeoutSeconds`` asked of the server when the
         caller gives none; the client gives up ``watchGrace`` seconds later.
     :param pageSize: LIST ``limit`` per page when the caller sets none.
