@@ -29,7 +29,7 @@ import uuid
 
 import attr
 
-from kibaship_dns01.kube.errors import KubeError, classForCode, makeStatus
+from kibaship_dns01.kube.errors import classForCode, makeStatus
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -670,8 +670,3 @@ class KubeStore:
         return {"kind": "TokenReview", "apiVersion": "authentication.k8s.io/v1",
                 "metadata": {"creationTimestamp": None}, "spec": spec,
                 "status": self._tokenHandler(token)}
-
-
-def isKubeError(value):
-    """True for the typed errors the store raises (helps transports)."""
-    return isinstance(value, KubeError)
