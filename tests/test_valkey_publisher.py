@@ -4,12 +4,12 @@ import uuid
 
 from twisted.internet import defer, reactor, task
 from twisted.internet.task import Clock
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from kibaship_dns01 import metrics
 from kibaship_dns01.interfaces import IStreamPublisher
-from kibaship_dns01.testing.valkeycluster import inThread, sharedCluster
+from tests.valkeysupport import SharedClusterCase, projectOn
 from kibaship_dns01.valkey import (
     ValkeyDurabilityError, ValkeyPublisher, ValkeyTarget, ValkeyUnavailable, streamKey)
 from kibaship_dns01.valkey.slots import keySlot
@@ -27,25 +27,9 @@ def retries(cause):
     return counter("kibaship_dns01_valkey_retries_total", cause=cause)
 
 
-class ClusterTestBase(TestCase):
-    def setUp(self):
-        return inThread(sharedCluster).addCallback(self._started)
-
-    def _started(self, cluster):
-        self.cluster = cluster
-        self.publisher = ValkeyPublisher(reactor)
-        self.publisher.startService()
-        self.addCleanup(self.publisher.stopService)
-        self.target = cluster.target()
-
+class ClusterTestBase(SharedClusterCase):
     def projectOn(self, node):
-        """A fresh project UUID whose slot ``node`` serves."""
-        slots = self.cluster.slotMap()
-        while True:
-            p = str(uuid.uuid4())
-            slot = keySlot(streamKey(p))
-            if any(s <= slot <= e and n is node for (s, e), n in slots.items()):
-                return p
+        return projectOn(self.cluster, node)
 
     def stream(self, node, project):
         """XRANGE straight from ``node`` with valkey-cli: [(id, fields)]."""

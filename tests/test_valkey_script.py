@@ -3,11 +3,11 @@ on the shared cluster (including the checks the client normally does first)."""
 import json
 import uuid
 
-from twisted.internet import defer, reactor
-from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.internet import defer
+from twisted.trial.unittest import SynchronousTestCase
 
-from kibaship_dns01.testing.valkeycluster import inThread, sharedCluster
-from kibaship_dns01.valkey import ValkeyCommandError, ValkeyPublisher
+from tests.valkeysupport import SharedClusterCase
+from kibaship_dns01.valkey import ValkeyCommandError
 from kibaship_dns01.valkey.script import (
     APPEND_SCRIPT, APPEND_SHA, SEQUENCE_PLACEHOLDER, SEQUENCE_TOKEN, flattenFields,
     idempotencyKey, runAppend, scriptArguments, sequenceKey, streamKey, validateProject)
@@ -45,18 +45,12 @@ class ArgumentTests(SynchronousTestCase):
         self.assertEqual(APPEND_SHA, hashlib.sha1(APPEND_SCRIPT.encode()).hexdigest())
 
 
-class LuaTests(TestCase):
+class LuaTests(SharedClusterCase):
     """Run the script directly, skipping the client-side validation."""
 
-    def setUp(self):
-        return inThread(sharedCluster).addCallback(self._started)
-
     def _started(self, cluster):
-        self.cluster = cluster
-        self.publisher = ValkeyPublisher(reactor)
-        self.publisher.startService()
-        self.addCleanup(self.publisher.stopService)
-        self.client = self.publisher.clientFor(cluster.target()).client
+        super()._started(cluster)
+        self.client = self.publisher.clientFor(self.target).client
         self.project = str(uuid.uuid4())
 
     def runScript(self, key, flat, window=60, touch=False, seqField=None):

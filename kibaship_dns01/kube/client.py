@@ -14,7 +14,8 @@ from twisted.internet import defer, error as ierror
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web import _newclient
-from twisted.web.client import Agent, HTTPConnectionPool, PotentialDataLoss, ResponseDone
+from twisted.web.client import (Agent, HTTPConnectionPool, PotentialDataLoss, ResponseDone,
+                                _HTTP11ClientFactory)
 from zope.interface import implementer
 
 from kibaship_dns01 import __version__, metrics
@@ -207,6 +208,17 @@ def _statusOf(body):
     return value if isinstance(value, dict) and value.get("kind") == "Status" else None
 
 
+class _QuietClientFactory(_HTTP11ClientFactory):
+    noisy = False
+
+
+class QuietConnectionPool(HTTPConnectionPool):
+    """A pool whose per-connection factories do not log "Starting factory" /
+    "Stopping factory" around every API request (two lines per call otherwise)."""
+
+    _factory = _QuietClientFactory
+
+
 @implementer(IKubernetesClient)
 class KubeClient:
     """:class:`IKubernetesClient` over HTTPS with treq.
@@ -236,7 +248,7 @@ class KubeClient:
         self._maxBody = maxBodyBytes
         self._maxEvent = maxEventBytes
         self._maxPages = maxPages
-        self._pool = HTTPConnectionPool(reactor, persistent=True)
+        self._pool = QuietConnectionPool(reactor, persistent=True)
         self._pool.maxPersistentPerHost = maxPersistentPerHost
         self._pool.retryAutomatically = True
         agent = Agent(reactor, contextFactory=APIServerTLSPolicy(config),

@@ -20,7 +20,7 @@ from zope.interface import implementer
 from kibaship_dns01.interfaces import IStreamPublisher
 from kibaship_dns01.valkey.publisher import AppendResult
 from kibaship_dns01.valkey.script import (
-    SEQUENCE_PLACEHOLDER, flattenFields, streamKey, validateProject)
+    SEQUENCE_PLACEHOLDER, streamKey, validateAppend)
 
 
 @attr.s(auto_attribs=True)
@@ -84,10 +84,7 @@ class FakeStreamPublisher:
     def appendEvent(self, target, projectUUID, fields, idempotencyKey, sequenceField=None):
         self.calls.append(("append", target, projectUUID, idempotencyKey))
         try:
-            validateProject(projectUUID)
-            if not idempotencyKey:
-                raise ValueError("an append needs a non-empty idempotency key")
-            flat = flattenFields(fields, sequenceField)
+            flat = validateAppend(projectUUID, idempotencyKey, fields, sequenceField)
         except ValueError as e:
             return defer.fail(e)
         failure = self._takeFailure("append")

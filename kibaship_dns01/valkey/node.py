@@ -157,6 +157,8 @@ class NodeProtocol(txredisapi.BaseRedisProtocol):
 
 
 class _ProtocolFactory(Factory):
+    noisy = False  # one factory per connection: no "Starting factory" lines
+
     def __init__(self, clock, replyTimeout, tls):
         self.clock, self.replyTimeout, self.tls = clock, replyTimeout, tls
 

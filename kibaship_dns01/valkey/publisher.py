@@ -24,7 +24,7 @@ from kibaship_dns01.interfaces import IStreamPublisher
 from kibaship_dns01.valkey.cluster import ClusterClient
 from kibaship_dns01.valkey.errors import ValkeyDurabilityError, ValkeyError, ValkeyUnavailable
 from kibaship_dns01.valkey.script import (
-    flattenFields, runAppend, scriptArguments, streamKey, validateProject)
+    runAppend, scriptArguments, streamKey, validateAppend)
 from kibaship_dns01.valkey.target import formatAddress
 
 
@@ -153,10 +153,7 @@ class ValkeyPublisher(service.Service):
         Deferred with ``ValueError``.
         """
         try:
-            validateProject(projectUUID)
-            if not idempotencyKey:
-                raise ValueError("an append needs a non-empty idempotency key")
-            flat = flattenFields(fields, sequenceField)
+            flat = validateAppend(projectUUID, idempotencyKey, fields, sequenceField)
         except ValueError as e:
             return defer.fail(e)
         keys, args = scriptArguments(projectUUID, idempotencyKey, flat,

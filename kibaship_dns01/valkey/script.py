@@ -105,6 +105,17 @@ def validateProject(projectUUID):
                          "non-empty string without braces" % (projectUUID,))
 
 
+def validateAppend(projectUUID, idempotencyKey, fields, sequenceField=None):
+    """Check an append's arguments; :return: the flat field list.
+
+    Shared by the publisher and its fake so both refuse exactly the same calls.
+    """
+    validateProject(projectUUID)
+    if not idempotencyKey:
+        raise ValueError("an append needs a non-empty idempotency key")
+    return flattenFields(fields, sequenceField)
+
+
 def flattenFields(fields, sequenceField=None):
     """``fields`` (mapping or pairs) → a flat list of strings, validated.
 
