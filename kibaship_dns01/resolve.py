@@ -33,6 +33,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kibaship_dns01 import metrics
+from kibaship_dns01.flight import SharedCalls
 from kibaship_dns01.interfaces import IProjectResolver, IReadiness
 from kibaship_dns01.kube import errors
 from kibaship_dns01.kube.informer import Informer
@@ -459,58 +460,6 @@ class ChainWalker:
 
 
 # --- the resolver service ------------------------------------------------------
-
-class SharedCalls:
-    """Concurrent identical reads share one call.
-
-    Each caller gets its own Deferred: one caller's deadline cancelling its
-    wait leaves the shared call running for the others, and the shared call
-    is cancelled only when nobody waits for it any more.
-    """
-
-    def __init__(self):
-        self._inflight = {}
-
-    def call(self, key, fn):
-        """:return: a Deferred with the result of ``fn()``, shared per ``key``."""
-        entry = self._inflight.get(key)
-        mine = defer.Deferred(lambda d: self._giveUp(key, d))
-        if entry is not None:
-            entry["waiters"].append(mine)
-            return mine
-        entry = self._inflight[key] = {"waiters": [mine], "call": None}
-        call = defer.maybeDeferred(fn)
-        if self._inflight.get(key) is entry:
-            entry["call"] = call
-        call.addBoth(self._fanOut, key, entry)
-        return mine
-
-    def _giveUp(self, key, waiter):
-        entry = self._inflight.get(key)
-        if entry is None or waiter not in entry["waiters"]:
-            return
-        entry["waiters"].remove(waiter)
-        if not entry["waiters"]:
-            del self._inflight[key]
-            if entry["call"] is not None:
-                entry["call"].cancel()
-
-    def _fanOut(self, result, key, entry):
-        if self._inflight.get(key) is entry:
-            del self._inflight[key]
-        for d in entry["waiters"]:
-            if d.called:
-                continue
-            if isinstance(result, Failure):
-                d.errback(result)
-            else:
-                d.callback(result)
-        entry["waiters"] = []
-        return None
-
-    def __len__(self):
-        return len(self._inflight)
-
 
 class KeyWaiters:
     """Lookups waiting for the watch to deliver a Challenge with their key.

@@ -8,7 +8,8 @@ from zope.interface.verify import verifyObject
 
 from kibaship_dns01 import metrics
 from kibaship_dns01.auth import authz
-from kibaship_dns01.auth.cache import ExpiringCache, SingleFlight, withDeadline
+from kibaship_dns01.auth.cache import ExpiringCache, withDeadline
+from kibaship_dns01.flight import SharedCalls
 from kibaship_dns01.auth.types import (
     ANONYMOUS_USER, AUTHENTICATED, MASTERS, Decision, RequestAttributes, UserInfo)
 from kibaship_dns01.interfaces import IAuthorizer, IKubernetesClient
@@ -351,11 +352,11 @@ class CachePrimitiveTests(SynchronousTestCase):
         self.assertIs(cache.get("b"), ExpiringCache.MISSING)
 
     def test_singleFlightSharesFailures(self):
-        flight = SingleFlight()
+        flight = SharedCalls(cancelWhenAbandoned=False)
         shared = defer.Deferred()
         calls = []
-        a = flight.run("k", lambda: calls.append(1) or shared)
-        b = flight.run("k", lambda: calls.append(2) or shared)
+        a = flight.call("k", lambda: calls.append(1) or shared)
+        b = flight.call("k", lambda: calls.append(2) or shared)
         self.assertTrue(flight.inFlight("k"))
         shared.errback(ValueError("boom"))
         self.failureResultOf(a, ValueError)

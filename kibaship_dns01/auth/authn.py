@@ -29,7 +29,8 @@ from zope.interface import implementer
 
 from kibaship_dns01 import metrics
 from kibaship_dns01.auth.authconfig import WHERE
-from kibaship_dns01.auth.cache import ExpiringCache, SingleFlight, withDeadline
+from kibaship_dns01.auth.cache import ExpiringCache, withDeadline
+from kibaship_dns01.flight import SharedCalls
 from kibaship_dns01.auth.peer import peerCertificateChain
 from kibaship_dns01.auth.types import (
     ANONYMOUS, ANONYMOUS_USER, AUTHENTICATED, UNAUTHENTICATED, Unauthenticated, UserInfo)
@@ -200,7 +201,7 @@ class TokenReviewAuthenticator:
         self._timeout = timeout
         self._key = os.urandom(32)
         self._cache = ExpiringCache(clock, maxEntries)
-        self._flight = SingleFlight()
+        self._flight = SharedCalls(cancelWhenAbandoned=False)
 
     def _hash(self, token):
         return hmac.new(self._key, token.encode("utf-8"), hashlib.sha256).digest()
@@ -214,7 +215,7 @@ class TokenReviewAuthenticator:
         key = self._hash(token)
         outcome = self._cache.get(key)
         if outcome is ExpiringCache.MISSING:
-            outcome = await self._flight.run(key, lambda: self._review(token, key))
+            outcome = await self._flight.call(key, lambda: self._review(token, key))
         if isinstance(outcome, str):
             raise Rejected(outcome)
         return outcome

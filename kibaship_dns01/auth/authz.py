@@ -18,7 +18,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from kibaship_dns01 import metrics
-from kibaship_dns01.auth.cache import ExpiringCache, SingleFlight, withDeadline
+from kibaship_dns01.auth.cache import ExpiringCache, withDeadline
+from kibaship_dns01.flight import SharedCalls
 from kibaship_dns01.auth.types import MASTERS, Decision
 from kibaship_dns01.interfaces import IAuthorizer
 from kibaship_dns01.kube.errors import makeStatus
@@ -178,7 +179,7 @@ class DelegatingAuthorizer:
         self._denyTTL = denyTTL
         self._timeout = timeout
         self._cache = ExpiringCache(clock, maxEntries)
-        self._flight = SingleFlight()
+        self._flight = SharedCalls(cancelWhenAbandoned=False)
 
     def authorize(self, attributes):
         if MASTERS in attributes.user.groups:
@@ -190,7 +191,7 @@ class DelegatingAuthorizer:
         cached = self._cache.get(key)
         if cached is not ExpiringCache.MISSING:
             return defer.succeed(self._record(attributes, cached, "cache"))
-        d = self._flight.run(key, lambda: self._review(attributes, spec, key))
+        d = self._flight.call(key, lambda: self._review(attributes, spec, key))
         d.addCallback(lambda decision: self._record(attributes, decision, "sar"))
         return d
 

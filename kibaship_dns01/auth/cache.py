@@ -59,47 +59,6 @@ class ExpiringCache:
         return len(self._entries)
 
 
-class SingleFlight:
-    """Run one call per key at a time; concurrent callers share its result.
-
-    Each caller gets its own Deferred, so one caller cancelling (its client
-    went away) neither cancels the shared call nor the other callers.
-    """
-
-    def __init__(self):
-        self._waiting = {}
-
-    def inFlight(self, key):
-        return key in self._waiting
-
-    def run(self, key, fn):
-        """Call ``fn()`` (returning a Deferred or a value) unless ``key`` is in flight.
-
-        :return: a Deferred firing with the shared call's result or failure.
-        """
-        mine = defer.Deferred(lambda d: self._drop(key, d))
-        waiters = self._waiting.get(key)
-        if waiters is not None:
-            waiters.append(mine)
-            return mine
-        self._waiting[key] = [mine]
-        defer.maybeDeferred(fn).addBoth(self._finish, key)
-        return mine
-
-    def _drop(self, key, d):
-        waiters = self._waiting.get(key, [])
-        if d in waiters:
-            waiters.remove(d)
-
-    def _finish(self, result, key):
-        for waiter in self._waiting.pop(key, []):
-            if isinstance(result, Failure):
-                waiter.errback(result)
-            else:
-                waiter.callback(result)
-        return None
-
-
 def withDeadline(d, timeout, clock):
     """Fail ``d`` with :class:`defer.TimeoutError` if it has not fired in ``timeout`` s.
 

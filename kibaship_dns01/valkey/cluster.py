@@ -43,7 +43,7 @@ from kibaship_dns01 import metrics
 from kibaship_dns01.valkey import replies
 from kibaship_dns01.valkey.errors import (
     ConnectionLost, ValkeyAuthError, ValkeyCommandError, ValkeyError, ValkeyUnavailable)
-from kibaship_dns01.valkey.flight import SingleFlight
+from kibaship_dns01.flight import SingleFlight
 from kibaship_dns01.valkey.node import Node
 from kibaship_dns01.valkey.replies import ServerError, SlotMap
 from kibaship_dns01.valkey.slots import keySlot

@@ -42,7 +42,7 @@ from zope.interface import implementer
 import txredisapi
 
 from kibaship_dns01.valkey.errors import ConnectionLost, ValkeyAuthError, ValkeyTLSError
-from kibaship_dns01.valkey.flight import SingleFlight
+from kibaship_dns01.flight import SingleFlight
 from kibaship_dns01.valkey.replies import AUTH, NOPERM, ServerError, classify
 from kibaship_dns01.valkey.target import formatAddress
 
