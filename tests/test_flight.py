@@ -41,7 +41,9 @@ class SharedCallsTests(SynchronousTestCase):
         for cancelWhenAbandoned in (True, False):
             shared = defer.Deferred(lambda d, c=cancelWhenAbandoned: cancelled.append(c))
             flight = SharedCalls(cancelWhenAbandoned=cancelWhenAbandoned)
-            flight.call("k", lambda: shared).cancel()
+            waiter = flight.call("k", lambda: shared)
+            waiter.cancel()
+            self.failureResultOf(waiter, defer.CancelledError)
             self.assertEqual(flight.inFlight("k"), not cancelWhenAbandoned)
         self.assertEqual(cancelled, [True])
 
