@@ -6,6 +6,7 @@ Every flag may also come from ``KIBASHIP_DNS01_<FLAG>`` in the environment
 validated here so a typo stops the daemon with a usage error naming the flag,
 instead of a traceback minutes later.
 """
+import functools
 import ipaddress
 import os
 import re
@@ -18,32 +19,6 @@ from kibaship_dns01.logs import LEVELS
 
 ENV_PREFIX = "KIBASHIP_DNS01_"
 _DNS_LABELS = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-
-#: (flag, default, help); the defaults mirror the Kibaship operator (SPEC §8)
-_PARAMETERS = [
-    ("secure-port", "8443", "HTTPS port of the aggregated API"),
-    ("bind-address", "0.0.0.0", "address the HTTPS server listens on"),
-    ("tls-cert-file", None, "PEM serving certificate (chain); re-read when it changes"),
-    ("tls-private-key-file", None, "PEM private key of the serving certificate"),
-    ("group-name", "dns.kibaship.com", "API group (Issuer solver groupName, APIService group)"),
-    ("solver-name", "kibaship", "solver name (Issuer solverName)"),
-    ("kubeconfig", None, "kubeconfig file; absent means in-cluster configuration"),
-    ("metrics-port", "0", "plain-HTTP port for /metrics; 0 disables it"),
-    ("metrics-bind-address", "0.0.0.0", "address the metrics server listens on"),
-    ("log-format", "json", "json or text"),
-    ("log-level", "info", "debug, info, warn or error"),
-    ("max-body-bytes", "1048576", "largest request body accepted"),
-    ("valkey-namespace", "kibaship-operator", "namespace of the operator's Valkey cluster"),
-    ("valkey-service", "kibaship-valkey-cluster-kibaship-com", "Service name of the Valkey cluster"),
-    ("valkey-port", "6379", "Valkey port"),
-    ("valkey-secret", "kibaship-valkey-cluster-kibaship-com",
-     "Secret (in --valkey-namespace) holding the Valkey password as its only key"),
-    ("valkey-connect-timeout", "5s", "default Valkey connect timeout"),
-    ("valkey-read-timeout", "3s", "default Valkey command timeout"),
-    ("valkey-min-replicas", "0", "default replicas an append must reach (WAIT) before success"),
-    ("idempotency-window", "24h", "how long a retried Present/CleanUp is recognised"),
-]
-
 
 def _envName(flag):
     return ENV_PREFIX + flag.upper().replace("-", "_")
@@ -120,7 +95,7 @@ def _dnsName(flag, value):
     return value
 
 
-def _choice(flag, value, choices):
+def _choice(flag, value, choices=()):
     if value not in choices:
         raise usage.UsageError(f"--{flag}: {value!r} is not one of {', '.join(choices)}")
     return value
@@ -132,6 +107,69 @@ def _file(flag, value):
     if not os.path.isfile(value):
         raise usage.UsageError(f"--{flag}: {value} does not exist or is not a file")
     return value
+
+
+def _optionalFile(flag, value):
+    return _file(flag, value) if value else None
+
+
+@attr.s(frozen=True, slots=True, auto_attribs=True)
+class _Flag:
+    """One command-line flag: its name, default, help, Settings field and converter."""
+
+    name: str
+    default: object
+    help: str
+    field: str
+    convert: object
+
+
+def _f(name, default, help, field, convert, **kw):
+    return _Flag(name, default, help, field,
+                 functools.partial(convert, **kw) if kw else convert)
+
+
+#: every valued flag; the defaults mirror the Kibaship operator (SPEC §8)
+FLAGS = (
+    _f("secure-port", "8443", "HTTPS port of the aggregated API", "securePort", _port),
+    _f("bind-address", "0.0.0.0", "address the HTTPS server listens on", "bindAddress",
+       _address),
+    _f("tls-cert-file", None, "PEM serving certificate (chain); re-read when it changes",
+       "tlsCertFile", _file),
+    _f("tls-private-key-file", None, "PEM private key of the serving certificate",
+       "tlsPrivateKeyFile", _file),
+    _f("group-name", "dns.kibaship.com", "API group (Issuer solver groupName, APIService group)",
+       "groupName", _dnsName),
+    _f("solver-name", "kibaship", "solver name (Issuer solverName)", "solverName", _dnsName),
+    _f("kubeconfig", None, "kubeconfig file; absent means in-cluster configuration",
+       "kubeconfig", _optionalFile),
+    _f("metrics-port", "0", "plain-HTTP port for /metrics; 0 disables it", "metricsPort", _port,
+       allowZero=True),
+    _f("metrics-bind-address", "0.0.0.0", "address the metrics server listens on",
+       "metricsBindAddress", _address),
+    _f("log-format", "json", "json or text", "logFormat", _choice, choices=("json", "text")),
+    _f("log-level", "info", "debug, info, warn or error", "logLevel", _choice,
+       choices=tuple(LEVELS)),
+    _f("max-body-bytes", "1048576", "largest request body accepted", "maxBodyBytes", _integer,
+       minimum=1024),
+    _f("valkey-namespace", "kibaship-operator", "namespace of the operator's Valkey cluster",
+       "valkeyNamespace", _dnsName),
+    _f("valkey-service", "kibaship-valkey-cluster-kibaship-com",
+       "Service name of the Valkey cluster", "valkeyService", _dnsName),
+    _f("valkey-port", "6379", "Valkey port", "valkeyPort", _port),
+    _f("valkey-secret", "kibaship-valkey-cluster-kibaship-com",
+       "Secret (in --valkey-namespace) holding the Valkey password as its only key",
+       "valkeySecret", _dnsName),
+    _f("valkey-connect-timeout", "5s", "default Valkey connect timeout", "valkeyConnectTimeout",
+       _duration),
+    _f("valkey-read-timeout", "3s", "default Valkey command timeout", "valkeyReadTimeout",
+       _duration),
+    _f("valkey-min-replicas", "0",
+       "default replicas an append must reach (WAIT) before success", "valkeyMinReplicas",
+       _integer),
+    _f("idempotency-window", "24h", "how long a retried Present/CleanUp is recognised",
+       "idempotencyWindow", _duration),
+)
 
 
 def _checkServingPair(settings):
@@ -168,14 +206,14 @@ class Options(usage.Options):
     optFlags = [
         ["dry-run", None, "resolve and build events, log them, append nothing"],
     ]
-    optParameters = [[flag, None, default, text] for flag, default, text in _PARAMETERS]
+    optParameters = [[f.name, None, f.default, f.help] for f in FLAGS]
 
     def __init__(self):
         super().__init__()
         # The environment replaces defaults; flags parsed later still override it.
-        for flag, _, _ in _PARAMETERS:
-            if _envName(flag) in os.environ:
-                self[flag] = os.environ[_envName(flag)]
+        for flag in FLAGS:
+            if _envName(flag.name) in os.environ:
+                self[flag.name] = os.environ[_envName(flag.name)]
         if os.environ.get(_envName("dry-run"), "").lower() in ("1", "true", "yes"):
             self["dry-run"] = 1
 
@@ -185,30 +223,8 @@ class Options(usage.Options):
         self.kubeConfig = _loadKubeConfig(self.settings)
 
     def _validate(self):
-        g = self.get
-        return Settings(
-            securePort=_port("secure-port", g("secure-port")),
-            bindAddress=_address("bind-address", g("bind-address")),
-            tlsCertFile=_file("tls-cert-file", g("tls-cert-file")),
-            tlsPrivateKeyFile=_file("tls-private-key-file", g("tls-private-key-file")),
-            groupName=_dnsName("group-name", g("group-name")),
-            solverName=_dnsName("solver-name", g("solver-name")),
-            kubeconfig=_file("kubeconfig", g("kubeconfig")) if g("kubeconfig") else None,
-            metricsPort=_port("metrics-port", g("metrics-port"), allowZero=True),
-            metricsBindAddress=_address("metrics-bind-address", g("metrics-bind-address")),
-            dryRun=bool(g("dry-run")),
-            logFormat=_choice("log-format", g("log-format"), ("json", "text")),
-            logLevel=_choice("log-level", g("log-level"), tuple(LEVELS)),
-            maxBodyBytes=_integer("max-body-bytes", g("max-body-bytes"), minimum=1024),
-            valkeyNamespace=_dnsName("valkey-namespace", g("valkey-namespace")),
-            valkeyService=_dnsName("valkey-service", g("valkey-service")),
-            valkeyPort=_port("valkey-port", g("valkey-port")),
-            valkeySecret=_dnsName("valkey-secret", g("valkey-secret")),
-            valkeyConnectTimeout=_duration("valkey-connect-timeout", g("valkey-connect-timeout")),
-            valkeyReadTimeout=_duration("valkey-read-timeout", g("valkey-read-timeout")),
-            valkeyMinReplicas=_integer("valkey-min-replicas", g("valkey-min-replicas")),
-            idempotencyWindow=_duration("idempotency-window", g("idempotency-window")),
-        )
+        values = {f.field: f.convert(f.name, self[f.name]) for f in FLAGS}
+        return Settings(dryRun=bool(self["dry-run"]), **values)
 
 
 def makeService(options):
