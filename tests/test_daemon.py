@@ -9,7 +9,8 @@ from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
 from kibaship_dns01.testing.daemon import TWISTD, DaemonProcess, freePort
-from kibaship_dns01.testing.environment import CERT_MANAGER_USER, LocalEnvironment
+from kibaship_dns01.testing.environment import (
+    CERT_MANAGER_NS, CERT_MANAGER_USER, PASSWORD_SECRET, LocalEnvironment, secret)
 from kibaship_dns01.testing.eventschema import validateEntry
 from kibaship_dns01.testing.httpclient import request
 from kibaship_dns01.testing.valkeycluster import ValkeyCluster
@@ -57,18 +58,41 @@ class EndToEndTests(TestCase):
         self.cluster = ValkeyCluster(password="e2e-secret-password").start()
         self.addCleanup(self.cluster.stop)
 
+    async def startDaemon(self):
+        """The environment and the real daemon, ready; stopped at cleanup."""
+        cwd = tempfile.mkdtemp(prefix="kibaship-e2e-")
+        env = LocalEnvironment(reactor, cwd, self.cluster)
+        await env.start()
+        self.addCleanup(lambda: defer.ensureDeferred(env.stop()))
+        port, metricsPort = freePort(), freePort()
+        daemon = DaemonProcess(reactor, env.daemonArgs(port, metricsPort), cwd=cwd)
+        daemon.start()
+        self.addCleanup(lambda: defer.ensureDeferred(daemon.stop()))
+        base = f"https://localhost:{port}"
+        await daemon.waitReady(base, env.servingCA.certPEM)
+        return env, daemon, base, metricsPort
+
+    def test_rotatedValkeyPasswordIsPickedUpWithoutRestart(self):
+        """The Secret and the server change password; the next call re-reads the Secret."""
+        async def go():
+            env, daemon, base, _ = await self.startDaemon()
+            first = await env.post(base)
+            self.assertTrue(first.json()["response"]["success"], first.body)
+            for node in self.cluster.nodes:
+                self.cluster.cli(node, "CONFIG", "SET", "requirepass", "rotated-password")
+            self.cluster.password = "rotated-password"
+            env.api.store.put(secret(CERT_MANAGER_NS, PASSWORD_SECRET,
+                                     {"password": "rotated-password"}))
+            for node in self.cluster.nodes:  # what a rolling restart does to open connections
+                self.cluster.cli(node, "CLIENT", "KILL", "TYPE", "normal")
+            cleanup = await env.post(base, action="CleanUp")
+            self.assertEqual(cleanup.json()["response"], {"uid": "", "success": True})
+            self.assertNotIn(b"rotated-password", daemon.output)
+        return defer.ensureDeferred(go())
+
     def test_presentAndCleanUpOverTLS(self):
         async def go():
-            cwd = tempfile.mkdtemp(prefix="kibaship-e2e-")
-            env = LocalEnvironment(reactor, cwd, self.cluster)
-            await env.start()
-            self.addCleanup(lambda: defer.ensureDeferred(env.stop()))
-            port, metricsPort = freePort(), freePort()
-            daemon = DaemonProcess(reactor, env.daemonArgs(port, metricsPort), cwd=cwd)
-            daemon.start()
-            self.addCleanup(lambda: defer.ensureDeferred(daemon.stop()))
-            base = f"https://localhost:{port}"
-            await daemon.waitReady(base, env.servingCA.certPEM)
+            env, daemon, base, metricsPort = await self.startDaemon()
 
             present = await env.post(base)
             self.assertEqual(present.code, 201, present.body)
