@@ -13,6 +13,8 @@ For the same reason the operator's default Secret is only ever sent to the
 operator's default Valkey address: an issuer that sets its own ``addr``
 without a ``passwordSecretRef`` connects without a password.
 """
+import re
+
 import attr
 
 from kibaship_dns01.durations import parseDuration
@@ -112,13 +114,25 @@ def _noUnknown(obj, allowed, path):
                           f"allowed: {', '.join(allowed)}")
 
 
+#: Kubernetes object names (DNS-1123 subdomain) and Secret data keys: checked here
+#: so a name can never carry a path (``../``) into the API request.
+_OBJECT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+_SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+")
+
+
 def _secretRef(obj, path, namespace, defaultKey=None):
     _expect(obj, dict, path)
     _noUnknown(obj, ("name", "key", "namespace"), path)
     name = _expect(obj.get("name", ""), str, f"{path}.name")
     if not name:
         raise ConfigError(f"config.{path}.name is required")
+    if len(name) > 253 or not _OBJECT_NAME.fullmatch(name):
+        raise ConfigError(f"config.{path}.name {name!r} is not a valid Secret name "
+                          f"(lower-case DNS subdomain)")
     key = _expect(obj.get("key", defaultKey or ""), str, f"{path}.key") or None
+    if key is not None and (len(key) > 253 or not _SECRET_KEY.fullmatch(key)):
+        raise ConfigError(f"config.{path}.key {key!r} is not a valid Secret key "
+                          f"(letters, digits, '-', '_', '.')")
     other = obj.get("namespace")
     if other not in (None, "", namespace):
         raise ConfigError(
@@ -144,10 +158,20 @@ _VALKEY_FIELDS = ("addr", "username", "passwordSecretRef", "tls", "caSecretRef",
                   "connectTimeout", "readTimeout", "writeTimeout", "minReplicas")
 
 
+#: connection settings an issuer may only give together with its own ``addr``:
+#: the operator's default connection (and its password) is the daemon's to configure
+_CUSTOM_ONLY = ("username", "tls", "caSecretRef")
+
+
 def _valkey(obj, namespace, defaults):
     _expect(obj, dict, "valkey")
     _noUnknown(obj, _VALKEY_FIELDS, "valkey")
     custom = "addr" in obj
+    for field in _CUSTOM_ONLY:
+        if field in obj and not custom:
+            raise ConfigError(
+                f"config.valkey.{field} needs config.valkey.addr: the operator's default Valkey "
+                f"connection is configured by the daemon's flags, not by issuers")
     addr = _expect(obj["addr"], str, "valkey.addr") if custom else defaults.addr
     try:
         parseAddress(addr)

@@ -48,8 +48,9 @@ class IssuerConfigTests(SynchronousTestCase):
             "name": "s", "namespace": NS}}}, NS)
         self.assertEqual(ok.valkey.passwordSecret, SecretRef(NS, "s", None))
         for field in ("passwordSecretRef", "caSecretRef"):
-            e = self.assertRaises(ConfigError, parseIssuerConfig, {"valkey": {field: {
-                "name": "s", "namespace": "kube-system"}}}, NS)
+            e = self.assertRaises(ConfigError, parseIssuerConfig, {"valkey": {
+                "addr": "valkey.team.svc:6379", field: {"name": "s", "namespace": "kube-system"}}},
+                NS)
             self.assertIn(f"config.valkey.{field}.namespace is 'kube-system'", str(e))
             self.assertIn("read only from the challenge's resourceNamespace", str(e))
 
@@ -61,8 +62,9 @@ class IssuerConfigTests(SynchronousTestCase):
             ({"valkey": []}, "config.valkey must be an object"),
             ({"valkey": {"addr": "no-port"}}, "config.valkey.addr"),
             ({"valkey": {"addr": 6379}}, "config.valkey.addr must be a string"),
-            ({"valkey": {"tls": "true"}}, "config.valkey.tls must be a boolean"),
-            ({"valkey": {"username": 1}}, "config.valkey.username must be a string"),
+            ({"valkey": {"addr": "v:1", "tls": "true"}}, "config.valkey.tls must be a boolean"),
+            ({"valkey": {"addr": "v:1", "username": 1}},
+             "config.valkey.username must be a string"),
             ({"valkey": {"connectTimeout": "soon"}}, "config.valkey.connectTimeout: invalid"),
             ({"valkey": {"readTimeout": 3}}, "config.valkey.readTimeout must be a string"),
             ({"valkey": {"writeTimeout": "2m"}}, "config.valkey.writeTimeout must be between"),
@@ -80,6 +82,16 @@ class IssuerConfigTests(SynchronousTestCase):
             ({"ttl": 0}, "config.ttl must be between 1 and 86400"),
             ({"ttl": "60"}, "config.ttl must be an integer"),
             ({"ttl": True}, "config.ttl must be an integer"),
+            ({"valkey": {"passwordSecretRef": {
+                "name": "../../kibaship-operator/secrets/kibaship-valkey-cluster-kibaship-com"}}},
+             "is not a valid Secret name"),
+            ({"valkey": {"passwordSecretRef": {"name": "Upper"}}}, "is not a valid Secret name"),
+            ({"valkey": {"passwordSecretRef": {"name": "s", "key": "a/b"}}},
+             "is not a valid Secret key"),
+            ({"valkey": {"tls": True}}, "config.valkey.tls needs config.valkey.addr"),
+            ({"valkey": {"username": "u"}}, "config.valkey.username needs config.valkey.addr"),
+            ({"valkey": {"caSecretRef": {"name": "ca"}}},
+             "config.valkey.caSecretRef needs config.valkey.addr"),
         ]
         for config, message in cases:
             e = self.assertRaises(ConfigError, parseIssuerConfig, config, NS)

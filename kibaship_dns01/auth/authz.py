@@ -36,8 +36,9 @@ MAX_CACHED_ATTRIBUTES_SIZE = 10000
 
 
 def isHealthPath(path):
-    """``/healthz``, ``/livez``, ``/readyz`` and their sub-paths (``/readyz/ping``)."""
-    return any(path == p or path.startswith(p + "/") for p in HEALTH_PATHS)
+    """Exactly ``/healthz``, ``/livez`` or ``/readyz`` (as ``k8s.io/apiserver``'s
+    always-allow paths): a sub-path added later must not escape authorization."""
+    return path in HEALTH_PATHS
 
 
 def _omitEmpty(d):
