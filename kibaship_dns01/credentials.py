@@ -13,6 +13,8 @@ from kibaship_dns01.challenge import SolverError
 from kibaship_dns01.kube.errors import APITimeout, Forbidden, KubeError, NotFound, Unavailable
 
 DEFAULT_TTL = 30.0
+#: one Secret GET may take this long before the request fails with a clear message
+DEFAULT_TIMEOUT = 10.0
 
 
 class SecretError(SolverError):
@@ -51,11 +53,12 @@ def _decode(ref, encoded):
 class SecretReader:
     """Reads (and briefly caches) single Secret values via an ``IKubernetesClient``."""
 
-    def __init__(self, client, clock, ttl=DEFAULT_TTL):
+    def __init__(self, client, clock, ttl=DEFAULT_TTL, timeout=DEFAULT_TIMEOUT):
         self._client = client
         self._clock = clock
         self._ttl = ttl
-        self._cache = {}  # SecretRef -> (expires, bytes)
+        self._timeout = timeout
+        self._cache = {}  # SecretRef -> (expires, bytes); expired entries pruned on read
 
     def invalidate(self, ref):
         """Forget ``ref``'s value, e.g. after Valkey rejected it."""
@@ -64,11 +67,18 @@ class SecretReader:
     @defer.inlineCallbacks
     def read(self, ref):
         """The value (``bytes``) of ``ref``; fails with :class:`SecretError`."""
+        now = self._clock.seconds()
+        self._prune(now)
         cached = self._cache.get(ref)
-        if cached is not None and cached[0] > self._clock.seconds():
+        if cached is not None:
             return cached[1]
         try:
-            secret = yield self._client.get(_secretPath(ref))
+            secret = yield self._client.get(_secretPath(ref)).addTimeout(
+                self._timeout, self._clock)
+        except defer.TimeoutError:
+            raise SecretError(f"reading Secret {ref.namespace}/{ref.name} took longer than "
+                              f"{self._timeout:g}s; the API server is slow or unreachable",
+                              transient=True)
         except NotFound:
             raise SecretError(f"Secret {ref.namespace}/{ref.name} not found; create it in "
                               f"namespace {ref.namespace} or fix the issuer config")
@@ -84,6 +94,10 @@ class SecretReader:
         value = _decode(ref, _pickKey(ref, secret.get("data") or {}))
         self._cache[ref] = (self._clock.seconds() + self._ttl, value)
         return value
+
+    def _prune(self, now):
+        for ref in [r for r, (expires, _) in self._cache.items() if expires <= now]:
+            del self._cache[ref]
 
     def readText(self, ref):
         """The value as text (a password)."""

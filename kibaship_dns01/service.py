@@ -65,9 +65,14 @@ class ListeningService(service.Service):
         self.port = None
 
     def startService(self):
+        """Listen now; a port that cannot be bound raises here, so twistd exits
+        with the error instead of running without a listener."""
         super().startService()
-        d = self.endpoint.listen(self.factory)
-        d.addCallback(self._listening)
+        failures = []
+        d = self.endpoint.listen(self.factory).addCallbacks(self._listening, failures.append)
+        if failures:  # TCP endpoints answer synchronously
+            self.running = False
+            failures[0].raiseException()
         return d
 
     def _listening(self, port):

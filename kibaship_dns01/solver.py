@@ -35,6 +35,18 @@ def _serverName(addr):
     return None if host.replace(".", "").isdigit() or ":" in host else host
 
 
+#: one append (retries and redirects included) must end well inside the site's
+#: 50 s deadline, yet ride out a failover (the publisher's 10 s default)
+MIN_OPERATION_BUDGET = 10.0
+MAX_OPERATION_BUDGET = 40.0
+
+
+def _operationBudget(connectTimeout, readTimeout):
+    """Room for a connect, a command and one retry of each, within the bounds above."""
+    return min(MAX_OPERATION_BUDGET,
+               max(MIN_OPERATION_BUDGET, 2 * (connectTimeout + readTimeout)))
+
+
 class TargetFactory:
     """Turns :class:`~kibaship_dns01.config.ValkeySettings` into a ``ValkeyTarget``.
 
@@ -48,18 +60,23 @@ class TargetFactory:
         self._window = idempotencyWindow
 
     async def target(self, settings):
+        """The target for ``settings``; fails with ``SecretError`` when a Secret it
+        names cannot be read (checked now, so the failure is a Secret error the
+        solver can judge, not a Valkey connection error later)."""
         ref = settings.passwordSecret
         caPEM = await self._secrets.read(settings.caSecret) if settings.caSecret else None
         kw = {}
         if ref is not None:
+            await self._secrets.readText(ref)  # cached: the connection reads it again cheaply
             kw = dict(credentials=lambda: self._secrets.readText(ref),
                       invalidateCredentials=lambda: self._secrets.invalidate(ref),
                       credentialsSource=ref.describe())
+        readTimeout = settings.readTimeout + settings.writeTimeout
         return ValkeyTarget(
             seeds=(settings.addr,), username=settings.username, tls=settings.tls, caPEM=caPEM,
             serverName=_serverName(settings.addr) if settings.tls else None,
-            connectTimeout=settings.connectTimeout,
-            readTimeout=settings.readTimeout + settings.writeTimeout,
+            connectTimeout=settings.connectTimeout, readTimeout=readTimeout,
+            operationTimeout=_operationBudget(settings.connectTimeout, readTimeout),
             minReplicas=settings.minReplicas, idempotencyWindow=self._window, **kw)
 
 

@@ -131,7 +131,8 @@ def _f(name, default, help, field, convert, **kw):
 
 #: every valued flag; the defaults mirror the Kibaship operator (SPEC §8)
 FLAGS = (
-    _f("secure-port", "8443", "HTTPS port of the aggregated API", "securePort", _port),
+    _f("secure-port", "8443", "HTTPS port of the aggregated API (0: any free port, logged)",
+       "securePort", _port, allowZero=True),
     _f("bind-address", "0.0.0.0", "address the HTTPS server listens on", "bindAddress",
        _address),
     _f("tls-cert-file", None, "PEM serving certificate (chain); re-read when it changes",

@@ -32,6 +32,14 @@ def settingsFor(certFile, keyFile, **overrides):
     return Settings(**values)
 
 
+def tempDir(testCase, prefix="kibaship-test-"):
+    """A fresh temporary directory removed when the test ends (under both runners;
+    trial's ``mktemp`` would write into the current directory under pytest)."""
+    directory = tempfile.mkdtemp(prefix=prefix)
+    testCase.addCleanup(shutil.rmtree, directory, True)
+    return directory
+
+
 def writeServingFiles(directory, ca=None):
     """A fresh serving pair for localhost under ``directory``; returns (ca, cert, key paths)."""
     ca = ca or pki.makeCA()
@@ -76,9 +84,7 @@ class RunningSite:
 async def startTLSSite(testCase, solver, authenticator=None, authorizer=None, readiness=(),
                        clock=reactor, pollInterval=10.0, **overrides):
     """Start the real API site over TLS on 127.0.0.1; stopped at test cleanup."""
-    directory = tempfile.mkdtemp(prefix="kibaship-tls-")
-    testCase.addCleanup(shutil.rmtree, directory, True)
-    ca, certFile, keyFile = writeServingFiles(directory)
+    ca, certFile, keyFile = writeServingFiles(tempDir(testCase, "kibaship-tls-"))
     settings = settingsFor(certFile, keyFile, **overrides)
     tls = ReloadingServerTLS(certFile, keyFile, clock, interval=pollInterval)
     tls.load()

@@ -7,8 +7,9 @@ from twisted.web.iweb import UNKNOWN_LENGTH, IBodyProducer
 from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
+from kibaship_dns01.auth.types import Decision
 from kibaship_dns01.challenge import SolverError
-from kibaship_dns01.interfaces import ISolver
+from kibaship_dns01.interfaces import IAuthorizer, ISolver
 from kibaship_dns01.service import UnconfiguredSolver
 from kibaship_dns01.testing.fakesolver import RecordingSolver
 from kibaship_dns01.testing.httpclient import request
@@ -60,9 +61,10 @@ class ContractTests(TestCase):
         self.assertIn(contains, body["message"])
         self.assertEqual(resp.headers.getRawHeaders(b"content-type"), [b"application/json"])
 
-    def test_recordingSolverIsVerified(self):
+    def test_fakesAreVerified(self):
         verifyObject(ISolver, RecordingSolver())
         verifyObject(ISolver, UnconfiguredSolver())
+        verifyObject(IBodyProducer, ChunkedProducer(b""))
 
     # -- discovery ---------------------------------------------------------
     def test_apiResourceList(self):
@@ -286,6 +288,31 @@ class ContractTests(TestCase):
             self.assertEqual(len(self.solver.calls), 1)
         return d(go())
 
+    def test_deadlineCountsAuthorizationTime(self):
+        """A slow SubjectAccessReview leaves the solver only what remains of 50 s."""
+        from twisted.internet.task import Clock
+
+        clock = Clock()
+        verifyObject(IAuthorizer, SlowAuthorizer(clock, 0))
+
+        async def go():
+            authorizer = SlowAuthorizer(clock, 30)
+            await self._site(RecordingSolver(defer.Deferred()), clock=clock,
+                             authorizer=authorizer)
+            pending = d(self._post(payload()))
+            while not authorizer.calls:
+                await deferLater(0.01)
+            clock.advance(30)
+            while not self.solver.calls:
+                await deferLater(0.01)
+            clock.advance(19)
+            self.assertNoResult(pending)
+            clock.advance(1)  # 50 s after the request arrived
+            resp = await pending
+            self.assertIn("did not finish within 50s",
+                          resp.json()["response"]["status"]["message"])
+        return d(go())
+
     def test_solverThatNeverAnswersTimesOut(self):
         from twisted.internet.task import Clock
 
@@ -326,6 +353,20 @@ class ChunkedProducer:
 
     def stopProducing(self):
         pass
+
+
+@implementer(IAuthorizer)
+class SlowAuthorizer:
+    """Allows everything, after ``delay`` seconds of the given clock."""
+
+    def __init__(self, clock, delay):
+        self.clock, self.delay, self.calls = clock, delay, 0
+
+    def authorize(self, attributes):
+        from twisted.internet.task import deferLater as later
+
+        self.calls += 1
+        return later(self.clock, self.delay, lambda: Decision(allowed=True))
 
 
 def deferLater(seconds):

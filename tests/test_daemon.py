@@ -2,24 +2,27 @@
 the way the kube-aggregator does, appending to a real Valkey cluster."""
 import json
 import os
-import tempfile
+import socket
 
 from twisted.internet import defer, reactor
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import TestCase
 
-from kibaship_dns01.testing.daemon import TWISTD, DaemonProcess, freePort
+from kibaship_dns01.testing.daemon import TWISTD, DaemonProcess
 from kibaship_dns01.testing.environment import (
     CERT_MANAGER_NS, CERT_MANAGER_USER, PASSWORD_SECRET, LocalEnvironment, secret)
 from kibaship_dns01.testing.eventschema import validateEntry
 from kibaship_dns01.testing.httpclient import request
+from kibaship_dns01.testing.kubeapi import StandInAPIServer
+from kibaship_dns01.testing.ports import freePort
 from kibaship_dns01.testing.valkeycluster import ValkeyCluster
 from kibaship_dns01.valkey import streamKey
+from tests.support import tempDir, writeServingFiles
 
 
 class CommandLineTests(TestCase):
     def setUp(self):
-        self.cwd = tempfile.mkdtemp(prefix="kibaship-daemon-")
+        self.cwd = tempDir(self, "kibaship-daemon-")
 
     def test_helpFromAnyDirectory(self):
         async def go():
@@ -42,6 +45,28 @@ class CommandLineTests(TestCase):
         return defer.ensureDeferred(go())
 
 
+class ListenFailureTests(TestCase):
+    def test_portInUseStopsTheDaemon(self):
+        """A secure port that cannot be bound ends twistd with the error (no silent zombie)."""
+        async def go():
+            cwd = tempDir(self)
+            _, cert, key = writeServingFiles(cwd)
+            kubeconfig = StandInAPIServer().writeKubeconfig(os.path.join(cwd, "kubeconfig"))
+            taken = socket.socket()
+            taken.bind(("127.0.0.1", 0))
+            taken.listen(1)
+            self.addCleanup(taken.close)
+            daemon = DaemonProcess(reactor, [
+                "--tls-cert-file", cert, "--tls-private-key-file", key, "--kubeconfig",
+                kubeconfig, "--bind-address", "127.0.0.1",
+                "--secure-port", str(taken.getsockname()[1])], cwd=cwd)
+            daemon.start()
+            code = await daemon.proto.ended
+            self.assertNotEqual(code, 0)
+            self.assertIn(b"Address already in use", daemon.output)
+        return defer.ensureDeferred(go())
+
+
 def xrange(cluster, key):
     """Entries of ``key`` as [(id, {field: value})], read with ``valkey-cli -c XRANGE``."""
     raw = cluster.cli(cluster.nodes[0], "-c", "XRANGE", key, "-", "+", json_=True)
@@ -60,15 +85,15 @@ class EndToEndTests(TestCase):
 
     async def startDaemon(self):
         """The environment and the real daemon, ready; stopped at cleanup."""
-        cwd = tempfile.mkdtemp(prefix="kibaship-e2e-")
+        cwd = tempDir(self, "kibaship-e2e-")
         env = LocalEnvironment(reactor, cwd, self.cluster)
         await env.start()
         self.addCleanup(lambda: defer.ensureDeferred(env.stop()))
-        port, metricsPort = freePort(), freePort()
-        daemon = DaemonProcess(reactor, env.daemonArgs(port, metricsPort), cwd=cwd)
+        metricsPort = freePort()
+        daemon = DaemonProcess(reactor, env.daemonArgs(0, metricsPort), cwd=cwd)
         daemon.start()
         self.addCleanup(lambda: defer.ensureDeferred(daemon.stop()))
-        base = f"https://localhost:{port}"
+        base = f"https://localhost:{await daemon.listeningPort()}"
         await daemon.waitReady(base, env.servingCA.certPEM)
         return env, daemon, base, metricsPort
 

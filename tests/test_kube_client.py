@@ -13,6 +13,7 @@ from kibaship_dns01.kube.client import KubeClient
 from kibaship_dns01.kube.config import FileToken
 from kibaship_dns01.testing import pki
 from kibaship_dns01.testing.kubeapi import StandInAPIServer
+from tests.support import tempDir
 
 CHALLENGES = "/apis/acme.cert-manager.io/v1/challenges"
 
@@ -172,7 +173,7 @@ class TransportTests(ClientTestsBase):
     @defer.inlineCallbacks
     def test_timeoutAgainstHungServer(self):
         self.server.hang = True
-        e = yield self.failsWith(self.client(requestTimeout=0.3).get("/api/v1/namespaces/x/configmaps/y"),
+        e = yield self.failsWith(self.client(requestTimeout=2.0).get("/api/v1/namespaces/x/configmaps/y"),
                                  errors.APITimeout)
         self.assertIn("GET /api/v1/namespaces/x/configmaps/y", e.message)
         self.assertEqual(len(self.server.hungRequests), 1)
@@ -232,7 +233,7 @@ class TransportTests(ClientTestsBase):
     @defer.inlineCallbacks
     def test_rotatedTokenPickedUp(self):
         """After rotation a 401 makes the client re-read the token file and retry once."""
-        path = os.path.abspath(self.mktemp())
+        path = os.path.join(tempDir(self), "token")
         with open(path, "w") as f:
             f.write(self.server.token)
         tokens = FileToken(path, reactor, period=3600)

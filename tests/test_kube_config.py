@@ -10,6 +10,7 @@ from kibaship_dns01.kube import config
 from kibaship_dns01.kube.config import KubeConfigError
 from kibaship_dns01.kube.tls import APIServerTLSPolicy
 from kibaship_dns01.testing import pki
+from tests.support import tempDir
 
 
 def b64(data):
@@ -18,8 +19,7 @@ def b64(data):
 
 class KubeconfigTests(SynchronousTestCase):
     def setUp(self):
-        self.dir = self.mktemp()
-        os.makedirs(self.dir)
+        self.dir = tempDir(self)
         self.ca = pki.makeCA()
         self.client = pki.clientPair(self.ca, "admin", ["system:masters"])
         self.clock = Clock()
@@ -143,8 +143,7 @@ class KubeconfigTests(SynchronousTestCase):
 
 class InClusterTests(SynchronousTestCase):
     def setUp(self):
-        self.dir = self.mktemp()
-        os.makedirs(self.dir)
+        self.dir = tempDir(self)
         self.ca = pki.makeCA()
         self.paths = {k: os.path.join(self.dir, k) for k in ("token", "ca.crt", "namespace")}
         self.put("token", "t1")

@@ -15,6 +15,7 @@ from kibaship_dns01.kube.config import loadKubeConfig
 from kibaship_dns01.kube.tls import APIServerTLSPolicy
 from kibaship_dns01.testing.certmanager import buildChain
 from kibaship_dns01.testing.kubeapi import StandInAPIServer
+from tests.support import tempDir
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "kube")
 CHALLENGES = "/apis/acme.cert-manager.io/v1/challenges"
@@ -218,7 +219,7 @@ class ProcessTests(TestCase):
 
     @defer.inlineCallbacks
     def test_runsAsAProcess(self):
-        work = os.path.abspath(self.mktemp())
+        work = tempDir(self)
         os.makedirs(os.path.join(work, "fixtures"))
         chain = buildChain()
         with open(os.path.join(work, "fixtures", "chain.yaml"), "w") as f:

@@ -19,9 +19,11 @@ class DecodeTests(SynchronousTestCase):
     @given(st.binary())
     def test_anyBytes(self, body):
         try:
-            decodeChallengeRequest(body)
-        except BadPayload:
-            pass
+            decoded = decodeChallengeRequest(body)
+        except BadPayload as e:
+            self.assertTrue(str(e), "a refusal always says why")
+        else:
+            self.assertIn(decoded.action, ("Present", "CleanUp"))
 
     @settings(max_examples=150, deadline=None)
     @given(st.dictionaries(st.sampled_from(FIELDS), jsonValues))

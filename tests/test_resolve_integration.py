@@ -242,7 +242,7 @@ class CleanUpOverTheWireTests(StandInCase):
 
 class HangingServerTests(StandInCase):
 
-    lookupTimeout = 0.5
+    lookupTimeout = 2.0  # room for the GET to reach the server on a loaded machine
 
     @async_test
     async def test_lookupBounded(self):

@@ -1,13 +1,14 @@
 """Present and CleanUp with verified fakes: every branch of the failure policy."""
 import json
 
+from twisted.internet import defer
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
 from kibaship_dns01 import metrics
 from kibaship_dns01.challenge import CLEANUP, PRESENT, SolverError
-from kibaship_dns01.config import Defaults
+from kibaship_dns01.config import Defaults, SecretRef
 from kibaship_dns01.credentials import SecretReader
 from kibaship_dns01.interfaces import IProjectResolver, IStreamPublisher
 from kibaship_dns01.kube.errors import Forbidden, Unavailable
@@ -127,10 +128,43 @@ class SolverTests(SynchronousTestCase):
     def test_defaultSecretWithSeveralKeysIsAClearError(self):
         self.kube.store.update(secret("kibaship-operator", "kibaship-valkey-cluster-kibaship-com",
                                       {"a": "1", "b": "2"}))
-        self.successResultOf(self.solve(config=None))  # the target is built; the password is lazy
-        target = self.publisher.calls[0][1]
-        e = self.failureResultOf(target.credentials(), SolverError).value
+        e = self.failureResultOf(self.solve(config=None), SolverError).value
         self.assertIn("must hold exactly one key (the Valkey password) but holds 2", e.message)
+        self.assertEqual(self.publisher.calls, [])
+
+    def test_cleanUpFinishesWhenThePasswordSecretIsGone(self):
+        self.kube.store.delete("v1", "Secret", NS, "valkey-auth")
+        e = self.failureResultOf(self.solve(), SolverError).value
+        self.assertIn("Secret cert-manager/valkey-auth not found", e.message)
+        self.successResultOf(self.solve(CLEANUP))
+        self.assertEqual((self.entries(), self.decisions()[-1]["outcome"]), ([], "unresolved"))
+
+    def test_secretReadsAreBoundedInTime(self):
+        from kibaship_dns01.testing.fakekube import FakeKubernetesClient as Fake
+
+        class Hanging(Fake):
+            def get(self, path, params=None):
+                return defer.Deferred()
+
+        reader = SecretReader(Hanging(), self.clock, timeout=10)
+        d = reader.read(SecretRef(NS, "valkey-auth", "password"))
+        self.assertNoResult(d)
+        self.clock.advance(10)
+        e = self.failureResultOf(d, SolverError).value
+        self.assertIn("took longer than 10s", e.message)
+        self.assertTrue(e.transient)
+
+    def test_secretCacheExpiresAndForgets(self):
+        ref = SecretRef(NS, "valkey-auth", "password")
+        self.assertEqual(self.successResultOf(self.secrets.read(ref)), PASSWORD.encode())
+        self.kube.store.put(secret(NS, "valkey-auth", {"password": "new", "other": "x"}))
+        self.assertEqual(self.successResultOf(self.secrets.read(ref)), PASSWORD.encode())
+        self.clock.advance(31)
+        self.assertEqual(self.successResultOf(self.secrets.read(ref)), b"new")
+        self.clock.advance(31)
+        self.assertEqual(self.successResultOf(
+            self.secrets.read(SecretRef(NS, "valkey-auth", "other"))), b"x")
+        self.assertEqual(len(self.secrets._cache), 1)  # the expired entry is gone
 
     def test_rejectedPasswordIsReadAgain(self):
         self.successResultOf(self.solve())

@@ -1,5 +1,4 @@
 """The solver against the stand-in API (real TLS) and a real Valkey cluster."""
-import tempfile
 import uuid
 
 from twisted.internet import defer, reactor
@@ -13,10 +12,11 @@ from kibaship_dns01.service import buildSolver
 from kibaship_dns01.testing.certmanager import buildChain
 from kibaship_dns01.testing.environment import LocalEnvironment
 from kibaship_dns01.testing.eventschema import validateEntry
-from kibaship_dns01.testing.valkeycluster import freePort, sharedCluster
+from kibaship_dns01.testing.ports import refusingPort
+from kibaship_dns01.testing.valkeycluster import sharedCluster
 from kibaship_dns01.valkey import streamKey
 from kibaship_dns01.valkey.publisher import ValkeyPublisher
-from tests.support import settingsFor
+from tests.support import tempDir, settingsFor
 from tests.test_daemon import xrange
 
 EVERY_FIELD = {"event_id", "timestamp", "project_uuid", "workspace_uuid", "resource_type",
@@ -33,7 +33,7 @@ class SolverIntegrationTests(TestCase):
 
     async def _setUp(self, dryRun=False):
         self.cluster = sharedCluster()
-        self.env = LocalEnvironment(reactor, tempfile.mkdtemp(prefix="kibaship-int-"),
+        self.env = LocalEnvironment(reactor, tempDir(self, "kibaship-int-"),
                                     self.cluster)
         # a project of its own per test: the shared cluster keeps streams between tests
         self.project = str(uuid.uuid4())
@@ -111,7 +111,9 @@ class SolverIntegrationTests(TestCase):
     def test_valkeyDownIsAFailureCertManagerRetries(self):
         async def go():
             await self._setUp()
-            config = {"valkey": {"addr": "127.0.0.1:%d" % freePort(), "connectTimeout": "1s",
+            port, held = refusingPort()
+            self.addCleanup(held.close)
+            config = {"valkey": {"addr": "127.0.0.1:%d" % port, "connectTimeout": "1s",
                                  "readTimeout": "1s"}}
             failure = await self.assertFailure(self.call(config=config), SolverError)
             self.assertIn("could not append the present event", failure.message)

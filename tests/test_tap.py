@@ -7,13 +7,12 @@ from twisted.trial.unittest import SynchronousTestCase
 from kibaship_dns01.durations import parseDuration
 from kibaship_dns01.tap import Options
 from kibaship_dns01.testing.kubeapi import StandInAPIServer
-from tests.support import writeServingFiles
+from tests.support import tempDir, writeServingFiles
 
 
 class OptionsTests(SynchronousTestCase):
     def setUp(self):
-        self.dir = self.mktemp()
-        os.makedirs(self.dir)
+        self.dir = tempDir(self)
         _, self.cert, self.key = writeServingFiles(self.dir)
         self.kubeconfig = os.path.join(self.dir, "kubeconfig")
         StandInAPIServer().writeKubeconfig(self.kubeconfig)
@@ -58,6 +57,7 @@ class OptionsTests(SynchronousTestCase):
             (["--secure-port", "http"], "--secure-port"),
             (["--secure-port", "70000"], "--secure-port"),
             (["--metrics-port", "-1"], "--metrics-port"),
+            (["--secure-port", "-1"], "--secure-port"),
             (["--bind-address", "localhost"], "--bind-address"),
             (["--group-name", "Not_A_DNS"], "--group-name"),
             (["--solver-name", ""], "--solver-name"),

@@ -9,7 +9,7 @@ from kibaship_dns01.api.tls import CertificateLoadError, ReloadingServerTLS
 from kibaship_dns01.testing import pki
 from kibaship_dns01.testing.fakesolver import RecordingSolver
 from kibaship_dns01.testing.httpclient import peerCertificatePEM, request
-from tests.support import startTLSSite
+from tests.support import tempDir, startTLSSite
 
 
 def swapSecretVolume(directory, pair):
@@ -36,7 +36,7 @@ class RotationOverTLSTests(TestCase):
 
         async def go():
             site = await startTLSSite(self, RecordingSolver(), clock=clock)
-            volume = self.mktemp()
+            volume = os.path.join(tempDir(self), "volume")
             first = pki.serverPair(site.ca)
             site.tls.certPath, site.tls.keyPath = makeSecretVolume(volume, first)
             site.tls.reloadIfChanged()
@@ -60,15 +60,13 @@ class RotationOverTLSTests(TestCase):
             self.assertEqual(seen, second.certPEM)
             resp = await request(reactor, "GET", site.url("/healthz"), caPEM=site.ca.certPEM)
             self.assertEqual(resp.code, 200)
-            self.flushLoggedErrors()
         return defer.ensureDeferred(go())
 
 
 class ReloadingServerTLSTests(SynchronousTestCase):
     def setUp(self):
         self.ca = pki.makeCA()
-        self.dir = self.mktemp()
-        os.makedirs(self.dir)
+        self.dir = tempDir(self)
         self.cert, self.key = (os.path.join(self.dir, n) for n in ("tls.crt", "tls.key"))
 
     def test_loadRefusesMissingFiles(self):

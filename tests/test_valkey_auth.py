@@ -150,6 +150,7 @@ class TLSAuthTests(TestCase):
         provider.passwords.append("app-pw-2")
         r = yield self.append(target, "after")
         self.assertFalse(r.duplicate)
+        self.assertEqual(provider.invalidations, 1)  # the rejected password was re-read
 
     @defer.inlineCallbacks
     def test_aclUserLackingPermission(self):

@@ -6,7 +6,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from kibaship_dns01 import metrics
-from kibaship_dns01.testing.valkeycluster import freePort
+from kibaship_dns01.testing.ports import refusingPort
 from kibaship_dns01.valkey import ValkeyPublisher, ValkeyTarget, ValkeyUnavailable
 
 
@@ -57,7 +57,10 @@ class RefusedTests(TestCase):
         publisher = ValkeyPublisher(reactor)
         publisher.startService()
         self.addCleanup(publisher.stopService)
-        seeds = ("127.0.0.1:%d" % freePort(), "127.0.0.1:%d" % freePort())
+        (port1, held1), (port2, held2) = refusingPort(), refusingPort()
+        self.addCleanup(held1.close)
+        self.addCleanup(held2.close)
+        seeds = ("127.0.0.1:%d" % port1, "127.0.0.1:%d" % port2)
         target = ValkeyTarget(seeds=seeds, operationTimeout=0.5)
         d = self.assertFailure(publisher.append(target, "p", {"a": "1"}, "k"), ValkeyUnavailable)
 

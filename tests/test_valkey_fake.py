@@ -149,7 +149,8 @@ class FakeProgrammingTests(TestCase):
     def test_failAfterAppendThenRetryIsDuplicate(self):
         """A lost reply: the entry exists, the retry returns it."""
         self.publisher.failNext(ValkeyUnavailable("reply lost"), afterAppend=True)
-        self.failureResultOf(self.publisher.append(self.target, "p", {"a": "1"}, "k"))
+        self.failureResultOf(self.publisher.append(self.target, "p", {"a": "1"}, "k"),
+                             ValkeyUnavailable)
         r = self.successResultOf(self.publisher.appendEvent(self.target, "p", {"a": "1"}, "k"))
         self.assertTrue(r.duplicate)
         self.assertEqual(len(self.publisher.entries("p")), 1)

@@ -92,6 +92,10 @@ class APIResource(Resource):
 
     # -- entry ------------------------------------------------------------
     def render(self, request):
+        # the solver's deadline counts from here: authentication and authorization
+        # (TokenReview, SubjectAccessReview) spend the same 60 s cert-manager gives us
+        request.deadline = (self._clock.seconds() + self._solverTimeout
+                            if self._clock is not None else None)
         d = defer.ensureDeferred(self._handle(request))
         d.addErrback(self._internalError, request)
         d.addCallback(self._finish, request)
@@ -196,15 +200,15 @@ class APIResource(Resource):
             challenge = decodeChallengeRequest(request.content.read())
         except BadPayload as e:
             return writeStatus(request, 400, str(e))
-        message = await self._runSolver(challenge)
+        message = await self._runSolver(challenge, request.deadline)
         return writeJSON(request, 201, encodeResponse(challenge, message))
 
-    async def _runSolver(self, challenge):
+    async def _runSolver(self, challenge, deadline):
         """Run the solver; ``None`` on success, else the message for cert-manager."""
         call = self.solver.present if challenge.action == PRESENT else self.solver.cleanUp
         d = defer.maybeDeferred(call, challenge)
-        if self._clock is not None:
-            d.addTimeout(self._solverTimeout, self._clock)
+        if deadline is not None:
+            d.addTimeout(max(1.0, deadline - self._clock.seconds()), self._clock)
         try:
             await d
         except SolverError as e:

@@ -3,22 +3,15 @@
 The daemon is started exactly as operators start it, from a directory that is
 not the repository, so the test also proves the installed plugin is found.
 """
+import json
 import os
 import signal
-import socket
 import sys
 
 from twisted.internet import defer, protocol
 from twisted.internet.task import deferLater
 
 from kibaship_dns01.testing.httpclient import request
-
-
-def freePort():
-    """A currently free loopback TCP port (the daemon binds it moments later)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()"]
@@ -73,6 +66,20 @@ class DaemonProcess:
                 pass
             await deferLater(self.reactor, 0.1, lambda: None)
         raise RuntimeError(f"daemon not ready after {timeout}s:\n{self.output.decode()}")
+
+    async def listeningPort(self, name="https", timeout=20.0):
+        """The port the daemon's ``name`` listener bound (from its JSON log; for
+        ``--secure-port 0``)."""
+        for _ in range(int(timeout / 0.05)):
+            for line in self.output.splitlines():
+                if line.startswith(b"{"):
+                    event = json.loads(line)
+                    if event.get("name") == name and "port" in event:
+                        return event["port"]
+            if self.proto.ended.called:
+                break
+            await deferLater(self.reactor, 0.05, lambda: None)
+        raise RuntimeError(f"daemon never logged its {name} port:\n{self.output.decode()}")
 
     async def stop(self):
         """SIGTERM and wait; returns the exit code."""

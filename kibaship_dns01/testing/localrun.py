@@ -18,8 +18,9 @@ import sys
 
 from twisted.internet import defer, task
 
-from kibaship_dns01.testing.daemon import DaemonProcess, freePort
+from kibaship_dns01.testing.daemon import DaemonProcess
 from kibaship_dns01.testing.environment import FRONT_PROXY_CN, LocalEnvironment
+from kibaship_dns01.testing.ports import freePort
 from kibaship_dns01.testing.valkeycluster import ValkeyCluster
 from kibaship_dns01.valkey import streamKey
 

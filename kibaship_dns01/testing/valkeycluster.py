@@ -30,7 +30,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -38,6 +37,8 @@ import time
 
 import attr
 from twisted.internet import defer, task
+
+from kibaship_dns01.testing.ports import freePort
 
 from kibaship_dns01.valkey.target import REQUIRED_ACL_RULES, ValkeyTarget
 
@@ -62,13 +63,6 @@ def requireValkey():
         raise ValkeyNotInstalled(
             "%s not found on PATH: install the Debian bookworm-backports packages "
             "valkey-server and valkey-tools (.ci/run does this in CI)" % ", ".join(missing))
-
-
-def freePort():
-    """A TCP port free on 127.0.0.1 right now (the usual bind-to-0 race applies)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @attr.s(frozen=True, auto_attribs=True)
