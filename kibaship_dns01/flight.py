@@ -45,6 +45,11 @@ class SharedCalls:
         if entry is not None and entry["call"] is not None:
             entry["call"].cancel()
 
+    def cancelAll(self):
+        """Cancel every call in flight (a service stopping)."""
+        for key in list(self._inflight):
+            self.cancel(key)
+
     def _giveUp(self, key, waiter):
         entry = self._inflight.get(key)
         if entry is None or waiter not in entry["waiters"]:

@@ -47,6 +47,14 @@ class SharedCallsTests(SynchronousTestCase):
             self.assertEqual(flight.inFlight("k"), not cancelWhenAbandoned)
         self.assertEqual(cancelled, [True])
 
+    def test_cancelAll(self):
+        flight = SharedCalls()
+        a, b = flight.call("a", defer.Deferred), flight.call("b", defer.Deferred)
+        flight.cancelAll()
+        self.failureResultOf(a, defer.CancelledError)
+        self.failureResultOf(b, defer.CancelledError)
+        self.assertEqual(len(flight), 0)
+
     def test_synchronousResult(self):
         flight = SharedCalls()
         self.assertEqual(self.successResultOf(flight.call("k", lambda: 5)), 5)

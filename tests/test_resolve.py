@@ -281,6 +281,24 @@ class FindChallengeTests(ResolverCase):
         self.assertEqual([c.verb for c in self.calls()], ["list", "get"])
         self.assertEqual(len(self.resolver._keyWaiters), 0)
 
+    def test_stopAbandonsPendingLookups(self):
+        """Stopping the resolver cancels lookups waiting in their grace period or on
+        a fallback LIST, leaving no timers behind."""
+        self.start()
+        self.client.lagging = True
+        waiting = self.resolver.resolve(buildChain().addTo(self.store).request(
+            resourceNamespace="cert-manager"))
+        self.client.hang = True
+        listing = self.resolver.resolve(buildChain(certificateName="other").addTo(
+            self.store).request(resourceNamespace="cert-manager"))
+        self.assertNoResult(waiting)
+        self.assertNoResult(listing)
+        self.successResultOf(defer.maybeDeferred(self.resolver.stopService))
+        self.failureResultOf(waiting)
+        self.failureResultOf(listing)
+        self.assertEqual((len(self.resolver._keyWaiters), len(self.resolver._lists)), (0, 0))
+        self.assertEqual([c for c in self.clock.getDelayedCalls() if c.active()], [])
+
     def test_deliveredDuringNamespaceList(self):
         """The watch event arrives while the namespace LIST is in flight."""
         self.start()

@@ -53,6 +53,12 @@ class KeyWaiters:
                     self._drop(entry)
                     entry["d"].callback(obj)
 
+    def cancelAll(self):
+        """Give up every wait (the resolver is stopping): waiters see ``CancelledError``."""
+        for entries in list(self._waiting.values()):
+            for entry in list(entries):
+                entry["d"].cancel()
+
     def _expire(self, entry):
         entry["timer"] = None
         self._drop(entry)
@@ -106,7 +112,10 @@ class ChallengeResolver(service.Service):
         self.informer.startService()
 
     def stopService(self):
+        """Stop the cache and abandon pending lookups (their timers and fallback LISTs)."""
         super().stopService()
+        self._keyWaiters.cancelAll()
+        self._lists.cancelAll()
         return self.informer.stopService()
 
     def isReady(self):
