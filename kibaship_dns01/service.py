@@ -12,17 +12,14 @@ from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.components import Componentized
 from twisted.web.resource import Resource
 from twisted.web.server import Site
-from zope.interface import implementer
 
 from kibaship_dns01 import metrics
 from kibaship_dns01.api.discovery import APIIdentity
 from kibaship_dns01.api.site import APIResource, APISite
 from kibaship_dns01.api.tls import ReloadingServerTLS
 from kibaship_dns01.auth.factory import buildAuth
-from kibaship_dns01.challenge import SolverError
 from kibaship_dns01.config import Defaults
 from kibaship_dns01.credentials import SecretReader
-from kibaship_dns01.interfaces import ISolver
 from kibaship_dns01.kube.client import KubeClient
 from kibaship_dns01.logs import buildObserver
 from kibaship_dns01.resolve import ChallengeResolver
@@ -30,24 +27,6 @@ from kibaship_dns01.solver import Solver, TargetFactory
 from kibaship_dns01.valkey.publisher import ValkeyPublisher
 
 log = Logger()
-
-
-@implementer(ISolver)
-class UnconfiguredSolver:
-    """Refuses every challenge with a message saying what is missing.
-
-    Used when no real solver has been wired; the daemon must never pretend a
-    challenge was presented.
-    """
-
-    message = ("kibaship-dns01 has no solver configured (Kubernetes access and the Valkey "
-               "publisher are not set up), so no DNS instructions were sent")
-
-    def present(self, request):
-        raise SolverError(self.message, reason="unconfigured")
-
-    def cleanUp(self, request):
-        raise SolverError(self.message, reason="unconfigured")
 
 
 def _endpoint(reactor, address, port):

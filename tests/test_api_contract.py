@@ -10,7 +10,6 @@ from zope.interface.verify import verifyObject
 from kibaship_dns01.auth.types import Decision
 from kibaship_dns01.challenge import SolverError
 from kibaship_dns01.interfaces import IAuthorizer, ISolver
-from kibaship_dns01.service import UnconfiguredSolver
 from kibaship_dns01.testing.fakesolver import RecordingSolver
 from kibaship_dns01.testing.httpclient import request
 from tests.support import GROUP, SOLVER, SOLVER_PATH, startTLSSite
@@ -63,7 +62,6 @@ class ContractTests(TestCase):
 
     def test_fakesAreVerified(self):
         verifyObject(ISolver, RecordingSolver())
-        verifyObject(ISolver, UnconfiguredSolver())
         verifyObject(IBodyProducer, ChunkedProducer(b""))
 
     # -- discovery ---------------------------------------------------------
@@ -213,15 +211,6 @@ class ContractTests(TestCase):
             self.assertIn("internal error in kibaship-dns01", status["message"])
             self.assertNotIn("secret detail", status["message"])
             self.flushLoggedErrors(RuntimeError)
-        return d(go())
-
-    def test_unconfiguredDaemonDoesNotPretend(self):
-        async def go():
-            await self._site(UnconfiguredSolver())
-            resp = await self._post(payload())
-            response = resp.json()["response"]
-            self.assertFalse(response["success"])
-            self.assertIn("no solver configured", response["status"]["message"])
         return d(go())
 
     def test_malformedBodies400(self):
