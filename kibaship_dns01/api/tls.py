@@ -15,7 +15,6 @@ instead of an opaque handshake failure, as ``k8s.io/apiserver`` does.
 """
 import hashlib
 
-from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 from twisted.internet.task import LoopingCall
@@ -24,6 +23,7 @@ from zope.interface import implementer
 
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from kibaship_dns01.interfaces import IReadiness
+from kibaship_dns01.pem import loadCertificates
 
 log = Logger()
 
@@ -49,18 +49,12 @@ def _parseCAs(pems):
     """The CA certificates of PEM bundles, one per subject (for the CertificateRequest)."""
     cas, seen = [], set()
     for bundle in pems:
-        for cert in _loadCertChain(bundle):
+        for cert in loadCertificates(bundle):
             subject = cert.subject.public_bytes()
             if subject not in seen:
                 seen.add(subject)
                 cas.append(cert)
     return cas
-
-
-def _loadCertChain(pem):
-    if b"-----BEGIN CERTIFICATE-----" not in pem:
-        return []
-    return x509.load_pem_x509_certificates(pem)
 
 
 def buildContext(certPEM, keyPEM, clientCAs=()):
@@ -69,7 +63,7 @@ def buildContext(certPEM, keyPEM, clientCAs=()):
     Raises :class:`CertificateLoadError` when the pair is unusable.
     """
     try:
-        chain = _loadCertChain(certPEM)
+        chain = loadCertificates(certPEM)
         if not chain:
             raise CertificateLoadError("certificate file holds no PEM certificate")
         key = serialization.load_pem_private_key(keyPEM, password=None)

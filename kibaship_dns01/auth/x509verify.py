@@ -28,6 +28,8 @@ from cryptography import x509
 from cryptography.x509 import verification
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from kibaship_dns01.pem import loadCertificates
+
 EXPIRED = "expired"
 NOT_YET_VALID = "not_yet_valid"
 UNKNOWN_AUTHORITY = "unknown_authority"
@@ -166,13 +168,12 @@ def verifyClientChain(presented, roots, now):
 
 def loadPEMBundle(data, what):
     """Parse a PEM CA bundle; an unreadable bundle names ``what`` and says what to fix."""
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    if not data or not data.strip():
-        return ()
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes) else (data or "")
     try:
-        certs = x509.load_pem_x509_certificates(data)
+        certs = loadCertificates(data)
+        if text.strip() and not certs:
+            raise ValueError("no PEM certificate found")
     except ValueError as e:
         raise ValueError("%s does not hold valid PEM certificates (%s); "
                          "it should be a PEM bundle of CA certificates" % (what, e))
-    return tuple(certs)
+    return certs

@@ -6,23 +6,20 @@ unless no CA was configured), presents the client certificate when one is
 configured, and checks the name in ``tls-server-name`` when set — the same
 rules client-go applies.
 """
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from twisted.internet import ssl
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from kibaship_dns01.kube.config import KubeConfigError
+from kibaship_dns01.pem import trustRootFromPEM
 
 
 def _loadCABundle(caPEM, source):
     """Every certificate of a PEM bundle (CA rotation puts old and new in one file)."""
     try:
-        certs = x509.load_pem_x509_certificates(caPEM)
+        return trustRootFromPEM(caPEM)
     except ValueError as e:
         raise KubeConfigError("%s: the certificate authority is not valid PEM: %s" % (source, e))
-    return ssl.trustRootFromCertificates(
-        [ssl.Certificate.loadPEM(c.public_bytes(serialization.Encoding.PEM)) for c in certs])
 
 
 def _loadClientCertificate(certPEM, keyPEM, source):

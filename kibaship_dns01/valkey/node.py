@@ -26,7 +26,6 @@ production cluster client, so this module keeps txredisapi's
 (``"1-0"`` must not become a float).  Replies are pipelined: several callers
 share a connection and each gets its own reply in order.
 """
-import re
 
 from OpenSSL import SSL
 from service_identity import VerificationError
@@ -41,24 +40,21 @@ from zope.interface import implementer
 
 import txredisapi
 
-from kibaship_dns01.valkey.errors import ConnectionLost, ValkeyAuthError, ValkeyTLSError
 from kibaship_dns01.flight import SingleFlight
+from kibaship_dns01.pem import trustRootFromPEM
+from kibaship_dns01.valkey.errors import ConnectionLost, ValkeyAuthError, ValkeyTLSError
 from kibaship_dns01.valkey.replies import AUTH, NOPERM, ServerError, classify
 from kibaship_dns01.valkey.target import formatAddress
 
 log = Logger()
 
-_PEM_CERT = re.compile(
-    rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.DOTALL)
-
-
 def trustRoot(caPEM):
     """A Twisted trust root from a PEM bundle (one or more CA certificates)."""
-    blocks = _PEM_CERT.findall(caPEM or b"")
-    if not blocks:
-        raise ValkeyTLSError("the Valkey CA bundle contains no PEM certificate; "
-                             "check the caSecretRef key (expected ca.crt in PEM)")
-    return ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(b) for b in blocks])
+    try:
+        return trustRootFromPEM(caPEM)
+    except ValueError as e:
+        raise ValkeyTLSError("the Valkey CA bundle is not usable (%s); check the caSecretRef "
+                             "key (expected ca.crt in PEM)" % (e,))
 
 
 def makeEndpoint(reactor, address, target):
