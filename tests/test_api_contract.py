@@ -10,6 +10,7 @@ from zope.interface.verify import verifyObject
 from kibaship_dns01.auth.types import Decision
 from kibaship_dns01.challenge import SolverError
 from kibaship_dns01.interfaces import IAuthorizer, ISolver
+from kibaship_dns01.testing.polling import pollUntil
 from kibaship_dns01.testing.fakesolver import RecordingSolver
 from kibaship_dns01.testing.httpclient import request
 from tests.support import GROUP, SOLVER, SOLVER_PATH, startTLSSite
@@ -289,11 +290,9 @@ class ContractTests(TestCase):
             await self._site(RecordingSolver(defer.Deferred()), clock=clock,
                              authorizer=authorizer)
             pending = d(self._post(payload()))
-            while not authorizer.calls:
-                await deferLater(0.01)
+            await pollUntil(reactor, lambda: authorizer.calls, 10, what="the review")
             clock.advance(30)
-            while not self.solver.calls:
-                await deferLater(0.01)
+            await pollUntil(reactor, lambda: self.solver.calls, 10, what="the solver call")
             clock.advance(19)
             self.assertNoResult(pending)
             clock.advance(1)  # 50 s after the request arrived
@@ -310,8 +309,7 @@ class ContractTests(TestCase):
         async def go():
             await self._site(RecordingSolver(defer.Deferred()), clock=clock)
             pending = d(self._post(payload()))
-            while not self.solver.calls:
-                await deferLater(0.01)
+            await pollUntil(reactor, lambda: self.solver.calls, 10, what="the solver call")
             clock.advance(51)
             resp = await pending
             self.assertEqual(resp.code, 201)
@@ -356,9 +354,3 @@ class SlowAuthorizer:
 
         self.calls += 1
         return later(self.clock, self.delay, lambda: Decision(allowed=True))
-
-
-def deferLater(seconds):
-    from twisted.internet.task import deferLater as later
-
-    return later(reactor, seconds, lambda: None)

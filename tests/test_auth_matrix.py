@@ -10,7 +10,7 @@ expire when the test says); the network runs on the real reactor.
 import datetime
 import time
 
-from twisted.internet import defer, reactor, task
+from twisted.internet import defer, reactor
 from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Protocol
@@ -18,6 +18,7 @@ from twisted.internet.testing import Clock
 from twisted.trial.unittest import TestCase
 from zope.interface import implementer
 
+from kibaship_dns01.testing.polling import pollUntil
 from kibaship_dns01.auth.authconfig import makeAuthenticationConfigMap, tlsClientCAListener
 from kibaship_dns01.auth.factory import buildAuth
 from kibaship_dns01.kube.client import KubeClient
@@ -31,13 +32,8 @@ TOKEN = "cert-manager-token"
 CERT_MANAGER = "system:serviceaccount:cert-manager:cert-manager"
 
 
-async def waitFor(predicate, what, timeout=10.0, interval=0.02):
-    """Poll ``predicate`` on the real reactor; fail naming ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("timed out waiting for " + what)
-        await task.deferLater(reactor, interval, lambda: None)
+def waitFor(predicate, what, timeout=10.0):
+    return pollUntil(reactor, predicate, timeout, interval=0.02, what=what)
 
 
 @implementer(IHandshakeListener)
@@ -87,7 +83,7 @@ class MatrixTests(TestCase):
 
     def apiConnectionsClosed(self):
         """The client side has closed; let the stand-in see it before it stops."""
-        return defer.ensureDeferred(waitFor(lambda: self.api.connectionCount == 0,
+        return (waitFor(lambda: self.api.connectionCount == 0,
                                             "the stand-in API server's connections to close"))
 
     async def apiDown(self):

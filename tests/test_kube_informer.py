@@ -6,6 +6,7 @@ from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from zope.interface.verify import verifyObject
 
+from kibaship_dns01.testing.polling import pollUntil
 from kibaship_dns01 import metrics
 from kibaship_dns01.interfaces import IReadiness
 from kibaship_dns01.kube import errors
@@ -347,18 +348,8 @@ class StandInTests(TestCase):
         self.addCleanup(self.server.stop)
         return self.server.start()
 
-    def waitFor(self, predicate, what, attempts=400):
-        d = defer.Deferred()
-
-        def check(n):
-            if predicate():
-                d.callback(None)
-            elif n == 0:
-                d.errback(AssertionError("timed out waiting for " + what))
-            else:
-                reactor.callLater(0.025, check, n - 1)
-        check(attempts)
-        return d
+    def waitFor(self, predicate, what):
+        return pollUntil(reactor, predicate, 10, interval=0.025, what=what)
 
     @defer.inlineCallbacks
     def test_syncWatchAndReconnectAfterRestart(self):

@@ -6,7 +6,8 @@ from twisted.trial.unittest import TestCase
 
 from kibaship_dns01 import metrics
 from tests.valkeysupport import projectOn
-from kibaship_dns01.testing.valkeycluster import ValkeyCluster, inThread, pollUntil
+from kibaship_dns01.testing.polling import pollUntil
+from kibaship_dns01.testing.valkeycluster import ValkeyCluster, inThread
 from kibaship_dns01.valkey import ValkeyError, ValkeyPublisher, ValkeyUnavailable, streamKey
 from kibaship_dns01.valkey.slots import keySlot
 

@@ -9,7 +9,7 @@ from zope.interface.verify import verifyObject
 
 from kibaship_dns01 import metrics
 from kibaship_dns01.interfaces import IStreamPublisher
-from kibaship_dns01.testing.valkeycluster import pollUntil
+from kibaship_dns01.testing.polling import pollUntil
 from tests.valkeysupport import SharedClusterCase, projectOn
 from kibaship_dns01.valkey import (
     ValkeyDurabilityError, ValkeyPublisher, ValkeyTarget, ValkeyUnavailable, streamKey)

@@ -13,7 +13,7 @@ Everything here is *blocking* (``subprocess``): call ``start()``/``stop()``
 outside a running reactor (a bench script's ``main``) or, from a test,
 through :func:`inThread` (the reactor's thread pool).  The short helpers
 used during a test (``cli``, ``slotOwner``, ``kill``) take a few
-milliseconds; long waits inside a test go through :func:`pollUntil`, which
+milliseconds; long waits inside a test go through :func:`~kibaship_dns01.testing.polling.pollUntil`, which
 polls from the reactor instead of sleeping in it.
 
 :func:`sharedCluster` hands out one plain six-node cluster per process,
@@ -36,7 +36,7 @@ import threading
 import time
 
 import attr
-from twisted.internet import defer, task
+from twisted.internet import defer
 
 from kibaship_dns01.testing.ports import freePort
 
@@ -357,7 +357,7 @@ class ValkeyCluster:
 
     def waitForFailover(self, oldPrimary, timeout=30.0):
         """Block until :meth:`failedOver` (outside the reactor, or via
-        :func:`inThread`; from a running reactor prefer :func:`pollUntil`)."""
+        :func:`inThread`; from a running reactor prefer :func:`~kibaship_dns01.testing.polling.pollUntil`)."""
         self._waitUntil(lambda: self.failedOver(oldPrimary), time.monotonic() + timeout,
                         "a replica of %s to take over" % (oldPrimary.address,))
 
@@ -396,21 +396,6 @@ class ValkeyCluster:
         source = self.beginMigration(slot, target)
         self.finishMigration(slot, source, target)
         return source
-
-
-def pollUntil(reactor, predicate, timeout, interval=0.1, what="condition"):
-    """Poll a (short, blocking) ``predicate`` from the reactor until true.
-
-    :return: Deferred firing ``None``, or failing with :class:`ClusterError`
-        after ``timeout`` seconds.
-    """
-    async def loop():
-        deadline = reactor.seconds() + timeout
-        while not predicate():
-            if reactor.seconds() > deadline:
-                raise ClusterError("timed out after %ss waiting for %s" % (timeout, what))
-            await task.deferLater(reactor, interval, lambda: None)
-    return defer.ensureDeferred(loop())
 
 
 _clusters = {}
