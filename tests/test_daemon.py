@@ -67,12 +67,6 @@ class ListenFailureTests(TestCase):
         return defer.ensureDeferred(go())
 
 
-def xrange(cluster, key):
-    """Entries of ``key`` as [(id, {field: value})], read with ``valkey-cli -c XRANGE``."""
-    raw = cluster.cli(cluster.nodes[0], "-c", "XRANGE", key, "-", "+", json_=True)
-    return [(entryId, dict(zip(flat[::2], flat[1::2]))) for entryId, flat in raw]
-
-
 class EndToEndTests(TestCase):
     """Present/CleanUp through the running daemon land on the real cluster (issue 6's proof)."""
 
@@ -137,7 +131,7 @@ class EndToEndTests(TestCase):
 
             key = streamKey(env.chain.certificate["metadata"]["labels"][
                 "platform.kibaship.com/project-uuid"])
-            entries = xrange(self.cluster, key)
+            entries = self.cluster.xrange(key)
             self.assertEqual([f["operation"] for _, f in entries], ["present", "cleanup"])
             datas = [validateEntry(f) for _, f in entries]
             self.assertEqual([int(f["sequence"]) for _, f in entries], [1, 2])

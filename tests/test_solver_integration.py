@@ -17,7 +17,6 @@ from kibaship_dns01.testing.valkeycluster import sharedCluster
 from kibaship_dns01.valkey import streamKey
 from kibaship_dns01.valkey.publisher import ValkeyPublisher
 from tests.support import tempDir, settingsFor
-from tests.test_daemon import xrange
 
 EVERY_FIELD = {"event_id", "timestamp", "project_uuid", "workspace_uuid", "resource_type",
                "resource_uuid", "resource_slug", "operation", "namespace",
@@ -61,7 +60,7 @@ class SolverIntegrationTests(TestCase):
         return fn(request)
 
     def entries(self):
-        return xrange(self.cluster, streamKey(self.project))
+        return self.cluster.xrange(streamKey(self.project))
 
     def test_presentRetryCleanUp(self):
         async def go():

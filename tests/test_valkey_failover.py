@@ -78,10 +78,9 @@ class FailoverTests(TestCase):
 
         owner = self.cluster.slotOwner(keySlot(streamKey(project)))
         self.assertIsNot(owner, self.victim)
-        stream = self.cluster.cli(owner, "XRANGE", streamKey(project), "-", "+", json_=True)
+        stream = self.cluster.xrange(streamKey(project), owner)
         byIndex = {}
-        for entryId, flat in stream:
-            fields = dict(zip(flat[::2], flat[1::2]))
+        for entryId, fields in stream:
             self.assertNotIn(fields["i"], byIndex, "appended twice: %s" % (fields["i"],))
             byIndex[fields["i"]] = (entryId, int(fields["sequence"]))
         # none lost: every acknowledged entry is on the new primary, as acked
@@ -92,7 +91,7 @@ class FailoverTests(TestCase):
         # the sequence has no gap and no repeat, in stream order
         self.assertEqual([s for _, s in sorted(byIndex.values(), key=lambda v: v[1])],
                          list(range(1, TOTAL + 1)))
-        self.assertEqual([int(dict(zip(f[::2], f[1::2]))["sequence"]) for _, f in stream],
+        self.assertEqual([int(f["sequence"]) for _, f in stream],
                          list(range(1, TOTAL + 1)))
         # the promoted replica never had the script loaded
         self.assertGreater(noscriptRetries() - noscript, 0)

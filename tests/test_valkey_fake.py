@@ -9,6 +9,7 @@ from zope.interface.verify import verifyObject
 
 from kibaship_dns01.interfaces import IStreamPublisher
 from kibaship_dns01.testing.fakevalkey import FakeStreamPublisher
+from kibaship_dns01.testing.valkeycluster import streamEntries
 from tests.valkeysupport import SharedClusterCase
 from kibaship_dns01.valkey import (
     SEQUENCE_TOKEN, AppendResult, ValkeyUnavailable, streamKey)
@@ -167,18 +168,13 @@ class FakeProgrammingTests(TestCase):
         self.assertEqual(ids, ["0-0", "0-1", "0-2"])
 
 
-def _entries(reply):
-    """XRANGE reply → ``[(id, {field: value})]``."""
-    return [(entryId, dict(zip(flat[::2], flat[1::2]))) for entryId, flat in reply]
-
-
 class RealContractTests(PublisherContractMixin, SharedClusterCase):
 
     def readStream(self, project):
         key = streamKey(project)
         client = self.publisher.clientFor(self.target).client
         return client.execute(key, lambda c: c.send("XRANGE", key, "-", "+")).addCallback(
-            _entries)
+            streamEntries)
 
     def passTime(self, seconds):
         return task.deferLater(reactor, seconds, lambda: None)

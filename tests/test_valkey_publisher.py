@@ -34,8 +34,7 @@ class ClusterTestBase(SharedClusterCase):
 
     def stream(self, node, project):
         """XRANGE straight from ``node`` with valkey-cli: [(id, fields)]."""
-        reply = self.cluster.cli(node, "XRANGE", streamKey(project), "-", "+", json_=True)
-        return [(i, dict(zip(f[::2], f[1::2]))) for i, f in reply]
+        return self.cluster.xrange(streamKey(project), node)
 
 
 class RoutingTests(ClusterTestBase):

@@ -114,6 +114,11 @@ def _aclLine(user):
     return "user %s on >%s %s" % (name, password, rules)
 
 
+def streamEntries(reply):
+    """An XRANGE reply (``[[id, [field, value, ...]], ...]``) as ``[(id, {field: value})]``."""
+    return [(entryId, dict(zip(flat[::2], flat[1::2]))) for entryId, flat in reply]
+
+
 class ValkeyCluster:
     """A local Valkey cluster; see the module docstring."""
 
@@ -286,6 +291,16 @@ class ValkeyCluster:
         for entry in self.cli(via, "CLUSTER", "SLOTS", json_=True):
             out[(entry[0], entry[1])] = self.nodeByPort(entry[2][1])
         return out
+
+    def xrange(self, key, node=None):
+        """A stream's entries ``[(id, {field: value})]`` read with ``valkey-cli``:
+        straight from ``node`` when given (proving where it lives), else in
+        cluster mode (``-c`` follows the redirect)."""
+        if node is None:
+            reply = self.cli(self.nodes[0], "-c", "XRANGE", key, "-", "+", json_=True)
+        else:
+            reply = self.cli(node, "XRANGE", key, "-", "+", json_=True)
+        return streamEntries(reply)
 
     def slotOwner(self, slot, via=None):
         """The primary serving ``slot``."""
