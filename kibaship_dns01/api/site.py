@@ -16,12 +16,12 @@ from kibaship_dns01 import metrics
 from kibaship_dns01.api import discovery
 from kibaship_dns01.api.payload import BadPayload, decodeChallengeRequest, encodeResponse
 from kibaship_dns01.api.status import writeJSON, writeStatus
+from kibaship_dns01.auth.authz import isHealthPath
 from kibaship_dns01.auth.types import ANONYMOUS_USER, RequestAttributes, Unauthenticated
 from kibaship_dns01.challenge import PRESENT, SolverError
 
 log = Logger()
 
-HEALTH_PATHS = ("/healthz", "/livez", "/readyz")
 DEFAULT_MAX_BODY = 1024 * 1024
 SOLVER_TIMEOUT = 50.0  # cert-manager gives up after 60 s
 
@@ -251,7 +251,7 @@ class APISite(server.Site):
 
 def _route(request):
     path = _path(request)
-    if path in HEALTH_PATHS:
+    if isHealthPath(path):
         return path[1:]
     if path.startswith("/apis"):
         return "solver" if request.method == b"POST" else "discovery"
