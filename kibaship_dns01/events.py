@@ -17,6 +17,7 @@ import uuid
 import attr
 
 from kibaship_dns01 import __version__
+from kibaship_dns01.names import bareName
 from kibaship_dns01.valkey.script import SEQUENCE_TOKEN
 
 RESOURCE_TYPE = "dns_challenge"
@@ -28,22 +29,17 @@ CHALLENGE_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_DNS, "dns.kibaship.com")
 SEQUENCE_FIELD = "event_data"
 
 
-def _bare(name):
-    """A DNS name without the trailing dot, lower-cased (how users type it)."""
-    return name.rstrip(".").lower()
-
-
 def challengeID(namespace, certificate, fqdn, txt):
     """Deterministic id of one challenge: the same inputs always give the same UUIDv5.
 
     Over ``<namespace>/<certificate>/<fqdn without trailing dot>/<txt>``.
     """
-    return str(uuid.uuid5(CHALLENGE_NAMESPACE, f"{namespace}/{certificate}/{_bare(fqdn)}/{txt}"))
+    return str(uuid.uuid5(CHALLENGE_NAMESPACE, f"{namespace}/{certificate}/{bareName(fqdn)}/{txt}"))
 
 
 def txtRecord(fqdn, zone, value, ttl):
     """What the user must add, in the shape a UI shows as is."""
-    name, zone = _bare(fqdn), _bare(zone)
+    name, zone = bareName(fqdn), bareName(zone)
     if name == zone:
         host = "@"
     elif name.endswith("." + zone):
@@ -89,11 +85,12 @@ def buildEvent(request, context, config, now, eventID=None, deadlineHint=None):
     eventID = eventID or str(uuid.uuid4())
     payload = {
         "version": PAYLOAD_VERSION, "type": operation, "challenge_id": cid,
-        "fqdn": _bare(request.resolvedFQDN), "zone": _bare(request.resolvedZone),
+        "fqdn": bareName(request.resolvedFQDN), "zone": bareName(request.resolvedZone),
         "txt": request.key, "ttl": config.ttl, "dnsName": request.dnsName,
         "wildcard": context.wildcard, "namespace": namespace, "certificate": certificate,
         "issuerRef": context.issuerRef.asDict(), "createdAt": _rfc3339(now),
         "record": txtRecord(request.resolvedFQDN, request.resolvedZone, request.key, config.ttl),
+        "delegated": request.delegated,
     }
     optional = {"orderName": context.orderName, "challengeName": context.challengeName,
                 "uiHints": config.uiHintsDict or None, "deadlineHint": deadlineHint}

@@ -167,6 +167,8 @@ class ProjectContext:
     slug: object = None
     displayName: object = None
     projectFromDefault: bool = False
+    #: the Challenge's solver has ``cnameStrategy: Follow`` (see ``ChallengeRequest.delegated``)
+    followsCNAME: bool = False
 
 
 def contextFromLabels(labels, annotations=None, *, challengeNamespace="certificates",

@@ -104,6 +104,8 @@ class APIResource(Resource):
 
     def _finish(self, body, request):
         if body is not None and not request.finished and not request._disconnected:
+            # a known length spares the client (and us) chunked framing
+            request.setHeader(b"content-length", b"%d" % len(body))
             request.write(body)
             request.finish()
 

@@ -2,6 +2,8 @@
 import attr
 from twisted.logger import Logger
 
+from kibaship_dns01.names import bareName
+
 CHALLENGES_PATH = "/apis/acme.cert-manager.io/v1/challenges"
 KEY_INDEX = "key"
 _log = Logger()
@@ -74,21 +76,31 @@ def trimChallenge(obj):
     webhook = _strItems({key: value for key, value in (
         _get(spec, "solver", "dns01", "webhook") or {}).items()
         if key in ("groupName", "solverName")})
+    strategy = _get(spec, "solver", "dns01", "cnameStrategy")
+    strategy = strategy if isinstance(strategy, str) else None
     if webhook:
-        trimmedSpec["solver"] = _shared(("solver",) + webhook,
-                                        lambda: {"dns01": {"webhook": dict(webhook)}})
+        trimmedSpec["solver"] = _shared(("solver", strategy) + webhook,
+                                        lambda: _trimmedSolver(webhook, strategy))
     return {"metadata": trimmed, "spec": trimmedSpec}
+
+
+def _trimmedSolver(webhook, strategy):
+    dns01 = {"webhook": dict(webhook)}
+    if strategy is not None:
+        dns01["cnameStrategy"] = strategy
+    return {"dns01": dns01}
+
+
+def followsCNAME(challenge):
+    """Whether cert-manager follows CNAMEs for this Challenge (``cnameStrategy: Follow``):
+    only then may a request's ``resolvedFQDN`` differ from ``_acme-challenge.<dnsName>``."""
+    return _get(challenge, "spec", "solver", "dns01", "cnameStrategy") == "Follow"
 
 
 def challengeKeys(obj):
     """The ``key`` index function: a Challenge is found by its ``spec.key``."""
     key = _get(obj, "spec", "key")
     return [key] if isinstance(key, str) and key else []
-
-
-def normalizeDNSName(name):
-    """cert-manager sends ``dnsName`` as stored; compare case- and dot-insensitively."""
-    return (name or "").rstrip(".").lower()
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -112,7 +124,7 @@ class ChallengeQuery:
         webhook = _get(spec, "solver", "dns01", "webhook") or {}
         issuerKind = _get(spec, "issuerRef", "kind") or "Issuer"
         return (spec.get("key") == self.key
-                and normalizeDNSName(spec.get("dnsName")) == normalizeDNSName(self.dnsName)
+                and bareName(spec.get("dnsName") or "") == bareName(self.dnsName)
                 and webhook.get("groupName") == self.groupName
                 and webhook.get("solverName") == self.solverName
                 and (issuerKind != "Issuer"
