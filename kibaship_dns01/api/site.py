@@ -236,7 +236,9 @@ class APISite(server.Site):
     noisy = False
 
     def __init__(self, resource, maxBodyBytes=DEFAULT_MAX_BODY, **kw):
-        super().__init__(resource, **kw)
+        # no form parsing: it parses every POST's Content-Type through the email
+        # package only to find that a ChallengePayload is not a form
+        super().__init__(resource, parsePOSTFormSubmission=False, **kw)
         self.maxBodyBytes = maxBodyBytes
 
     def log(self, request):
