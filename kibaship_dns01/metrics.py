@@ -15,6 +15,19 @@ _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30,
 HTTP_REQUESTS = Counter(
     "kibaship_dns01_http_requests_total", "HTTP requests served, by path class and status code.",
     ["route", "code"], registry=REGISTRY)
+HTTP_TIMEOUTS = Counter(
+    "kibaship_dns01_http_timeouts_total",
+    "Connections closed because a request head or body, or the next request, did not arrive "
+    "in time, by phase (header, body, idle).", ["phase"], registry=REGISTRY)
+HTTP_CONNECTIONS = Gauge(
+    "kibaship_dns01_http_connections", "Open connections to the HTTPS listener.",
+    registry=REGISTRY)
+HTTP_IN_FLIGHT = Gauge(
+    "kibaship_dns01_http_requests_in_flight", "Requests received and not yet answered.",
+    registry=REGISTRY)
+HTTP_CONNECTIONS_REFUSED = Counter(
+    "kibaship_dns01_http_connections_refused_total",
+    "Connections closed at once because --max-connections were open.", registry=REGISTRY)
 SOLVER_REQUESTS = Counter(
     "kibaship_dns01_solver_requests_total",
     "Present/CleanUp requests, by action and outcome (success, failure, dry_run, unresolved).",

@@ -4,17 +4,21 @@ Children: the TLS site (always), the metrics site (``--metrics-port``), and
 the Kubernetes, authentication, resolution and Valkey services as they are
 configured.  Start order is the order added; stop is the reverse.
 """
+import signal
+
 from prometheus_client.twisted import MetricsResource
 from twisted.application import service
+from twisted.internet import defer, task
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint
 from twisted.logger import ILogObserver, Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.components import Componentized
 from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from kibaship_dns01 import metrics
+from kibaship_dns01.api.connections import CLOSE_SETTLE, DEFAULT_MAX_CONNECTIONS, LimitedTLSFactory
 from kibaship_dns01.api.discovery import APIIdentity
+from kibaship_dns01.api.lifecycle import DEFAULT_GRACE_PERIOD, DEFAULT_SHUTDOWN_DELAY, Lifecycle
 from kibaship_dns01.api.site import APIResource, APISite
 from kibaship_dns01.api.tls import ReloadingServerTLS
 from kibaship_dns01.auth.factory import buildAuth
@@ -68,21 +72,77 @@ class ListeningService(service.Service):
 
 
 class TLSSiteService(ListeningService):
-    """The aggregated API over TLS, with certificate reloading while running."""
+    """The aggregated API over TLS: certificate reloading, a connection cap, and the
+    graceful shutdown of :mod:`kibaship_dns01.api.lifecycle`."""
 
-    def __init__(self, endpoint, site, tls):
-        factory = TLSMemoryBIOFactory(tls, False, site)
-        factory.noisy = False
+    def __init__(self, endpoint, site, tls, clock=None, maxConnections=DEFAULT_MAX_CONNECTIONS,
+                 shutdownDelay=DEFAULT_SHUTDOWN_DELAY, gracePeriod=DEFAULT_GRACE_PERIOD):
+        if clock is None:
+            from twisted.internet import reactor as clock
+        factory = LimitedTLSFactory(tls, site, maxConnections, clock)
         super().__init__(endpoint, factory, "https")
         self.tls = tls
+        self.site = site
+        self.clock = clock
+        self.shutdownDelay = shutdownDelay
+        self.gracePeriod = gracePeriod
+        self._stopped = None
 
     def startService(self):
         self.tls.startPolling()
         return super().startService()
 
     def stopService(self):
+        """Drain (see :mod:`kibaship_dns01.api.lifecycle`) once, however often asked; each
+        caller gets a Deferred of its own (the root asks first, then ``MultiService`` again:
+        handing both the same Deferred would chain it to itself)."""
+        if self._stopped is None:
+            self._stopped = defer.ensureDeferred(self._shutdown())
+            self._stopped.addErrback(lambda f: log.failure("shutdown of the listener", f))
+        done = defer.Deferred()
+        self._stopped.addBoth(lambda result: done.callback(None) or result)
+        return done
+
+    async def _shutdown(self):
+        lifecycle = self.site.resource.lifecycle
+        lifecycle.stopping = True
+        log.info("shutting down: /readyz now fails; the listener closes in {delay}s and "
+                 "requests in flight get {grace}s to finish", delay=self.shutdownDelay,
+                 grace=self.gracePeriod, inFlight=lifecycle.inFlight)
+        if self.shutdownDelay:
+            await task.deferLater(self.clock, self.shutdownDelay, lambda: None)
         self.tls.stopPolling()
-        return super().stopService()
+        await defer.maybeDeferred(super().stopService)
+        for channel in self.factory.channels():
+            if not channel.requests:  # idle keep-alive: nothing to answer
+                channel.loseConnection()
+        unanswered = await lifecycle.drain(self.clock, self.gracePeriod)
+        log.info("listener drained ({unanswered} request(s) left unanswered)",
+                 unanswered=unanswered)
+        await self.factory.closeAll(self.clock, CLOSE_SETTLE)
+
+
+class StopOnSIGTERM(service.Service):
+    """Answer SIGTERM with a normal stop, so a drained shutdown exits with status 0.
+
+    Twisted's own handler also remembers the signal, and twistd re-raises it
+    once shutdown is over: even a clean drain would end "killed by SIGTERM"
+    (status 143), which reads as a crash in a rolling update.  Installed once
+    the reactor runs, because the reactor installs its handlers as it starts.
+    """
+
+    name = "sigterm"
+
+    def __init__(self, reactor):
+        self._reactor = reactor
+
+    def startService(self):
+        super().startService()
+        self._reactor.callWhenRunning(signal.signal, signal.SIGTERM, self._onSIGTERM)
+
+    def _onSIGTERM(self, number, frame):
+        log.info("Received SIGTERM, shutting down.")
+        self._reactor.callFromThread(self._reactor.stop)
 
 
 class DaemonService(service.MultiService):
@@ -95,6 +155,13 @@ class DaemonService(service.MultiService):
 
     logObserver = None
 
+    def stopService(self):
+        """Drain the HTTPS listener before anything it uses (resolver, publisher,
+        Kubernetes client) stops: ``MultiService`` would stop them all at once."""
+        https = self.namedServices.get("https")
+        first = defer.maybeDeferred(https.stopService) if https is not None else defer.succeed(None)
+        return first.addCallback(lambda _: super(DaemonService, self).stopService())
+
     def setServiceParent(self, parent):
         if self.logObserver is not None and isinstance(parent, Componentized):
             parent.setComponent(ILogObserver, self.logObserver)
@@ -104,13 +171,18 @@ class DaemonService(service.MultiService):
 def buildAPISite(settings, tls, solver, clock, authenticator=None, authorizer=None,
                  readiness=()):
     api = APIIdentity(group=settings.groupName, solver=settings.solverName)
-    conditions = [tls, *readiness]
+    lifecycle = Lifecycle()
+    metrics.HTTP_IN_FLIGHT.set_function(lambda: lifecycle.inFlight)
+    conditions = [tls, *readiness, lifecycle]
     for condition in conditions:
         metrics.READY.labels(condition=condition.name).set_function(
             lambda c=condition: 1.0 if c.isReady() else 0.0)
     resource = APIResource(api, solver, authenticator=authenticator, authorizer=authorizer,
-                           readiness=conditions, clock=clock)
-    return APISite(resource, maxBodyBytes=settings.maxBodyBytes)
+                           readiness=conditions, clock=clock, lifecycle=lifecycle)
+    return APISite(resource, maxBodyBytes=settings.maxBodyBytes,
+                   headerTimeout=settings.requestHeaderTimeout,
+                   bodyTimeout=settings.requestBodyTimeout, idleTimeout=settings.idleTimeout,
+                   reactor=clock)
 
 
 class QuietSite(Site):
@@ -175,8 +247,10 @@ def buildService(settings, reactor, kubeConfig, stdout=None):
     solver = buildSolver(settings, client, resolver, publisher, reactor)
     site = buildAPISite(settings, tls, solver, reactor, authenticator=auth.authenticator,
                         authorizer=auth.authorizer, readiness=[auth.watcher, resolver])
-    TLSSiteService(_endpoint(reactor, settings.bindAddress, settings.securePort), site,
-                   tls).setServiceParent(root)
+    TLSSiteService(_endpoint(reactor, settings.bindAddress, settings.securePort), site, tls,
+                   clock=reactor, maxConnections=settings.maxConnections,
+                   shutdownDelay=settings.shutdownDelay,
+                   gracePeriod=settings.shutdownGracePeriod).setServiceParent(root)
     if settings.metricsPort:
         buildMetricsService(settings, reactor).setServiceParent(root)
     return root

@@ -40,6 +40,12 @@ class Settings:
     logFormat: str
     logLevel: str
     maxBodyBytes: int
+    requestHeaderTimeout: float
+    requestBodyTimeout: float
+    idleTimeout: float
+    maxConnections: int
+    shutdownDelay: float
+    shutdownGracePeriod: float
     valkeyNamespace: str
     valkeyService: str
     valkeyPort: int
@@ -70,12 +76,12 @@ def _integer(flag, value, minimum=0):
     return n
 
 
-def _duration(flag, value):
+def _duration(flag, value, allowZero=False):
     try:
         seconds = parseDuration(value)
     except ValueError as e:
         raise usage.UsageError(f"--{flag}: {e}")
-    if seconds <= 0:
+    if seconds < 0 or (seconds == 0 and not allowZero):
         raise usage.UsageError(f"--{flag}: must be greater than zero, got {value!r}")
     return seconds
 
@@ -152,6 +158,21 @@ FLAGS = (
        choices=tuple(LEVELS)),
     _f("max-body-bytes", "1048576", "largest request body accepted", "maxBodyBytes", _integer,
        minimum=1024),
+    _f("request-header-timeout", "10s", "time a client has to send a request's headers (the TLS "
+       "handshake included for the first request of a connection)", "requestHeaderTimeout",
+       _duration),
+    _f("request-body-timeout", "10s", "time a client has to send a request's body once its "
+       "headers are in", "requestBodyTimeout", _duration),
+    _f("idle-timeout", "90s", "how long a kept-alive connection may wait for its next request",
+       "idleTimeout", _duration),
+    _f("max-connections", "2048", "open connections accepted at once; more are closed at once "
+       "and logged", "maxConnections", _integer, minimum=1),
+    _f("shutdown-delay", "0s", "on SIGTERM, how long to keep accepting connections after "
+       "/readyz starts failing (time for the Service's endpoints to drop the pod)",
+       "shutdownDelay", _duration, allowZero=True),
+    _f("shutdown-grace-period", "45s", "on SIGTERM, how long requests in flight may take to "
+       "finish before they are answered success:false (keep shutdown-delay + this below the "
+       "pod's terminationGracePeriodSeconds)", "shutdownGracePeriod", _duration),
     _f("valkey-namespace", "kibaship-operator", "namespace of the operator's Valkey cluster",
        "valkeyNamespace", _dnsName),
     _f("valkey-service", "kibaship-valkey-cluster-kibaship-com",
@@ -231,8 +252,10 @@ def makeService(options):
     """Build the daemon's ``MultiService`` from parsed :class:`Options`."""
     from twisted.internet import reactor
 
-    from kibaship_dns01.service import buildService
+    from kibaship_dns01.service import StopOnSIGTERM, buildService
 
-    return buildService(options.settings, reactor, options.kubeConfig)
+    root = buildService(options.settings, reactor, options.kubeConfig)
+    StopOnSIGTERM(reactor).setServiceParent(root)
+    return root
 
 

@@ -24,7 +24,9 @@ def settingsFor(certFile, keyFile, **overrides):
         securePort=0, bindAddress="127.0.0.1", tlsCertFile=certFile, tlsPrivateKeyFile=keyFile,
         groupName=GROUP, solverName=SOLVER, kubeconfig=None, metricsPort=0,
         metricsBindAddress="127.0.0.1", dryRun=False, logFormat="json", logLevel="info",
-        maxBodyBytes=1024 * 1024, valkeyNamespace="kibaship-operator",
+        maxBodyBytes=1024 * 1024, requestHeaderTimeout=10.0, requestBodyTimeout=10.0,
+        idleTimeout=90.0, maxConnections=2048, shutdownDelay=0.0, shutdownGracePeriod=45.0,
+        valkeyNamespace="kibaship-operator",
         valkeyService="kibaship-valkey-cluster-kibaship-com", valkeyPort=6379,
         valkeySecret="kibaship-valkey-cluster-kibaship-com", valkeyConnectTimeout=5.0,
         valkeyReadTimeout=3.0, valkeyMinReplicas=0, idempotencyWindow=86400.0)
@@ -90,7 +92,10 @@ async def startTLSSite(testCase, solver, authenticator=None, authorizer=None, re
     tls.load()
     site = buildAPISite(settings, tls, solver, clock, authenticator=authenticator,
                         authorizer=authorizer, readiness=readiness)
-    svc = TLSSiteService(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), site, tls)
+    svc = TLSSiteService(TCP4ServerEndpoint(reactor, 0, interface="127.0.0.1"), site, tls,
+                         clock=reactor, maxConnections=settings.maxConnections,
+                         shutdownDelay=settings.shutdownDelay,
+                         gracePeriod=settings.shutdownGracePeriod)
     await svc.startService()
     testCase.addCleanup(svc.stopService)
     return RunningSite(svc, ca, certFile, keyFile, tls)

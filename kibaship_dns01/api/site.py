@@ -14,6 +14,9 @@ from twisted.web.resource import Resource
 
 from kibaship_dns01 import metrics
 from kibaship_dns01.api import discovery
+from kibaship_dns01.api.channel import (
+    DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, GuardedHTTPChannel)
+from kibaship_dns01.api.lifecycle import SHUTTING_DOWN, Lifecycle
 from kibaship_dns01.api.payload import BadPayload, decodeChallengeRequest, encodeResponse
 from kibaship_dns01.api.status import writeJSON, writeStatus
 from kibaship_dns01.auth.authz import isHealthPath
@@ -69,13 +72,16 @@ class APIResource(Resource):
     isLeaf = True
 
     def __init__(self, api, solver, authenticator=None, authorizer=None, readiness=(),
-                 clock=None, solverTimeout=SOLVER_TIMEOUT):
+                 clock=None, solverTimeout=SOLVER_TIMEOUT, lifecycle=None):
         super().__init__()
         self.api = api
         self.solver = solver
         self.authenticator = authenticator
         self.authorizer = authorizer
+        self.lifecycle = lifecycle if lifecycle is not None else Lifecycle()
         self.readiness = list(readiness)
+        if self.lifecycle not in self.readiness:
+            self.readiness.append(self.lifecycle)  # /readyz fails once shutdown begins
         self._clock = clock
         self._solverTimeout = solverTimeout
         self._gets = {
@@ -96,6 +102,11 @@ class APIResource(Resource):
         # (TokenReview, SubjectAccessReview) spend the same 60 s cert-manager gives us
         request.deadline = (self._clock.seconds() + self._solverTimeout
                             if self._clock is not None else None)
+        self.lifecycle.requestStarted(request)
+        if self.lifecycle.stopping:
+            # answer, but send kept-alive clients to another replica for the next one
+            request.setHeader(b"connection", b"close")
+            request.channel.persistent = False
         d = defer.ensureDeferred(self._handle(request))
         d.addErrback(self._internalError, request)
         d.addCallback(self._finish, request)
@@ -212,12 +223,16 @@ class APIResource(Resource):
         if deadline is not None:
             d.addTimeout(max(1.0, deadline - self._clock.seconds()), self._clock)
         try:
-            await d
+            await self.lifecycle.solving(d)
         except SolverError as e:
             return e.message
         except defer.TimeoutError:
             return (f"{challenge.action} for {challenge.resolvedFQDN} did not finish within "
                     f"{self._solverTimeout:g}s; cert-manager will retry")
+        except defer.CancelledError:
+            if not self.lifecycle.stopping:
+                raise  # the client went away: nobody to answer
+            return SHUTTING_DOWN.format(action=challenge.action)
         except Exception as e:
             log.failure("solver failed for {fqdn}", fqdn=challenge.resolvedFQDN)
             return (f"internal error in kibaship-dns01 while handling {challenge.action} for "
@@ -230,16 +245,26 @@ def _path(request):
 
 
 class APISite(server.Site):
-    """A ``Site`` with bounded bodies and one structured log line per request."""
+    """A ``Site`` with bounded bodies, read deadlines (:mod:`~kibaship_dns01.api.channel`)
+    and one structured log line per request.
 
+    HTTP/1.1 only: the channel is not wrapped for HTTP/2 negotiation (Twisted's h2
+    support is an optional extra this daemon does not install).
+    """
+
+    protocol = GuardedHTTPChannel
     requestFactory = BoundedRequest
     noisy = False
 
-    def __init__(self, resource, maxBodyBytes=DEFAULT_MAX_BODY, **kw):
+    def __init__(self, resource, maxBodyBytes=DEFAULT_MAX_BODY,
+                 headerTimeout=DEFAULT_HEADER_TIMEOUT, bodyTimeout=DEFAULT_BODY_TIMEOUT,
+                 idleTimeout=DEFAULT_IDLE_TIMEOUT, **kw):
         # no form parsing: it parses every POST's Content-Type through the email
         # package only to find that a ChallengePayload is not a form
-        super().__init__(resource, parsePOSTFormSubmission=False, **kw)
+        super().__init__(resource, parsePOSTFormSubmission=False, timeout=idleTimeout, **kw)
         self.maxBodyBytes = maxBodyBytes
+        self.headerTimeout = headerTimeout
+        self.bodyTimeout = bodyTimeout
 
     def log(self, request):
         user = request.user.name if getattr(request, "user", None) else None

@@ -1,0 +1,111 @@
+"""The HTTP/1.1 connection, with the read limits a production API server has.
+
+Twisted's ``HTTPChannel`` has one timer, an idle timeout reset by *every*
+byte received, so a client that trickles one byte every few seconds
+(slowloris) holds a connection, a file descriptor and TLS state for as long
+as it likes.  kube-apiserver bounds the request head (``ReadHeaderTimeout``)
+and keep-alive idleness (``IdleTimeout``) separately; so do we:
+
+* **head**: from the connection's first byte (the TLS handshake included) or,
+  on a kept-alive connection, from the first byte of the next request, until
+  the blank line ending the headers: ``--request-header-timeout``;
+* **body**: from the end of the headers until the last byte of the body:
+  ``--request-body-timeout``;
+* **idle**: between requests (no byte at all): Twisted's own timeout,
+  ``--idle-timeout``.
+
+A request that runs out of time is answered ``408`` with a ``Status`` body
+(when the client can still read it) and the connection is closed; a client
+that does not let go is aborted ``ABORT_TIMEOUT`` seconds later.  Once the
+request is in, no read timer runs: handling it is bounded by the solver's
+own deadline.
+"""
+import json
+
+from twisted.logger import Logger
+from twisted.web import http
+
+from kibaship_dns01 import metrics
+from kibaship_dns01.api.status import statusBody
+
+log = Logger()
+
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 10.0
+DEFAULT_IDLE_TIMEOUT = 90.0
+#: seconds a timed-out client gets to close before the connection is aborted
+ABORT_TIMEOUT = 2.0
+
+_IDLE, _HEAD, _BODY, _HANDLING = "idle", "header", "body", "handling"
+
+
+def _timeoutResponse(phase, seconds):
+    body = json.dumps(statusBody(408, f"the request {phase} did not arrive within {seconds:g}s",
+                                 reason="Timeout")).encode()
+    return (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
+            b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+
+class GuardedHTTPChannel(http.HTTPChannel):
+    """``HTTPChannel`` with head and body deadlines; the limits come from ``self.site``
+    (``headerTimeout``, ``bodyTimeout``), the idle timeout from the factory's ``timeOut``."""
+
+    abortTimeout = ABORT_TIMEOUT
+    _phase = _IDLE
+    _readTimer = None
+
+    def connectionMade(self):
+        super().connectionMade()
+        self._startPhase(_HEAD)
+
+    def dataReceived(self, data):
+        if self._phase == _IDLE and data:
+            self._startPhase(_HEAD)
+        super().dataReceived(data)
+
+    def allHeadersReceived(self):
+        super().allHeadersReceived()
+        self._startPhase(_BODY)
+
+    def allContentReceived(self):
+        self._startPhase(_HANDLING)
+        super().allContentReceived()
+
+    def requestDone(self, request):
+        super().requestDone(request)
+        if self._phase == _HANDLING:
+            self._startPhase(_IDLE)
+
+    def connectionLost(self, reason):
+        self._cancelReadTimer()
+        super().connectionLost(reason)
+
+    def _startPhase(self, phase):
+        self._cancelReadTimer()
+        self._phase = phase
+        limit = {_HEAD: self.site.headerTimeout, _BODY: self.site.bodyTimeout}.get(phase)
+        if limit:
+            self._readTimer = self.callLater(limit, self._readTimedOut, phase, limit)
+
+    def _cancelReadTimer(self):
+        if self._readTimer is not None and self._readTimer.active():
+            self._readTimer.cancel()
+        self._readTimer = None
+
+    def _readTimedOut(self, phase, limit):
+        self._readTimer = None
+        metrics.HTTP_TIMEOUTS.labels(phase=phase).inc()
+        log.debug("closing a connection from {peer}: request {phase} not received within "
+                  "{limit}s", peer=str(self.transport.getPeer()), phase=phase, limit=limit)
+        self.transport.write(_timeoutResponse(phase, limit))
+        self._close()
+
+    def timeoutConnection(self):
+        """The idle timeout (Twisted's ``TimeoutMixin``): nothing arrived for ``timeOut``."""
+        metrics.HTTP_TIMEOUTS.labels(phase=_IDLE).inc()
+        self._close()
+
+    def _close(self):
+        """Close; abort if the client does not let go (it may not read at all)."""
+        self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+        self.loseConnection()

@@ -1,0 +1,144 @@
+"""Slow and greedy clients (issue 12): read deadlines, the idle timeout, the connection cap.
+
+In memory, on a fake clock: the real site and channel, raw bytes in, and the
+clock moved by hand, so "a client that trickles one byte a second" is exact.
+"""
+import json
+
+from twisted.internet.ssl import CertificateOptions
+from twisted.internet.testing import MemoryReactorClock
+from twisted.trial.unittest import SynchronousTestCase
+
+from kibaship_dns01 import metrics
+from kibaship_dns01.api.connections import REFUSAL_LOG_INTERVAL, LimitedTLSFactory
+from kibaship_dns01.api.discovery import APIIdentity
+from kibaship_dns01.api.site import APIResource, APISite
+from kibaship_dns01.testing.fakesolver import RecordingSolver
+from kibaship_dns01.testing.inmemory import MemoryClient, parseResponse, postRequest
+from tests.support import GROUP, SOLVER, SOLVER_PATH, LogCapture
+from tests.test_api_contract import payload
+
+BODY = json.dumps(payload()).encode()
+
+
+def timeouts(phase):
+    return metrics.REGISTRY.get_sample_value("kibaship_dns01_http_timeouts_total",
+                                             {"phase": phase}) or 0.0
+
+
+class ReadDeadlineTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = MemoryReactorClock()
+        self.solver = RecordingSolver()
+        resource = APIResource(APIIdentity(group=GROUP, solver=SOLVER), self.solver,
+                               clock=self.clock)
+        self.site = APISite(resource, headerTimeout=10, bodyTimeout=5, idleTimeout=90,
+                            reactor=self.clock)
+        self.client = MemoryClient(self.site)
+
+    def assertTimedOut(self, phase, written, seconds):
+        response = parseResponse(written)
+        self.assertEqual(response.code, 408)
+        self.assertEqual(json.loads(response.body)["message"],
+                         f"the request {phase} did not arrive within {seconds}s")
+        self.assertTrue(self.client.transport.disconnecting)
+
+    def test_trickledHeadersDoNotExtendTheDeadline(self):
+        """Slowloris: one byte a second resets an idle timer forever, not this one."""
+        before = timeouts("header")
+        request = postRequest(SOLVER_PATH, BODY)
+        for i in range(9):
+            self.client.send(request[i:i + 1])
+            self.clock.advance(1)
+        self.assertFalse(self.client.transport.disconnecting)
+        self.client.send(request[9:10])
+        self.clock.advance(1)
+        self.assertTimedOut("header", self.client.transport.value(), 10)
+        self.assertEqual(timeouts("header") - before, 1)
+        self.assertEqual(self.solver.calls, [])
+
+    def test_theHandshakeCountsTowardsTheFirstHead(self):
+        """A connection that never sends a byte (nor finishes TLS) is closed too."""
+        self.clock.advance(10)
+        self.assertTimedOut("header", self.client.transport.value(), 10)
+
+    def test_aSlowBodyIsCutOff(self):
+        before = timeouts("body")
+        request = postRequest(SOLVER_PATH, BODY)
+        head = request.index(b"\r\n\r\n") + 4
+        self.client.send(request[:head + 10])
+        self.clock.advance(4.9)
+        self.assertFalse(self.client.transport.disconnecting)
+        self.clock.advance(0.1)
+        self.assertTimedOut("body", self.client.transport.value(), 5)
+        self.assertEqual(timeouts("body") - before, 1)
+        self.assertEqual(self.solver.calls, [])
+
+    def test_anOversizedBodySentSlowlyIsCutOffToo(self):
+        request = postRequest(SOLVER_PATH, b"x" * (2 * 1024 * 1024))
+        for i in range(5):
+            self.client.send(request[i * 65536:(i + 1) * 65536])
+            self.clock.advance(1)
+        self.assertTimedOut("body", self.client.transport.value(), 5)
+
+    def test_keptAliveConnectionsGetAFreshDeadlinePerRequest(self):
+        for _ in range(3):
+            response = parseResponse(self.client.send(postRequest(SOLVER_PATH, BODY)))
+            self.assertEqual(response.code, 201)
+            self.clock.advance(60)  # idle between requests: below the idle timeout
+        self.assertFalse(self.client.transport.disconnecting)
+        self.assertEqual(len(self.solver.calls), 3)
+
+    def test_idleKeptAliveConnectionsAreClosed(self):
+        before = timeouts("idle")
+        self.client.send(postRequest(SOLVER_PATH, BODY))
+        self.clock.advance(89)
+        self.assertFalse(self.client.transport.disconnecting)
+        self.clock.advance(1)
+        self.assertTrue(self.client.transport.disconnecting)
+        self.assertEqual(timeouts("idle") - before, 1)
+
+    def test_aClientThatNeverClosesIsAborted(self):
+        self.clock.advance(10)
+        self.assertTrue(self.client.transport.disconnecting)
+        self.assertFalse(self.client.transport.disconnected)
+        self.clock.advance(2)
+        self.assertTrue(self.client.transport.disconnected, "aborted after ABORT_TIMEOUT")
+
+
+class ConnectionCapTests(SynchronousTestCase):
+    def setUp(self):
+        self.clock = MemoryReactorClock()
+        self.logs = LogCapture(self)
+        self.factory = LimitedTLSFactory(CertificateOptions(), object(), maxConnections=2,
+                                         clock=self.clock)
+
+    def fill(self):
+        for n in range(2):
+            self.factory.registerProtocol(f"connection-{n}")
+
+    def refusals(self):
+        return self.logs.ofKind("connection_limit")
+
+    def test_refusedAtTheCapWithOneLogLinePerInterval(self):
+        before = metrics.REGISTRY.get_sample_value(
+            "kibaship_dns01_http_connections_refused_total")
+        self.fill()
+        self.assertEqual(metrics.REGISTRY.get_sample_value("kibaship_dns01_http_connections"), 2)
+        for _ in range(50):
+            self.assertIsNone(self.factory.buildProtocol(None))
+        self.assertEqual(metrics.REGISTRY.get_sample_value(
+            "kibaship_dns01_http_connections_refused_total") - before, 50)
+        self.assertEqual(len(self.refusals()), 1)
+        self.assertEqual((self.refusals()[0]["open"], self.refusals()[0]["limit"]), (2, 2))
+        self.clock.advance(REFUSAL_LOG_INTERVAL)
+        self.factory.buildProtocol(None)
+        self.assertEqual(len(self.refusals()), 2)
+        self.assertEqual(self.refusals()[1]["refused"], 50, "49 kept quiet, then this one")
+
+    def test_roomAgainOnceAConnectionCloses(self):
+        self.fill()
+        self.factory.unregisterProtocol("connection-0")
+        self.assertEqual(metrics.REGISTRY.get_sample_value("kibaship_dns01_http_connections"), 1)
+        self.assertEqual(len(self.factory.protocols), 1)
+        self.assertEqual(self.refusals(), [])
