@@ -44,7 +44,7 @@ API_REQUESTS = Counter(
 # --- Valkey ----------------------------------------------------------------
 VALKEY_APPENDS = Counter(
     "kibaship_dns01_valkey_appends_total",
-    "Idempotent stream appends, by result (appended, duplicate, failed).",
+    "Idempotent stream appends, by result (appended, duplicate, skipped, failed).",
     ["result"], registry=REGISTRY)
 VALKEY_REDIRECTS = Counter(
     "kibaship_dns01_valkey_redirects_total", "Cluster redirections followed, by kind (moved, ask).",
