@@ -154,8 +154,10 @@ def buildEvent(request, context, config, now, eventID=None, deadlineHint=None):
 # --- progress operations (kibaship_dns01.progress) ---------------------------
 
 STATUS, ISSUED, FAILED = "status", "issued", "failed"
-#: hash fields of a Certificate's mark (see kibaship_dns01.valkey.script)
+#: hash fields of a Certificate's mark (see kibaship_dns01.valkey.script):
+#: the revision of the latest Present, and when it was appended (Unix seconds)
 MARK_REVISION = "revision"
+MARK_PRESENTED_AT = "presentedAt"
 
 
 def markChallengeField(challengeUID):
@@ -177,7 +179,8 @@ def presentMark(event, context, now, ttl):
     details = {"challenge_id": event.challengeID, "fqdn": payload["fqdn"],
                "zone": payload["zone"], "ttl": payload["ttl"],
                "presentedAt": round(now.timestamp(), 3)}
-    fields = {markChallengeField(context.challengeUID): json.dumps(details, sort_keys=True)}
+    fields = {markChallengeField(context.challengeUID): json.dumps(details, sort_keys=True),
+              MARK_PRESENTED_AT: str(details["presentedAt"])}
     if context.certificateRevision:
         fields[MARK_REVISION] = context.certificateRevision
     key = markKey(context.projectUUID, context.certificateNamespace, context.certificateName)
