@@ -37,6 +37,13 @@ from kibaship_dns01.valkey.script import MarkOp, markKey
 
 log = Logger()
 
+
+class TargetNotLearnt(Exception):
+    """The Challenges of a Certificate are still being followed: ask again soon."""
+
+    transient = True
+
+
 CERTIFICATES_PATH = "/apis/cert-manager.io/v1/certificates"
 #: the CA may backdate notBefore (Let's Encrypt: one hour)
 NOT_BEFORE_SLACK = 3 * 3600.0
@@ -162,6 +169,9 @@ class CertificateWatcher(service.Service):
             return self._skipped(uid, "label_invalid", "{certificate}: {why}: no issued/failed"
                                  " events", certificate=where, why=str(e))
         settings, learnt = self._book.settingsFor(meta["namespace"], meta["name"])
+        if not learnt and self._follower.busy():
+            raise TargetNotLearnt("%s: its Challenges are still being followed; the Valkey of"
+                                  " its issuer is not known yet" % (where,))
         target = await self._follower.target(uid, settings, where)
         if target is None:
             return

@@ -115,6 +115,11 @@ class ChallengeFollower:
 
     # --- watching --------------------------------------------------------------
 
+    def busy(self):
+        """Whether Challenges are still being looked at (the cache is syncing, or
+        transitions are queued): what it learns about Certificates may come."""
+        return not self._informer.hasSynced or len(self._jobs) > 0
+
     def ours(self, obj):
         webhook = _get(obj, "spec", "solver", "dns01", "webhook") or {}
         return (webhook.get("groupName") == self._resolver.groupName
@@ -240,8 +245,8 @@ class ChallengeFollower:
         except SecretError as e:
             if e.transient:
                 raise
-            self._skipped(uid, "secret", "{subject}: no progress events: {why}",
-                          subject=where, why=e.message)
+            self._skipped(uid, "secret", "{what}: no progress events: {why}",
+                          what=where, why=e.message)
             return None
 
     async def _presented(self, uid, context, target, where):
