@@ -28,6 +28,7 @@ from kibaship_dns01 import metrics
 from kibaship_dns01.events import (
     FAILED, ISSUED, MARK_PRESENTED_AT, MARK_REVISION, SEQUENCE_FIELD, buildCertificateEvent)
 from kibaship_dns01.kube.informer import Informer
+from kibaship_dns01.kube.trim import internStrings
 from kibaship_dns01.progress.challenges import isTransient, parseTime, utcNow
 from kibaship_dns01.progress.jobs import KeyedJobs
 from kibaship_dns01.project import (
@@ -55,7 +56,8 @@ _CONDITION_FIELDS = ("type", "status", "reason", "message", "lastTransitionTime"
 
 def trimCertificate(obj):
     """Keep what the watcher reads: identity, Kibaship labels, ``dnsNames``, the
-    issuance status and the ``Ready``/``Issuing`` conditions."""
+    issuance status and the ``Ready``/``Issuing`` conditions (strings interned:
+    label keys, namespaces, condition words repeat in every Certificate)."""
     meta, spec, status = (obj.get(k) or {} for k in ("metadata", "spec", "status"))
     trimmed = {key: meta[key] for key in ("name", "namespace", "uid", "resourceVersion")
                if key in meta}
@@ -70,8 +72,9 @@ def trimCertificate(obj):
                   and c.get("type") in ("Ready", "Issuing")]
     if conditions:
         kept["conditions"] = conditions
-    return {"metadata": trimmed, "spec": {"dnsNames": list(spec.get("dnsNames") or ())},
-            "status": kept}
+    return internStrings({"metadata": trimmed,
+                          "spec": {"dnsNames": list(spec.get("dnsNames") or ())},
+                          "status": kept})
 
 
 def _condition(cert, kind):
