@@ -348,6 +348,23 @@ class JobsTests(SynchronousTestCase):
         self.flushLoggedErrors()
 
 
+class WiringTests(SynchronousTestCase):
+    def test_offOrDryRunBuildsNoProgressAndNoMark(self):
+        from kibaship_dns01.service import buildProgress, buildSolver, buildTargets
+        from tests.support import settingsFor
+        clock, client = Clock(), FakeKubernetesClient()
+        resolver = ChallengeResolver(client, clock, GROUP, SOLVER)
+        publisher = FakeStreamPublisher(clock)
+        for overrides, wanted in (({}, True), ({"progressEvents": False}, False),
+                                  ({"dryRun": True}, False)):
+            settings = settingsFor("unused", "unused", **overrides)
+            targets = buildTargets(settings, client, clock)
+            built = buildProgress(settings, client, resolver, publisher, clock, targets)
+            self.assertEqual(built is not None, wanted, overrides)
+            solver = buildSolver(settings, client, resolver, publisher, clock, targets)
+            self.assertEqual(solver._markSeconds is not None, settings.progressEvents)
+
+
 class SchemaTests(SynchronousTestCase):
     def test_phasesInTheSchemaAreTheClassifiers(self):
         from kibaship_dns01.testing.eventschema import loadSchema
