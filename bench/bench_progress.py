@@ -27,8 +27,9 @@ from kibaship_dns01.progress.certificates import CERTIFICATES_PATH, trimCertific
 from kibaship_dns01.project import PROJECT_LABEL
 from kibaship_dns01.resolve import CHALLENGES_PATH, challenges, trimChallenge
 from kibaship_dns01.testing import certmanager as cm
-from kibaship_dns01.testing.fakekube import FakeKubernetesClient
 from kibaship_dns01.testing.kubestore import KubeStore
+
+from bench_kube_cache import _WireClient  # lists pass through JSON, as from the wire
 
 CONFIG = {"valkey": {"addr": "valkey.kibaship-operator.svc:6379",
                      "passwordSecretRef": {"name": "valkey-auth", "key": "password"}},
@@ -85,11 +86,6 @@ def fill(store, count, labelled=True):
         chain.addTo(store)
         chains.append(chain)
     return chains
-
-
-class _WireClient(FakeKubernetesClient):
-    def list(self, path, params=None):
-        return super().list(path, params).addCallback(lambda r: json.loads(json.dumps(r)))
 
 
 def retained(store, path, trim, params=None):
