@@ -18,7 +18,7 @@ from kibaship_dns01.api.discovery import APIIdentity
 from kibaship_dns01.api.site import APIResource, APISite
 from kibaship_dns01.api.tls import ReloadingServerTLS
 from kibaship_dns01.auth.factory import buildAuth
-from kibaship_dns01.config import Defaults
+from kibaship_dns01.config import Defaults, SeenIssuerConfigs
 from kibaship_dns01.credentials import SecretReader
 from kibaship_dns01.kube.client import KubeClient
 from kibaship_dns01.logs import buildObserver
@@ -149,20 +149,21 @@ def buildTargets(settings, client, clock):
     return TargetFactory(SecretReader(client, clock), settings.idempotencyWindow)
 
 
-def buildSolver(settings, client, resolver, publisher, clock, targets=None):
+def buildSolver(settings, client, resolver, publisher, clock, targets=None, seenConfigs=None):
     """The real solver over the given Kubernetes client, resolver and publisher."""
     targets = targets or buildTargets(settings, client, clock)
     return Solver(resolver, publisher, targets, clock, Defaults.fromSettings(settings),
                   dryRun=settings.dryRun,
-                  markSeconds=settings.progressWindow if settings.progressEvents else None)
+                  markSeconds=settings.progressWindow if settings.progressEvents else None,
+                  seenConfigs=seenConfigs)
 
 
-def buildProgress(settings, client, resolver, publisher, clock, targets):
+def buildProgress(settings, client, resolver, publisher, clock, targets, seenConfigs):
     """The progress events (status/issued/failed), or ``None`` when turned off or dry."""
     if not settings.progressEvents or settings.dryRun:
         return None
     return ProgressService(client, resolver, publisher, targets, clock,
-                           Defaults.fromSettings(settings),
+                           Defaults.fromSettings(settings), seenConfigs=seenConfigs,
                            clusterResourceNamespace=settings.clusterResourceNamespace,
                            window=settings.progressWindow,
                            refreshInterval=settings.progressRefreshInterval)
@@ -190,9 +191,10 @@ def buildService(settings, reactor, kubeConfig, stdout=None):
     resolver.setServiceParent(root)
     publisher = ValkeyPublisher(reactor)
     publisher.setServiceParent(root)
-    targets = buildTargets(settings, client, reactor)
-    solver = buildSolver(settings, client, resolver, publisher, reactor, targets)
-    progress = buildProgress(settings, client, resolver, publisher, reactor, targets)
+    targets, seenConfigs = buildTargets(settings, client, reactor), SeenIssuerConfigs()
+    solver = buildSolver(settings, client, resolver, publisher, reactor, targets, seenConfigs)
+    progress = buildProgress(settings, client, resolver, publisher, reactor, targets,
+                             seenConfigs)
     if progress is not None:
         progress.setServiceParent(root)
     site = buildAPISite(settings, tls, solver, reactor, authenticator=auth.authenticator,

@@ -99,10 +99,13 @@ class Solver:
     """The real solver: publishes the challenge's DNS instructions to the project stream."""
 
     def __init__(self, resolver, publisher, targets, clock, defaults=Defaults(), dryRun=False,
-                 markSeconds=None):
+                 markSeconds=None, seenConfigs=None):
         """:param markSeconds: with progress events on, a Present also writes the
-        Certificate's mark (kept this long) that they read; ``None``: no mark."""
+        Certificate's mark (kept this long) that they read; ``None``: no mark.
+        :param seenConfigs: a :class:`~kibaship_dns01.config.SeenIssuerConfigs`
+        told every valid issuer config a request carried."""
         self._markSeconds = markSeconds
+        self._seenConfigs = seenConfigs
         self._resolver = resolver
         self._publisher = publisher
         self._targets = targets
@@ -160,11 +163,14 @@ class Solver:
 
     def _config(self, request, cleanup):
         try:
-            return parseIssuerConfig(request.config, request.resourceNamespace, self._defaults)
+            config = parseIssuerConfig(request.config, request.resourceNamespace, self._defaults)
         except ConfigError as e:
             if cleanup:
                 raise _Unresolved("config", str(e))
             raise SolverError(f"invalid issuer webhook config: {e}", reason="config")
+        if self._seenConfigs is not None:
+            self._seenConfigs.add(request.config, request.resourceNamespace)
+        return config
 
     async def _resolve(self, request, config, cleanup):
         try:

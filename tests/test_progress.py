@@ -5,7 +5,7 @@ import json
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 
-from kibaship_dns01.config import Defaults
+from kibaship_dns01.config import Defaults, SeenIssuerConfigs
 from kibaship_dns01.credentials import SecretReader
 from kibaship_dns01.events import presentMark
 from kibaship_dns01.progress import phases
@@ -38,10 +38,12 @@ class Replica:
         self.client = FakeKubernetesClient(store)
         self.resolver = ChallengeResolver(self.client, clock, GROUP, SOLVER)
         targets = TargetFactory(SecretReader(self.client, clock))
+        seen = SeenIssuerConfigs()
         self.solver = Solver(self.resolver, publisher, targets, clock, DEFAULTS,
-                             markSeconds=WINDOW)
+                             markSeconds=WINDOW, seenConfigs=seen)
         self.progress = ProgressService(self.client, self.resolver, publisher, targets, clock,
-                                        DEFAULTS, window=WINDOW, refreshInterval=refreshInterval)
+                                        DEFAULTS, seenConfigs=seen, window=WINDOW,
+                                        refreshInterval=refreshInterval)
 
     def start(self):
         self.resolver.startService()
@@ -253,6 +255,39 @@ class NotOursTests(ProgressCase):
         self.assertEqual(self.skippedTopics(), ["not_ours:issued:2"])
 
 
+class ForgedChallengeTests(ProgressCase):
+    CONFIG = {"valkey": {"addr": "valkey.attacker.example:6379",
+                         "passwordSecretRef": {"name": "valkey-auth", "key": "password"}}}
+
+    def test_clusterIssuerSecretsOnlyForAConfigARequestCarried(self):
+        """A Challenge anyone may create, naming a ClusterIssuer and an address of their
+        choosing, must not make the daemon read cert-manager's Secrets and send them there."""
+        self.store.add(secret("cert-manager", "valkey-auth", {"password": "s3cret"}))
+        chain = cm.buildChain(config=self.CONFIG).addTo(self.store)
+        replica = self.replica()
+        self.status(chain.challenges[0], "pending", cm.propagationReason("shop.example.com"))
+        self.assertEqual(self.skippedTopics(), ["unconfirmed_config"])
+        self.assertFalse(any("/secrets/" in c.path for c in replica.client.calls))
+        self.assertEqual(self.publisher.calls, [])
+        # once cert-manager sent a request with that config, the config is the issuer's
+        request = chain.request(resourceNamespace="cert-manager", config=self.CONFIG)
+        self.successResultOf(replica.solver.present(request))
+        self.status(chain.challenges[0], "pending", cm.propagationReason("shop.example.com")
+                    + "!")  # same phase: already decided, nothing new
+        self.status(chain.challenges[0], "valid", cm.AUTHORIZED_REASON)
+        self.assertEqual(self.summary(), [("present", None), ("status", phases.VERIFIED)])
+
+    def test_issuerChallengesUseTheirOwnNamespace(self):
+        issuer = {"name": "team-issuer", "kind": "Issuer", "group": "cert-manager.io"}
+        self.store.add(secret("certificates", "valkey-auth", {"password": "team"}))
+        chain = cm.buildChain(config=self.CONFIG, issuerRef=issuer).addTo(self.store)
+        replica = self.replica()
+        self.status(chain.challenges[0], "pending", cm.propagationReason("shop.example.com"))
+        self.assertNotIn("unconfirmed_config", self.skippedTopics())
+        self.assertIn("/api/v1/namespaces/certificates/secrets/valkey-auth",
+                      [c.path for c in replica.client.calls])
+
+
 class RefreshTests(ProgressCase):
     def test_remindersAreBoundedAndOncePerInterval(self):
         chain = cm.buildChain().addTo(self.store)
@@ -359,7 +394,8 @@ class WiringTests(SynchronousTestCase):
                                   ({"dryRun": True}, False)):
             settings = settingsFor("unused", "unused", **overrides)
             targets = buildTargets(settings, client, clock)
-            built = buildProgress(settings, client, resolver, publisher, clock, targets)
+            built = buildProgress(settings, client, resolver, publisher, clock, targets,
+                                  SeenIssuerConfigs())
             self.assertEqual(built is not None, wanted, overrides)
             solver = buildSolver(settings, client, resolver, publisher, clock, targets)
             self.assertEqual(solver._markSeconds is not None, settings.progressEvents)

@@ -80,7 +80,7 @@ class ChallengeFollower:
     """
 
     def __init__(self, resolver, publisher, targets, clock, book, notes, *, defaults,
-                 clusterResourceNamespace, window, refreshInterval=0.0,
+                 seenConfigs, clusterResourceNamespace, window, refreshInterval=0.0,
                  maxReminders=MAX_REMINDERS, limit=8):
         self._resolver = resolver
         self._informer = resolver.informer
@@ -90,6 +90,7 @@ class ChallengeFollower:
         self._book = book
         self._notes = notes
         self._defaults = defaults
+        self._seenConfigs = seenConfigs
         self._clusterNamespace = clusterResourceNamespace
         self._window = window
         self._refreshInterval = refreshInterval
@@ -213,9 +214,16 @@ class ChallengeFollower:
     async def _project(self, uid, obj, where):
         """``(context, config)`` of a Challenge, or ``(None, None)`` with one line saying why."""
         webhook = _get(obj, "spec", "solver", "dns01", "webhook") or {}
+        resourceNamespace = self._resourceNamespace(obj)
         try:
-            config = parseIssuerConfig(webhook.get("config"), self._resourceNamespace(obj),
-                                       self._defaults)
+            config = parseIssuerConfig(webhook.get("config"), resourceNamespace, self._defaults)
+            if not self._trusted(obj, webhook.get("config"), config, resourceNamespace):
+                self._skipped(uid, "unconfirmed_config", "{challenge} names a ClusterIssuer whose"
+                              " webhook config reads Secrets in {namespace}, and no request from"
+                              " cert-manager carried that config to this replica yet: its events"
+                              " are left to a replica that has seen one", challenge=where,
+                              namespace=resourceNamespace)
+                return None, None
             chain = await self._resolver.chainOf(obj)
             context = chain.context(config.defaultProjectUUID)
         except (ResolutionError, ConfigError) as e:
@@ -236,6 +244,22 @@ class ChallengeFollower:
                               namespace=context.certificateNamespace,
                               name=context.certificateName, project=context.projectUUID)
         return context, config
+
+    def _trusted(self, obj, raw, config, resourceNamespace):
+        """Whether the Secrets of a Challenge's config may be used.
+
+        A Challenge naming an Issuer reads Secrets in its own namespace, as that
+        Issuer's Presents do.  One naming a ClusterIssuer reads them in cert-manager's
+        namespace, so its config must be one a request from cert-manager carried
+        (see :class:`~kibaship_dns01.config.SeenIssuerConfigs`): anyone who may
+        create Challenges could otherwise send those Secrets to an address of
+        their choosing.
+        """
+        settings = config.valkey
+        if settings.isDefault or (settings.passwordSecret is None and settings.caSecret is None):
+            return True  # the daemon's own Valkey, or no Secret sent anywhere
+        return (_get(obj, "spec", "issuerRef", "kind") != "ClusterIssuer"
+                or (raw, resourceNamespace) in self._seenConfigs)
 
     async def target(self, uid, settings, where):
         """The Valkey target of ``settings``, or ``None`` (said once) when a Secret

@@ -17,11 +17,13 @@ class ProgressService(service.MultiService):
     :param resolver: the running :class:`~kibaship_dns01.resolve.ChallengeResolver`.
     :param targets: the solver's ``TargetFactory``.
     :param defaults: :class:`~kibaship_dns01.config.Defaults` (the ``--valkey-*`` flags).
+    :param seenConfigs: the :class:`~kibaship_dns01.config.SeenIssuerConfigs` the
+        solver fills.
     """
 
     name = "progress"
 
-    def __init__(self, client, resolver, publisher, targets, clock, defaults, *,
+    def __init__(self, client, resolver, publisher, targets, clock, defaults, *, seenConfigs,
                  clusterResourceNamespace="cert-manager", window=DEFAULT_WINDOW,
                  refreshInterval=0.0, maxReminders=MAX_REMINDERS):
         super().__init__()
@@ -29,6 +31,7 @@ class ProgressService(service.MultiService):
         self.notes = Notes()
         self.follower = ChallengeFollower(
             resolver, publisher, targets, clock, self.book, self.notes, defaults=defaults,
+            seenConfigs=seenConfigs,
             clusterResourceNamespace=clusterResourceNamespace, window=window,
             refreshInterval=refreshInterval, maxReminders=maxReminders)
         self.certificates = CertificateWatcher(client, publisher, targets, clock, self.book,
