@@ -22,6 +22,7 @@ the idempotency records and the mark live; a relist after that finds no mark
 and appends nothing.  Which Valkey: see :mod:`.targets`.
 """
 from twisted.application import service
+from twisted.internet import task
 from twisted.logger import Logger
 
 from kibaship_dns01 import metrics
@@ -39,15 +40,12 @@ from kibaship_dns01.valkey.script import MarkOp, markKey
 log = Logger()
 
 
-class TargetNotLearnt(Exception):
-    """The Challenges of a Certificate are still being followed: ask again soon."""
-
-    transient = True
-
-
 CERTIFICATES_PATH = "/apis/cert-manager.io/v1/certificates"
 #: the CA may backdate notBefore (Let's Encrypt: one hour)
 NOT_BEFORE_SLACK = 3 * 3600.0
+#: how long a Certificate's event waits for the Challenge follower to learn its issuer's
+#: Valkey (a restart relists both caches at once), in steps
+LEARN_WAIT, LEARN_STEPS = 5.0, 12
 
 _STATUS_FIELDS = ("revision", "notAfter", "notBefore", "renewalTime", "failedIssuanceAttempts",
                   "lastFailureTime")
@@ -171,10 +169,7 @@ class CertificateWatcher(service.Service):
         except InvalidProjectLabel as e:
             return self._skipped(uid, "label_invalid", "{certificate}: {why}: no issued/failed"
                                  " events", certificate=where, why=str(e))
-        settings, learnt = self._book.settingsFor(meta["namespace"], meta["name"])
-        if not learnt and self._follower.busy():
-            raise TargetNotLearnt("%s: its Challenges are still being followed; the Valkey of"
-                                  " its issuer is not known yet" % (where,))
+        settings, learnt = await self._settings(meta)
         target = await self._follower.target(uid, settings, where)
         if target is None:
             return
@@ -193,6 +188,16 @@ class CertificateWatcher(service.Service):
                 revision=revision, mark=mark, valkey=target.describe(), operation=operation,
                 guess="" if learnt else ", the default Valkey: none of its Challenges seen")
         await self._landed(result, event, operation, target, labels, mark, where)
+
+    async def _settings(self, meta):
+        """The issuer's Valkey settings; while Challenges are still being looked at
+        (a restart relists both caches), wait a bounded while for them."""
+        for _ in range(LEARN_STEPS):
+            settings, learnt = self._book.settingsFor(meta["namespace"], meta["name"])
+            if learnt or not self._follower.busy():
+                return settings, learnt
+            await task.deferLater(self._clock, LEARN_WAIT, lambda: None)
+        return self._book.settingsFor(meta["namespace"], meta["name"])
 
     def _skipped(self, uid, reason, text, **fields):
         if self._notes.once(uid, reason, text, **fields):
