@@ -15,7 +15,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(exclude=["tests", "tests.*", "bench"]) + ["twisted.plugins"],
     install_requires=[
-        "Twisted[tls]>=24.3,<27",
+        "Twisted[tls]>=25.5,<27",  # Site(parsePOSTFormSubmission=...)
         "treq>=23.11,<27",
         "pyOpenSSL>=24.0,<27",
         "service-identity>=24.1,<27",

@@ -6,6 +6,8 @@ I/O.
 """
 import attr
 
+from kibaship_dns01.names import bareName, challengeFQDN
+
 PRESENT = "Present"
 CLEANUP = "CleanUp"
 ACTIONS = (PRESENT, CLEANUP)
@@ -37,6 +39,12 @@ class ChallengeRequest:
     def operation(self):
         """The stream event's ``operation`` value: ``present`` or ``cleanup``."""
         return "present" if self.action == PRESENT else "cleanup"
+
+    @property
+    def delegated(self):
+        """The record is not ``_acme-challenge.<dnsName>``: cert-manager followed a CNAME
+        (``cnameStrategy: Follow``) to a name the user delegated the challenge to."""
+        return bareName(self.resolvedFQDN) != challengeFQDN(self.dnsName)
 
 
 class SolverError(Exception):

@@ -20,6 +20,7 @@ import re
 import attr
 
 from kibaship_dns01.durations import parseDuration
+from kibaship_dns01.names import isDNS1123Subdomain
 from kibaship_dns01.project import isProjectUUID
 from kibaship_dns01.valkey.target import parseAddress
 
@@ -116,9 +117,8 @@ def _noUnknown(obj, allowed, path):
                           f"allowed: {', '.join(allowed)}")
 
 
-#: Kubernetes object names (DNS-1123 subdomain) and Secret data keys: checked here
-#: so a name can never carry a path (``../``) into the API request.
-_OBJECT_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
+#: Secret data keys; like Secret names (DNS-1123 subdomains) checked here so a
+#: name can never carry a path (``../``) into the API request.
 _SECRET_KEY = re.compile(r"[-._a-zA-Z0-9]+")
 
 
@@ -128,7 +128,7 @@ def _secretRef(obj, path, namespace, defaultKey=None):
     name = _expect(obj.get("name", ""), str, f"{path}.name")
     if not name:
         raise ConfigError(f"config.{path}.name is required")
-    if len(name) > 253 or not _OBJECT_NAME.fullmatch(name):
+    if not isDNS1123Subdomain(name):
         raise ConfigError(f"config.{path}.name {name!r} is not a valid Secret name "
                           f"(lower-case DNS subdomain)")
     key = _expect(obj.get("key", defaultKey or ""), str, f"{path}.key") or None

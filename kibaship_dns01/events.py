@@ -20,6 +20,7 @@ import uuid
 import attr
 
 from kibaship_dns01 import __version__
+from kibaship_dns01.names import bareName
 from kibaship_dns01.valkey.script import SEQUENCE_TOKEN, MarkOp, markKey
 
 RESOURCE_TYPE = "dns_challenge"
@@ -31,22 +32,17 @@ CHALLENGE_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_DNS, "dns.kibaship.com")
 SEQUENCE_FIELD = "event_data"
 
 
-def _bare(name):
-    """A DNS name without the trailing dot, lower-cased (how users type it)."""
-    return name.rstrip(".").lower()
-
-
 def challengeID(namespace, certificate, fqdn, txt):
     """Deterministic id of one challenge: the same inputs always give the same UUIDv5.
 
     Over ``<namespace>/<certificate>/<fqdn without trailing dot>/<txt>``.
     """
-    return str(uuid.uuid5(CHALLENGE_NAMESPACE, f"{namespace}/{certificate}/{_bare(fqdn)}/{txt}"))
+    return str(uuid.uuid5(CHALLENGE_NAMESPACE, f"{namespace}/{certificate}/{bareName(fqdn)}/{txt}"))
 
 
 def txtRecord(fqdn, zone, value, ttl):
     """What the user must add, in the shape a UI shows as is."""
-    name, zone = _bare(fqdn), _bare(zone)
+    name, zone = bareName(fqdn), bareName(zone)
     if name == zone:
         host = "@"
     elif name.endswith("." + zone):
@@ -116,15 +112,16 @@ def _envelope(who, operation, resourceUUID, namespace, payload, now, eventID, ke
                       eventID=eventID, key=key, payload=payload)
 
 
-def _challengePayload(operation, cid, fqdn, zone, txt, ttl, dnsName, context, now):
+def _challengePayload(operation, cid, fqdn, zone, txt, ttl, dnsName, delegated, context, now):
     """The DNS01 fields every challenge operation carries (present, cleanup, status)."""
     namespace = context.certificateNamespace or context.challengeNamespace
     payload = {
         "version": PAYLOAD_VERSION, "type": operation, "challenge_id": cid,
-        "fqdn": _bare(fqdn), "zone": _bare(zone), "txt": txt, "ttl": ttl, "dnsName": dnsName,
-        "wildcard": context.wildcard, "namespace": namespace,
+        "fqdn": bareName(fqdn), "zone": bareName(zone), "txt": txt, "ttl": ttl,
+        "dnsName": dnsName, "wildcard": context.wildcard, "namespace": namespace,
         "certificate": context.certificateName or "", "issuerRef": context.issuerRef.asDict(),
         "createdAt": _rfc3339(now), "record": txtRecord(fqdn, zone, txt, ttl),
+        "delegated": delegated,
     }
     return _withOptional(payload, orderName=context.orderName,
                          challengeName=context.challengeName)
@@ -146,7 +143,7 @@ def buildEvent(request, context, config, now, eventID=None, deadlineHint=None):
                       request.key)
     payload = _challengePayload(request.operation, cid, request.resolvedFQDN,
                                 request.resolvedZone, request.key, config.ttl, request.dnsName,
-                                context, now)
+                                request.delegated, context, now)
     _withOptional(payload, uiHints=config.uiHintsDict or None, deadlineHint=deadlineHint)
     return _envelope(context, request.operation, cid, namespace, payload, now, eventID)
 
@@ -178,7 +175,7 @@ def presentMark(event, context, now, ttl):
     payload = event.payload
     details = {"challenge_id": event.challengeID, "fqdn": payload["fqdn"],
                "zone": payload["zone"], "ttl": payload["ttl"],
-               "presentedAt": round(now.timestamp(), 3)}
+               "delegated": payload["delegated"], "presentedAt": round(now.timestamp(), 3)}
     fields = {markChallengeField(context.challengeUID): json.dumps(details, sort_keys=True),
               MARK_PRESENTED_AT: str(details["presentedAt"])}
     if context.certificateRevision:
@@ -199,7 +196,8 @@ def buildStatusEvent(context, details, challenge, phase, now, key, reminder=None
     spec, status = challenge.get("spec") or {}, challenge.get("status") or {}
     cid = details["challenge_id"]
     payload = _challengePayload(STATUS, cid, details["fqdn"], details["zone"], spec["key"],
-                                details["ttl"], spec.get("dnsName") or "", context, now)
+                                details["ttl"], spec.get("dnsName") or "",
+                                bool(details.get("delegated")), context, now)
     payload.update(state=status.get("state") or "pending", phase=phase.name, final=phase.final,
                    reason=status.get("reason") or "", presented=bool(status.get("presented")),
                    processing=bool(status.get("processing")),

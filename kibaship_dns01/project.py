@@ -170,6 +170,8 @@ class ProjectContext:
     #: the Certificate revision this challenge's issuance will produce
     #: (``cert-manager.io/certificate-revision``), when known
     certificateRevision: object = None
+    #: the Challenge's solver has ``cnameStrategy: Follow`` (see ``ChallengeRequest.delegated``)
+    followsCNAME: bool = False
 
 
 def contextFromLabels(labels, annotations=None, *, challengeNamespace="certificates",

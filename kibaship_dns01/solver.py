@@ -22,6 +22,7 @@ from kibaship_dns01.config import ConfigError, Defaults, parseIssuerConfig
 from kibaship_dns01.credentials import SecretError
 from kibaship_dns01.events import SEQUENCE_FIELD, buildEvent, presentMark, withSequence
 from kibaship_dns01.interfaces import ISolver
+from kibaship_dns01.names import challengeFQDN
 from kibaship_dns01.resolve import ResolutionError
 from kibaship_dns01.valkey import streamKey
 from kibaship_dns01.valkey.errors import ValkeyError
@@ -145,6 +146,7 @@ class Solver:
         cleanup = request.action != PRESENT
         config = self._config(request, cleanup)
         context = await self._resolve(request, config, cleanup)
+        self._checkRecordName(request, context)
         now = self._now()
         event = buildEvent(request, context, config, now)
         stream = streamKey(context.projectUUID)
@@ -179,6 +181,23 @@ class Solver:
             if cleanup and not (e.transient or e.reason in _RETRY_CLEANUP):
                 raise _Unresolved(e.reason, e.message)
             raise SolverError(e.message, reason=e.reason)
+
+    @staticmethod
+    def _checkRecordName(request, context):
+        """The record the event will show a person must be the one cert-manager checks.
+
+        Without ``cnameStrategy: Follow`` cert-manager always presents
+        ``_acme-challenge.<dnsName>.`` (``util.DNS01LookupFQDN``), so another
+        ``resolvedFQDN`` did not come from it; with Follow any name may be the
+        end of the user's CNAME chain, and the event says ``delegated``.
+        """
+        if request.delegated and not context.followsCNAME:
+            raise SolverError(
+                "request.resolvedFQDN %s is not %s. although Challenge %s/%s does not follow "
+                "CNAMEs (its solver has no cnameStrategy: Follow); cert-manager never sends "
+                "such a name, so nothing was published" % (
+                    request.resolvedFQDN, challengeFQDN(request.dnsName),
+                    context.challengeNamespace, context.challengeName), reason="fqdn_mismatch")
 
     async def _append(self, request, config, context, event, stream, cleanup, mark):
         try:

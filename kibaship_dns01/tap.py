@@ -9,16 +9,15 @@ instead of a traceback minutes later.
 import functools
 import ipaddress
 import os
-import re
 
 import attr
 from twisted.python import usage
 
 from kibaship_dns01.durations import parseDuration
 from kibaship_dns01.logs import LEVELS
+from kibaship_dns01.names import isDNS1123Subdomain
 
 ENV_PREFIX = "KIBASHIP_DNS01_"
-_DNS_LABELS = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 def _envName(flag):
     return ENV_PREFIX + flag.upper().replace("-", "_")
@@ -112,7 +111,7 @@ def _address(flag, value):
 
 
 def _dnsName(flag, value):
-    if not value or len(value) > 253 or not _DNS_LABELS.match(value):
+    if not isDNS1123Subdomain(value):
         raise usage.UsageError(f"--{flag}: {value!r} is not a lower-case DNS name")
     return value
 

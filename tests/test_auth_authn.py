@@ -14,6 +14,8 @@ from zope.interface.verify import verifyObject
 from kibaship_dns01 import metrics
 from kibaship_dns01.auth import authconfig as ac
 from kibaship_dns01.auth import authn
+from kibaship_dns01.auth.peer import PeerCertificates
+from kibaship_dns01.auth.x509verify import verifyClientChain
 from kibaship_dns01.auth.types import (
     ANONYMOUS_USER, AUTHENTICATED, UNAUTHENTICATED, Unauthenticated, UserInfo)
 from kibaship_dns01.interfaces import IAuthenticator
@@ -44,11 +46,18 @@ def withoutCommonName(ca):
     return pki.KeyPair(cert, key)
 
 
-def makeRequest(headers=(), chain=()):
+class FakeConnection:
+    """Stands for one TLS connection: the key of the per-connection verification."""
+
+    def __init__(self, chain=()):
+        self.chain = [pair.cert for pair in chain]
+
+
+def makeRequest(headers=(), chain=(), connection=None):
     request = DummyRequest([b""])
     for name, value in headers:
         request.requestHeaders.addRawHeader(name, value)
-    request.chain = [pair.cert for pair in chain]
+    request.connection = connection or FakeConnection(chain)
     return request
 
 
@@ -76,7 +85,9 @@ class AuthenticatorTestsMixin:
     def buildAuthenticator(self, client, **kw):
         self.tokens = authn.TokenReviewAuthenticator(client, self.clock, **kw)
         self.authenticator = authn.DelegatingAuthenticator(
-            lambda: self.config, self.tokens, self.clock, peerChain=lambda r: r.chain)
+            lambda: self.config, self.tokens, self.clock,
+            peers=PeerCertificates(connectionOf=lambda r: r.connection,
+                                   readChain=lambda connection: connection.chain))
 
     def authenticate(self, request):
         return self.successResultOf(self.authenticator.authenticate(request))
@@ -154,6 +165,62 @@ class FrontProxyTests(AuthenticatorTestsMixin, SynchronousTestCase):
                                (b"X-Remote-Group", b"system:masters")], [pair])
         self.assertEqual(self.authenticate(request),
                          UserInfo(name="bob", groups=("staff", AUTHENTICATED)))
+
+
+class PerConnectionTests(AuthenticatorTestsMixin, SynchronousTestCase):
+    """A chain is verified once per connection and CA bundle, never past its notAfter."""
+
+    def buildAuthenticator(self, client, **kw):
+        self.verified = []
+
+        def counting(chain, roots, now):
+            self.verified.append(chain[0].subject.rfc4514_string())
+            return verifyClientChain(chain, roots, now)
+        self.tokens = authn.TokenReviewAuthenticator(client, self.clock, **kw)
+        self.authenticator = authn.DelegatingAuthenticator(
+            lambda: self.config, self.tokens, self.clock, peers=PeerCertificates(
+                connectionOf=lambda r: r.connection, readChain=lambda c: c.chain,
+                verify=counting))
+
+    def onConnection(self, connection):
+        return makeRequest([(b"X-Remote-User", b"jane")], connection=connection)
+
+    def test_keepAliveRequestsVerifyOnce(self):
+        connection = FakeConnection([pki.clientPair(self.frontProxyCA, "front-proxy-client")])
+        for _ in range(3):
+            self.assertEqual(self.authenticate(self.onConnection(connection)).name, "jane")
+        self.assertEqual(self.verified, ["CN=front-proxy-client"])
+        other = FakeConnection([pki.clientPair(self.frontProxyCA, "front-proxy-client")])
+        self.authenticate(self.onConnection(other))
+        self.assertEqual(len(self.verified), 2, "a new connection is verified again")
+
+    def test_notHonouredPastNotAfterOnAnOpenConnection(self):
+        pair = pki.clientPair(self.frontProxyCA, "front-proxy-client",
+                              notBefore=NOW - datetime.timedelta(days=1),
+                              notAfter=NOW + datetime.timedelta(hours=1))
+        connection = FakeConnection([pair])
+        self.authenticate(self.onConnection(connection))
+        self.clock.advance(2 * 3600)
+        message = self.refuse(self.onConnection(connection))
+        self.assertIn("front-proxy client certificate", message)
+        self.assertIn("has expired", message)
+
+    def test_aRotatedCAAppliesToAnOpenConnection(self):
+        connection = FakeConnection([pki.clientPair(self.frontProxyCA, "front-proxy-client")])
+        self.authenticate(self.onConnection(connection))
+        self.config = ac.parseAuthenticationConfig(ac.makeAuthenticationConfigMap(
+            requestHeaderCAPEM=pki.makeCA("front-proxy-ca-2").certPEM))
+        self.assertIn("unknown authority", self.refuse(self.onConnection(connection)))
+        self.assertEqual(len(self.verified), 2)
+
+    def test_failuresAreNotRemembered(self):
+        pair = pki.clientPair(self.frontProxyCA, "front-proxy-client",
+                              notBefore=NOW + datetime.timedelta(hours=1),
+                              notAfter=NOW + datetime.timedelta(days=1))
+        connection = FakeConnection([pair])
+        self.assertIn("not yet valid", self.refuse(self.onConnection(connection)))
+        self.clock.advance(2 * 3600)
+        self.assertEqual(self.authenticate(self.onConnection(connection)).name, "jane")
 
 
 class ClientCertificateTests(AuthenticatorTestsMixin, SynchronousTestCase):

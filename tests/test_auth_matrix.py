@@ -21,6 +21,8 @@ from zope.interface import implementer
 from kibaship_dns01.testing.polling import pollUntil
 from kibaship_dns01.auth.authconfig import makeAuthenticationConfigMap, tlsClientCAListener
 from kibaship_dns01.auth.factory import buildAuth
+from kibaship_dns01.auth.peer import PeerCertificates
+from kibaship_dns01.auth.x509verify import verifyClientChain
 from kibaship_dns01.kube.client import KubeClient
 from kibaship_dns01.testing import httpclient, pki
 from kibaship_dns01.testing.fakesolver import RecordingSolver
@@ -70,7 +72,12 @@ class MatrixTests(TestCase):
         self.addCleanup(self.kube.close)
         self.clock = Clock()
         self.clock.advance(time.time())
-        self.auth = buildAuth(self.kube, self.clock)
+        self.verifications = []
+
+        def counting(chain, roots, now):
+            self.verifications.append(now)
+            return verifyClientChain(chain, roots, now)
+        self.auth = buildAuth(self.kube, self.clock, peers=PeerCertificates(verify=counting))
         self.auth.watcher.startService()
         self.addCleanup(self.auth.watcher.stopService)
         await self.auth.watcher.whenLoaded()
@@ -241,6 +248,38 @@ class MatrixTests(TestCase):
         self.assertStatus(old, 401, "Unauthorized", "unknown authority")
         new = await self.call("/apis", clientPair=self.proxyPair(ca=newCA), headers=headers)
         self.assertEqual(new.code, 200)
+
+    async def test_frontProxyCertificateVerifiedOncePerConnection(self):
+        """kube-apiserver judges a client certificate per TLS connection; so do we, but
+        a CA rotated in the ConfigMap still applies to the next request on it."""
+        session = httpclient.Session(reactor, self.site.ca.certPEM, self.proxyPair())
+        self.addCleanup(session.close)
+        headers = {"X-Remote-User": ["jane"]}
+        for _ in range(3):
+            response = await session.request("GET", self.site.url("/apis"), headers=headers)
+            self.assertEqual(response.code, 200)
+        self.assertEqual(len(self.verifications), 1)
+        self.api.store.put(self.configMap(pki.makeCA("front-proxy-ca-2")))
+        await waitFor(lambda: self.auth.watcher.current.requestHeaderCAs[0].subject
+                      .rfc4514_string() == "CN=front-proxy-ca-2", "the rotated CA")
+        response = await session.request("GET", self.site.url("/apis"), headers=headers)
+        self.assertStatus(response, 401, "Unauthorized", "unknown authority")
+
+    async def test_expiryEndsAnOpenConnectionsIdentity(self):
+        pair = pki.clientPair(self.frontProxyCA, "front-proxy-client",
+                              notBefore=NOW - datetime.timedelta(days=1),
+                              notAfter=NOW + datetime.timedelta(hours=1))
+        session = httpclient.Session(reactor, self.site.ca.certPEM, pair)
+        self.addCleanup(session.close)
+        headers = {"X-Remote-User": ["jane"]}
+        first = await session.request("GET", self.site.url("/apis"), headers=headers)
+        self.assertEqual(first.code, 200)
+        self.assertEqual(len(self.verifications), 1)
+        self.clock.advance(2 * 3600)
+        second = await session.request("GET", self.site.url("/apis"), headers=headers)
+        self.assertStatus(second, 401, "Unauthorized", "has expired")
+        # judged again on the same connection: as a front-proxy and as a client certificate
+        self.assertEqual(len(self.verifications), 3)
 
     async def test_handshakeNamesBothCAs(self):
         newCA = pki.makeCA("front-proxy-ca-2")

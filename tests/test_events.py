@@ -23,7 +23,8 @@ NOW = datetime.datetime(2026, 11, 28, 12, 0, 0, 250000, tzinfo=datetime.timezone
 def request(action="Present", fqdn="_acme-challenge.shop.example.com.", zone="example.com.",
             key="dDlzkoMWZo5NLYFs8-XpPvEmEGdikSbIOfVu3WNJW84", dnsName="shop.example.com"):
     return decodeChallengeRequest(json.dumps({"request": {
-        "action": action, "dnsName": dnsName, "key": key, "resourceNamespace": "cert-manager",
+        "action": action, "type": "dns-01", "dnsName": dnsName, "key": key,
+        "resourceNamespace": "cert-manager",
         "resolvedFQDN": fqdn, "resolvedZone": zone}}).encode())
 
 
@@ -91,8 +92,20 @@ class BuildEventTests(SynchronousTestCase):
             "challengeName": "ch-1", "uiHints": {"tenant": "acme"}, "deadlineHint": 600,
             "record": {"type": "TXT", "name": "_acme-challenge.shop.example.com",
                        "host": "_acme-challenge.shop", "zone": "example.com",
-                       "value": request().key, "ttl": 60}})
+                       "value": request().key, "ttl": 60},
+            "delegated": False})
         self.assertEqual(event.idempotencyKey, f"{cid}:present")
+
+    def test_delegatedWhenTheRecordIsNotTheChallengeName(self):
+        """cert-manager followed a CNAME: the record lives elsewhere and the event says so."""
+        req = request(fqdn="_acme-challenge.shop.delegated.example.net.",
+                      zone="delegated.example.net.")
+        data = validateEntry(withSequence(self.build(req=req).fields, 1))
+        self.assertIs(data["payload"]["delegated"], True)
+        self.assertEqual(data["payload"]["record"]["name"],
+                         "_acme-challenge.shop.delegated.example.net")
+        wildcard = request(dnsName="*.shop.example.com")
+        self.assertIs(self.build(req=wildcard).eventData()["payload"]["delegated"], False)
 
     def test_minimalLabelsOmitOptionalFlatFields(self):
         event = self.build(req=request("CleanUp"), config=parseIssuerConfig({"ttl": 120}, "cm"))
@@ -117,10 +130,10 @@ class BuildEventTests(SynchronousTestCase):
                           {**stored, "event_data": json.dumps(data)})
 
     @settings(max_examples=100, deadline=None)
-    @given(labels=st.lists(st.text("abcdefghijklmnopqrstuvwxyz0123456789-", min_size=1,
-                                   max_size=20), min_size=1, max_size=4),
+    @given(labels=st.lists(st.from_regex(r"\A[a-z0-9]([a-z0-9-]{0,18}[a-z0-9])?\Z"),
+                           min_size=1, max_size=4),
            key=st.text("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_",
-                       min_size=1, max_size=64),
+                       min_size=43, max_size=43),
            wildcardApex=st.booleans(), seq=st.integers(1, 2**53))
     def test_everyBuiltEventIsSchemaValid(self, labels, key, wildcardApex, seq):
         zone = ".".join(labels) + "."

@@ -1,20 +1,30 @@
 """Decode cert-manager's ``ChallengePayload`` and encode our answer (SPEC §2).
 
 The Go webhook library decodes leniently (unknown fields ignored) and echoes
-the request; we do the same but refuse bodies whose *known* fields have the
-wrong JSON type, naming the field, because a silently zero-valued ``key``
-would make the solver publish nonsense.
+the request; we do the same, but every *known* field must be what
+cert-manager's challenge controller puts there (``ChallengeRequest`` in
+``pkg/acme/webhook/apis/acme/v1alpha1``, filled by the DNS01 solver's
+``buildChallengeRequest``): ``type`` ``"dns-01"``, ``dnsName`` the domain,
+``key`` the ACME DNS-01 digest, ``resolvedFQDN``/``resolvedZone`` absolute
+names with the FQDN inside the zone, ``resourceNamespace`` a namespace.
+These values are published to a person ("add this TXT record at ..."), so a
+value we never checked must not get that far: each refusal names the field
+and what was expected, for a 400 ``Status``.
 """
-import json
+import re
 
+from kibaship_dns01.api import jsonbody
 from kibaship_dns01.challenge import ACTIONS, ChallengeRequest
+from kibaship_dns01.names import dnsNameProblem, isDNS1123Label, isWithin
 
 KIND = "ChallengePayload"
 API_VERSION = "webhook.acme.cert-manager.io/v1alpha1"
+DNS01 = "dns-01"
 
-#: fields that must be non-empty strings for either action
-_REQUIRED_STRINGS = ("dnsName", "key", "resourceNamespace", "resolvedFQDN", "resolvedZone")
-_OPTIONAL_STRINGS = ("uid", "type")
+#: base64url (unpadded) of a SHA-256 digest: RFC 8555 §8.4
+_ACME_KEY = re.compile(r"[A-Za-z0-9_-]{43}")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_SHOWN = 80  # characters of a refused value quoted back
 
 
 class BadPayload(ValueError):
@@ -23,11 +33,9 @@ class BadPayload(ValueError):
 
 def _loadObject(body):
     try:
-        doc = json.loads(body)
-    except UnicodeDecodeError:
-        raise BadPayload("request body is not UTF-8 encoded JSON")
-    except ValueError as e:
-        raise BadPayload(f"request body is not valid JSON: {e}")
+        doc = jsonbody.loads(body)
+    except jsonbody.BadJSON as e:
+        raise BadPayload(str(e))
     if not isinstance(doc, dict):
         raise BadPayload(
             f"request body must be a JSON object (a ChallengePayload), not {_typeName(doc)}")
@@ -39,11 +47,70 @@ def _typeName(value):
             type(None): "null", int: "a number", float: "a number"}.get(type(value), "a value")
 
 
-def _checkType(req, name, expected, label):
+def _shown(value):
+    return repr(value if len(value) <= _SHOWN else value[:_SHOWN] + "...")
+
+
+def _string(req, name, required=True):
+    """``req[name]`` as a string; absent gives ``None`` unless required."""
+    if name not in req:
+        if required:
+            raise BadPayload(f"request.{name} is missing")
+        return None
     value = req[name]
-    # bool is an int subclass; JSON true must not pass as a string or vice versa
-    if not isinstance(value, expected) or (expected is not bool and isinstance(value, bool)):
-        raise BadPayload(f"request.{name} must be {label}, not {_typeName(value)}")
+    if not isinstance(value, str):
+        raise BadPayload(f"request.{name} must be a string, not {_typeName(value)}")
+    if required and not value:
+        raise BadPayload(f"request.{name} must not be empty")
+    return value
+
+
+def _checkName(name, value, what, **rules):
+    problem = dnsNameProblem(value, **rules)
+    if problem:
+        raise BadPayload(f"request.{name} must be {what}; {_shown(value)} {problem}")
+
+
+def _checkAction(req):
+    action = req.get("action")
+    if action not in ACTIONS:
+        shown = _shown(action) if isinstance(action, str) else _typeName(action)
+        raise BadPayload(
+            f"request.action must be one of {', '.join(ACTIONS)} (exact case), not {shown}")
+    return action
+
+
+def _checkFields(req):
+    """Every known field, in the order a reader of the message would fix them."""
+    if _string(req, "type") != DNS01:
+        raise BadPayload(f'request.type must be "{DNS01}", not {_shown(req["type"])}')
+    uid = _string(req, "uid", required=False) or ""
+    if uid and not _UUID.fullmatch(uid):
+        raise BadPayload(f"request.uid must be empty or a UUID, not {_shown(uid)}")
+    _checkName("dnsName", _string(req, "dnsName"), "a DNS name (optionally *.-prefixed)",
+               wildcard=True)
+    key = _string(req, "key")
+    if not _ACME_KEY.fullmatch(key):
+        raise BadPayload(f"request.key must be an ACME DNS-01 value (43 base64url characters:"
+                         f" the SHA-256 digest of the key authorization), not {_shown(key)}")
+    namespace = _string(req, "resourceNamespace")
+    if not isDNS1123Label(namespace):
+        raise BadPayload(f"request.resourceNamespace must be a namespace name (lower-case "
+                         f"DNS-1123 label), not {_shown(namespace)}")
+    fqdn, zone = _string(req, "resolvedFQDN"), _string(req, "resolvedZone")
+    _checkName("resolvedFQDN", fqdn, "an absolute DNS name", absolute=True)
+    _checkName("resolvedZone", zone, "an absolute DNS name", absolute=True)
+    if not isWithin(fqdn, zone):
+        raise BadPayload(f"request.resolvedFQDN {_shown(fqdn)} is not inside "
+                         f"request.resolvedZone {_shown(zone)}")
+    ambient = req.get("allowAmbientCredentials", False)
+    if not isinstance(ambient, bool):
+        raise BadPayload(
+            f"request.allowAmbientCredentials must be a boolean, not {_typeName(ambient)}")
+    config = req.get("config")
+    if config is not None and not isinstance(config, dict):
+        raise BadPayload(f"request.config must be an object, not {_typeName(config)}")
+    return uid, ambient, config
 
 
 def decodeChallengeRequest(body):
@@ -54,33 +121,13 @@ def decodeChallengeRequest(body):
         raise BadPayload('request body has no "request" object; expected a ChallengePayload')
     if not isinstance(req, dict):
         raise BadPayload(f'"request" must be an object, not {_typeName(req)}')
-    action = req.get("action")
-    if action not in ACTIONS:
-        raise BadPayload(
-            f"request.action must be one of {', '.join(ACTIONS)} (exact case), not {action!r}")
-    for name in _OPTIONAL_STRINGS:
-        if name in req:
-            _checkType(req, name, str, "a string")
-    if req.get("type", "dns-01") != "dns-01":
-        raise BadPayload(f'request.type must be "dns-01", not {req["type"]!r}')
-    for name in _REQUIRED_STRINGS:
-        if name not in req:
-            raise BadPayload(f"request.{name} is missing")
-        _checkType(req, name, str, "a string")
-        if not req[name]:
-            raise BadPayload(f"request.{name} must not be empty")
-    if "allowAmbientCredentials" in req:
-        _checkType(req, "allowAmbientCredentials", bool, "a boolean")
-    config = req.get("config")
-    if config is not None and not isinstance(config, dict):
-        raise BadPayload(f"request.config must be an object, not {_typeName(config)}")
+    action = _checkAction(req)
+    uid, ambient, config = _checkFields(req)
     return ChallengeRequest(
-        uid=req.get("uid", ""), action=action, type=req.get("type", "dns-01"),
-        dnsName=req["dnsName"], key=req["key"], resourceNamespace=req["resourceNamespace"],
-        resolvedFQDN=req["resolvedFQDN"], resolvedZone=req["resolvedZone"],
-        allowAmbientCredentials=req.get("allowAmbientCredentials", False),
-        config=config, raw=req,
-    )
+        uid=uid, action=action, type=DNS01, dnsName=req["dnsName"], key=req["key"],
+        resourceNamespace=req["resourceNamespace"], resolvedFQDN=req["resolvedFQDN"],
+        resolvedZone=req["resolvedZone"], allowAmbientCredentials=ambient, config=config,
+        raw=req)
 
 
 def encodeResponse(request, message=None):

@@ -104,6 +104,8 @@ class APIResource(Resource):
 
     def _finish(self, body, request):
         if body is not None and not request.finished and not request._disconnected:
+            # a known length spares the client (and us) chunked framing
+            request.setHeader(b"content-length", b"%d" % len(body))
             request.write(body)
             request.finish()
 
@@ -234,7 +236,9 @@ class APISite(server.Site):
     noisy = False
 
     def __init__(self, resource, maxBodyBytes=DEFAULT_MAX_BODY, **kw):
-        super().__init__(resource, **kw)
+        # no form parsing: it parses every POST's Content-Type through the email
+        # package only to find that a ChallengePayload is not a form
+        super().__init__(resource, parsePOSTFormSubmission=False, **kw)
         self.maxBodyBytes = maxBodyBytes
 
     def log(self, request):

@@ -31,7 +31,7 @@ from kibaship_dns01 import metrics
 from kibaship_dns01.auth.authconfig import WHERE
 from kibaship_dns01.auth.cache import ExpiringCache, withDeadline
 from kibaship_dns01.flight import SharedCalls
-from kibaship_dns01.auth.peer import peerCertificateChain
+from kibaship_dns01.auth.peer import PeerCertificates
 from kibaship_dns01.auth.types import (
     ANONYMOUS, ANONYMOUS_USER, AUTHENTICATED, UNAUTHENTICATED, Unauthenticated, UserInfo)
 from kibaship_dns01.auth.x509verify import (
@@ -142,21 +142,23 @@ def withAuthenticatedGroup(user):
 
 # --- certificates ----------------------------------------------------------------
 
-def _verify(chain, roots, now, what):
+def _verify(verify, chain, roots, now, what):
     try:
-        return verifyClientChain(chain, roots, now)
+        return verify(chain, roots, now)
     except CertificateVerificationError as e:
         raise Rejected("%s %s: %s" % (what, certificateIdentifier(chain[0]), e.message))
 
 
-def frontProxyUser(request, chain, config, now):
+def frontProxyUser(request, chain, config, now, verify=verifyClientChain):
     """The user the front proxy vouches for, or ``None`` when this method does not apply.
 
+    :param verify: ``(chain, roots, now) -> VerifiedChain`` (a per-connection memo).
     :raise Rejected: the certificate does not verify or its CN is not allowed.
     """
     if not chain or not config.requestHeaderCAs:
         return None
-    verified = _verify(chain, config.requestHeaderCAs, now, "front-proxy client certificate")
+    verified = _verify(verify, chain, config.requestHeaderCAs, now,
+                       "front-proxy client certificate")
     cn = commonName(verified.leaf)
     if config.allowedNames and cn not in config.allowedNames:
         raise Rejected("x509: subject with cn=%s is not in the allowed list (key "
@@ -169,11 +171,11 @@ def frontProxyUser(request, chain, config, now):
                     uid=firstHeaderValue(request, config.uidHeaders))
 
 
-def clientCertificateUser(chain, config, now):
+def clientCertificateUser(chain, config, now, verify=verifyClientChain):
     """User = CN, groups = O of a certificate chaining to ``client-ca-file``."""
     if not chain or not config.clientCAs:
         return None
-    verified = _verify(chain, config.clientCAs, now, "client certificate")
+    verified = _verify(verify, chain, config.clientCAs, now, "client certificate")
     cn = commonName(verified.leaf)
     if not cn:
         raise Rejected("client certificate %s has no common name, so it names no user"
@@ -259,14 +261,15 @@ class DelegatingAuthenticator:
     :param configSource: ``() -> AuthenticationConfig | None`` (the watcher's current).
     :param tokens: a :class:`TokenReviewAuthenticator`.
     :param clock: ``IReactorTime``: certificate validity is judged at its time.
-    :param peerChain: ``request -> [Certificate]`` (tests may substitute).
+    :param peers: :class:`~kibaship_dns01.auth.peer.PeerCertificates`, which reads
+        and verifies a client chain once per TLS connection (tests may substitute).
     """
 
-    def __init__(self, configSource, tokens, clock, peerChain=peerCertificateChain):
+    def __init__(self, configSource, tokens, clock, peers=None):
         self._configSource = configSource
         self._tokens = tokens
         self._clock = clock
-        self._peerChain = peerChain
+        self._peers = peers if peers is not None else PeerCertificates()
 
     def authenticate(self, request):
         return defer.ensureDeferred(self._authenticate(request))
@@ -291,7 +294,7 @@ class DelegatingAuthenticator:
     async def _firstUser(self, request, config):
         """``(method, user, failures)``: the first method yielding a user wins."""
         failures = []
-        chain = self._peerChain(request)
+        chain = self._peers.chain(request)
         if chain:
             for method, attempt in self._certificateMethods(request, chain, config):
                 try:
@@ -324,8 +327,11 @@ class DelegatingAuthenticator:
                 "a client certificate was presented but %s names no CA to verify it "
                 "(keys requestheader-client-ca-file and client-ca-file are empty)" % (WHERE,)))]
         now = self._now()
-        return [("front_proxy", lambda: frontProxyUser(request, chain, config, now)),
-                ("client_cert", lambda: clientCertificateUser(chain, config, now))]
+
+        def verify(chain, roots, now):
+            return self._peers.verify(request, roots, now)
+        return [("front_proxy", lambda: frontProxyUser(request, chain, config, now, verify)),
+                ("client_cert", lambda: clientCertificateUser(chain, config, now, verify))]
 
 
 def _raise(message):

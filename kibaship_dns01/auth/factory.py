@@ -26,7 +26,7 @@ class Auth:
 
 
 def buildAuth(kubeClient, clock, setClientCAs=None, ttl=DEFAULT_TTL,
-              timeout=DEFAULT_REVIEW_TIMEOUT, informerFactory=None):
+              timeout=DEFAULT_REVIEW_TIMEOUT, informerFactory=None, peers=None):
     """Build the watcher, the authenticator and the authorizer.
 
     :param kubeClient: ``IKubernetesClient`` (ConfigMap watch, reviews).
@@ -34,6 +34,7 @@ def buildAuth(kubeClient, clock, setClientCAs=None, ttl=DEFAULT_TTL,
     :param setClientCAs: ``ReloadingServerTLS.setClientCAs``, told of every CA change.
     :param ttl: seconds a token or authorization answer is cached (allow and deny).
     :param timeout: seconds one TokenReview / SubjectAccessReview may take.
+    :param peers: the per-connection client-certificate verifier (tests count with it).
     """
     kw = {} if informerFactory is None else {"informerFactory": informerFactory}
     watcher = AuthConfigWatcher(kubeClient, clock, **kw)
@@ -41,7 +42,7 @@ def buildAuth(kubeClient, clock, setClientCAs=None, ttl=DEFAULT_TTL,
         watcher.addListener(tlsClientCAListener(setClientCAs))
     tokens = TokenReviewAuthenticator(kubeClient, clock, successTTL=ttl, failureTTL=ttl,
                                       timeout=timeout)
-    authenticator = DelegatingAuthenticator(lambda: watcher.current, tokens, clock)
+    authenticator = DelegatingAuthenticator(lambda: watcher.current, tokens, clock, peers=peers)
     authorizer = DelegatingAuthorizer(kubeClient, clock, allowTTL=ttl, denyTTL=ttl,
                                       timeout=timeout)
     return Auth(watcher, authenticator, authorizer)

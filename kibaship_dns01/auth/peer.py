@@ -9,7 +9,19 @@ Over TLS, ``request.channel.transport`` is Twisted's ``TLSMemoryBIOProtocol``
 pyOpenSSL ``Connection``.  On the server side OpenSSL's peer chain omits the
 leaf, so the leaf comes from ``get_peer_certificate()`` and the rest from
 ``get_peer_cert_chain()``.
+
+:class:`PeerCertificates` reads the chain and judges it once per TLS
+connection, as kube-apiserver does, instead of once per request of a
+keep-alive connection (a chain verification costs more than the rest of a
+Present): the verdict is kept per connection *and* per CA bundle, so a CA
+rotated through the authentication ConfigMap is applied to the next request
+even on a connection that is already open, and it is dropped once the
+chain's earliest ``notAfter`` has passed, so an expired certificate is never
+honoured because its connection outlived it.
 """
+import weakref
+
+from kibaship_dns01.auth.x509verify import verifyClientChain
 
 
 def _transports(request):
@@ -32,13 +44,71 @@ def tlsConnection(request):
     return None
 
 
-def peerCertificateChain(request):
-    """The presented chain as ``cryptography`` certificates, leaf first; ``[]`` if none."""
-    connection = tlsConnection(request)
-    if connection is None:
-        return []
+def _readChain(connection):
     leaf = connection.get_peer_certificate(as_cryptography=True)
     if leaf is None:
         return []
     rest = connection.get_peer_cert_chain(as_cryptography=True) or []
     return [leaf] + [cert for cert in rest if cert != leaf]
+
+
+class _Verdict:
+    __slots__ = ("roots", "verified", "notAfter")
+
+    def __init__(self, roots, verified):
+        self.roots = roots
+        self.verified = verified
+        self.notAfter = min(cert.not_valid_after_utc for cert in verified.chain)
+
+
+class _ConnectionState:
+    __slots__ = ("chain", "verdicts", "__weakref__")
+
+    def __init__(self, chain):
+        self.chain = chain
+        self.verdicts = {}
+
+
+class PeerCertificates:
+    """Per-connection client chains and their verification (see the module docstring).
+
+    :param connectionOf: ``request -> connection or None``; the connection is
+        the cache key (held weakly: the cache dies with the connection).
+    :param readChain: ``connection -> [Certificate]``, leaf first.
+    :param verify: ``(chain, roots, now) -> VerifiedChain``, raising
+        ``CertificateVerificationError``; failures are never cached.
+    """
+
+    def __init__(self, connectionOf=tlsConnection, readChain=_readChain,
+                 verify=verifyClientChain):
+        self._connectionOf = connectionOf
+        self._readChain = readChain
+        self._verify = verify
+        self._states = weakref.WeakKeyDictionary()
+
+    def _state(self, request):
+        connection = self._connectionOf(request)
+        if connection is None:
+            return None
+        state = self._states.get(connection)
+        if state is None:
+            state = self._states[connection] = _ConnectionState(self._readChain(connection))
+        return state
+
+    def chain(self, request):
+        """The presented chain (unverified), leaf first; ``[]`` without one."""
+        state = self._state(request)
+        return state.chain if state is not None else []
+
+    def verify(self, request, roots, now):
+        """The request's chain verified against ``roots`` at ``now``, at most once per
+        connection and bundle while the chain is valid."""
+        state = self._state(request)
+        if state is None:
+            return self._verify(self.chain(request), roots, now)
+        verdict = state.verdicts.get(id(roots))
+        if verdict is not None and verdict.roots is roots and now <= verdict.notAfter:
+            return verdict.verified
+        verified = self._verify(state.chain, roots, now)
+        state.verdicts[id(roots)] = _Verdict(roots, verified)
+        return verified

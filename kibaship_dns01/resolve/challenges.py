@@ -4,6 +4,8 @@ import json
 import attr
 from twisted.logger import Logger
 
+from kibaship_dns01.names import bareName
+
 CHALLENGES_PATH = "/apis/acme.cert-manager.io/v1/challenges"
 KEY_INDEX = "key"
 _log = Logger()
@@ -55,9 +57,9 @@ def _strItems(value):
 STATUS_FIELDS = ("state", "reason", "processing", "presented")
 
 
-def _sharedWebhook(webhook):
-    """The webhook solver (group, solver, issuer config) as one shared dict:
-    every Challenge of one issuer carries the same config."""
+def _sharedWebhook(webhook, strategy=None):
+    """The solver (webhook group, name, issuer config; ``cnameStrategy``) as one
+    shared dict: every Challenge of one issuer carries the same."""
     names = _strItems({key: value for key, value in webhook.items()
                        if key in ("groupName", "solverName")})
     config = webhook.get("config")
@@ -67,8 +69,11 @@ def _sharedWebhook(webhook):
         value = dict(names)
         if config is not None:
             value["config"] = config
-        return {"dns01": {"webhook": value}}
-    return _shared(("solver",) + names + (configKey,), make)
+        dns01 = {"webhook": value}
+        if strategy is not None:
+            dns01["cnameStrategy"] = strategy
+        return {"dns01": dns01}
+    return _shared(("solver", strategy) + names + (configKey,), make)
 
 
 def _statusWrittenAt(meta):
@@ -115,10 +120,12 @@ def trimChallenge(obj):
     if isinstance(spec.get("issuerRef"), dict):
         items = _strItems(spec["issuerRef"])
         trimmedSpec["issuerRef"] = _shared(("issuerRef",) + items, lambda: dict(items))
+    strategy = _get(spec, "solver", "dns01", "cnameStrategy")
+    strategy = strategy if isinstance(strategy, str) else None
     out = {"metadata": trimmed, "spec": trimmedSpec}
     webhook = _get(spec, "solver", "dns01", "webhook")
     if isinstance(webhook, dict):
-        trimmedSpec["solver"] = _sharedWebhook(webhook)
+        trimmedSpec["solver"] = _sharedWebhook(webhook, strategy)
         if "creationTimestamp" in meta:
             trimmed["creationTimestamp"] = meta["creationTimestamp"]
         status = _trimStatus(obj, meta)
@@ -127,15 +134,16 @@ def trimChallenge(obj):
     return out
 
 
+def followsCNAME(challenge):
+    """Whether cert-manager follows CNAMEs for this Challenge (``cnameStrategy: Follow``):
+    only then may a request's ``resolvedFQDN`` differ from ``_acme-challenge.<dnsName>``."""
+    return _get(challenge, "spec", "solver", "dns01", "cnameStrategy") == "Follow"
+
+
 def challengeKeys(obj):
     """The ``key`` index function: a Challenge is found by its ``spec.key``."""
     key = _get(obj, "spec", "key")
     return [key] if isinstance(key, str) and key else []
-
-
-def normalizeDNSName(name):
-    """cert-manager sends ``dnsName`` as stored; compare case- and dot-insensitively."""
-    return (name or "").rstrip(".").lower()
 
 
 @attr.s(frozen=True, slots=True, auto_attribs=True)
@@ -159,7 +167,7 @@ class ChallengeQuery:
         webhook = _get(spec, "solver", "dns01", "webhook") or {}
         issuerKind = _get(spec, "issuerRef", "kind") or "Issuer"
         return (spec.get("key") == self.key
-                and normalizeDNSName(spec.get("dnsName")) == normalizeDNSName(self.dnsName)
+                and bareName(spec.get("dnsName") or "") == bareName(self.dnsName)
                 and webhook.get("groupName") == self.groupName
                 and webhook.get("solverName") == self.solverName
                 and (issuerKind != "Issuer"

@@ -5,7 +5,7 @@ from kibaship_dns01.kube import errors
 from kibaship_dns01.project import (
     PROJECT_LABEL, InvalidProjectLabel, IssuerRef, ProjectLabels, hasProjectLabel, isProjectUUID,
     parseProjectLabels, withLabels)
-from kibaship_dns01.resolve.challenges import _challengeRef, _get, describe
+from kibaship_dns01.resolve.challenges import _challengeRef, _get, describe, followsCNAME
 from kibaship_dns01.resolve.errors import (
     _DEFAULT_HINT, _MISSING_LABEL_HINT, ChallengeGone, ResolutionError, TransientResolutionError)
 
@@ -109,6 +109,8 @@ class Chain:
     certificateName: object
     issuerRef: IssuerRef
     wildcard: bool
+    #: ``cnameStrategy: Follow`` on the Challenge's solver
+    followsCNAME: bool
     #: the object whose labels count, e.g. ``Certificate certificates/ad-x``
     labelsFrom: str
     #: its validated labels
@@ -145,7 +147,8 @@ class Chain:
                 challengeUID=self.challengeUID, orderName=self.orderName,
                 certificateNamespace=self.certificateNamespace,
                 certificateName=self.certificateName, issuerRef=self.issuerRef,
-                wildcard=self.wildcard, certificateRevision=self.certificateRevision)
+                wildcard=self.wildcard, followsCNAME=self.followsCNAME,
+                certificateRevision=self.certificateRevision)
         except ValueError:
             raise ResolutionError(
                 "%s has no label %s; %s (%s)"
@@ -208,8 +211,8 @@ class ChainWalker:
             challengeNamespace=meta["namespace"], challengeName=meta["name"],
             challengeUID=meta.get("uid") or "", orderName=orderName,
             certificateName=certificateName, issuerRef=IssuerRef.fromSpec(spec.get("issuerRef")),
-            wildcard=bool(spec.get("wildcard")), labelsFrom=labelsFrom, project=project,
-            certificateRevision=revision)
+            wildcard=bool(spec.get("wildcard")), followsCNAME=followsCNAME(challenge),
+            labelsFrom=labelsFrom, project=project, certificateRevision=revision)
 
     async def _fetch(self, challenge, child, hop):
         """GET the next object; a deleted or replaced owner means the chain is gone."""

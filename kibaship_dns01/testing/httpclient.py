@@ -1,7 +1,8 @@
 """A small HTTPS client for tests: talks to the daemon as the kube-aggregator does.
 
 Trusts a given CA (never "verify nothing"), optionally presents a client
-certificate, uses a non-persistent pool so trial sees a clean reactor.
+certificate; one-off requests use a non-persistent pool so trial sees a clean
+reactor, a :class:`Session` keeps one connection alive for many.
 """
 import attr
 import treq
@@ -46,13 +47,38 @@ class _Policy:
         return _clientOptions(hostname.decode("ascii"), self.caPEM, self.clientPair)
 
 
+class Session:
+    """Requests over one kept-alive connection, as the kube-aggregator sends them.
+
+    ``close()`` (a Deferred) drops the connection; tests call it at cleanup so
+    trial sees a clean reactor.
+    """
+
+    def __init__(self, reactor, caPEM=None, clientPair=None):
+        self.reactor = reactor
+        self.pool = HTTPConnectionPool(reactor, persistent=True)
+        self.pool.maxPersistentPerHost = 1
+        self.agent = Agent(reactor, contextFactory=_Policy(caPEM, clientPair), pool=self.pool)
+
+    def request(self, method, url, **kw):
+        return _send(self.agent, method, url, **kw)
+
+    def close(self):
+        return self.pool.closeCachedConnections()
+
+
 async def request(reactor, method, url, caPEM=None, clientPair=None, headers=None, body=None,
                   timeout=10):
-    """One request; returns :class:`Response`.  ``body`` may be bytes or a dict (JSON)."""
-    if isinstance(method, bytes):
-        method = method.decode("ascii")
+    """One request on a connection of its own; returns :class:`Response`.  ``body`` may
+    be bytes or a dict (JSON)."""
     pool = HTTPConnectionPool(reactor, persistent=False)
     agent = Agent(reactor, contextFactory=_Policy(caPEM, clientPair), pool=pool)
+    return await _send(agent, method, url, headers=headers, body=body, timeout=timeout)
+
+
+async def _send(agent, method, url, headers=None, body=None, timeout=10):
+    if isinstance(method, bytes):
+        method = method.decode("ascii")
     kw = {"headers": headers or {}}
     if isinstance(body, dict):
         kw["json"] = body

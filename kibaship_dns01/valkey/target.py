@@ -21,8 +21,12 @@ Only if that fresh password is also rejected does the append fail with
 (e.g. ``"Secret valkey/kibaship-valkey key password"``); it appears in error
 messages and keeps two targets that differ only in their Secret apart.
 """
+import ipaddress
+
 import attr
 from twisted.internet import defer
+
+from kibaship_dns01.names import dnsNameProblem
 
 #: The ACL rules a Valkey user needs for the publisher: SPEC §9's list plus
 #: what the append script calls (the progress mark: HSET/HGET/PEXPIRE, read
@@ -44,7 +48,18 @@ def parseAddress(text):
         host = host[1:-1]
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ValueError("Valkey address %r is not host:port (e.g. valkey.ns.svc:6379)" % (text,))
+    if not _isIP(host) and dnsNameProblem(host):
+        raise ValueError("Valkey address %r: host %r is neither an IP address nor a DNS name (%s)"
+                         % (text, host, dnsNameProblem(host)))
     return host, int(port)
+
+
+def _isIP(host):
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def formatAddress(address):
