@@ -13,6 +13,8 @@ For the same reason the operator's default Secret is only ever sent to the
 operator's default Valkey address: an issuer that sets its own ``addr``
 without a ``passwordSecretRef`` connects without a password.
 """
+import collections
+import json
 import re
 
 import attr
@@ -227,3 +229,34 @@ def parseIssuerConfig(config, resourceNamespace, defaults=Defaults()):
     return IssuerConfig(
         valkey=_valkey(config.get("valkey", {}), resourceNamespace, defaults),
         uiHints=_uiHints(config.get("uiHints", {})), defaultProjectUUID=project, ttl=ttl)
+
+
+class SeenIssuerConfigs:
+    """Issuer configs that arrived in requests from cert-manager, with their
+    ``resourceNamespace`` (bounded, least recently seen forgotten first).
+
+    A request reaches the solver only after authentication and authorization,
+    so its config is the issuer's.  A Challenge object is weaker evidence: a
+    namespace editor may create one, naming a ClusterIssuer (whose Secrets
+    live in cert-manager's namespace) and an address of their choosing.  The
+    progress events therefore use the Secrets a ClusterIssuer Challenge's
+    config names only once a request carried that same config.
+    """
+
+    def __init__(self, maxEntries=1024):
+        self._max = maxEntries
+        self._seen = collections.OrderedDict()
+
+    @staticmethod
+    def _key(config, resourceNamespace):
+        return (json.dumps(config, sort_keys=True), resourceNamespace)
+
+    def add(self, config, resourceNamespace):
+        key = self._key(config, resourceNamespace)
+        self._seen[key] = True
+        self._seen.move_to_end(key)
+        while len(self._seen) > self._max:
+            self._seen.popitem(last=False)
+
+    def __contains__(self, pair):
+        return self._key(*pair) in self._seen

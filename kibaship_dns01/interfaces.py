@@ -68,10 +68,20 @@ class IStreamPublisher(Interface):
         :return: Deferred firing the stream entry id (``str``).
         """
 
-    def appendEvent(target, projectUUID, fields, idempotencyKey, sequenceField=None):
+    def appendEvent(target, projectUUID, fields, idempotencyKey, sequenceField=None, mark=None,
+                    window=None):
         """Like :meth:`append`, firing an ``AppendResult`` (entry id, sequence,
-        whether it was a duplicate).  ``sequenceField`` names the field whose
-        value carries the sequence placeholder the server replaces."""
+        whether it was a duplicate or skipped).  ``sequenceField`` names the
+        field whose value carries the sequence placeholder the server
+        replaces; ``mark`` (a ``MarkOp``) sets or requires a field of the
+        Certificate's mark hash in the same atomic step; ``window`` overrides
+        the target's idempotency window (seconds)."""
+
+    def readFields(target, projectUUID, key, fields):
+        """Read ``fields`` of the hash ``key`` (a key of the project's hash tag).
+
+        :return: Deferred firing a list of ``str`` or ``None``, one per field.
+        """
 
     def check(target):
         """A cheap health check of ``target``. :return: Deferred firing ``None``."""

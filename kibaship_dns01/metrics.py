@@ -57,7 +57,7 @@ API_REQUESTS = Counter(
 # --- Valkey ----------------------------------------------------------------
 VALKEY_APPENDS = Counter(
     "kibaship_dns01_valkey_appends_total",
-    "Idempotent stream appends, by result (appended, duplicate, failed).",
+    "Idempotent stream appends, by result (appended, duplicate, skipped, failed).",
     ["result"], registry=REGISTRY)
 VALKEY_REDIRECTS = Counter(
     "kibaship_dns01_valkey_redirects_total", "Cluster redirections followed, by kind (moved, ask).",
@@ -72,6 +72,28 @@ VALKEY_ERRORS = Counter(
 VALKEY_LATENCY = Histogram(
     "kibaship_dns01_valkey_append_duration_seconds", "Time for one idempotent append.",
     buckets=_LATENCY_BUCKETS, registry=REGISTRY)
+
+# --- progress events ---------------------------------------------------------
+_PROGRESS_BUCKETS = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 43200, 86400,
+                     259200, 604800)
+PROGRESS_EVENTS = Counter(
+    "kibaship_dns01_progress_events_total",
+    "Progress events appended by this replica (duplicates not counted), by operation (status,"
+    " issued, failed) and phase (the status phase; the operation for issued/failed).",
+    ["operation", "phase"], registry=REGISTRY)
+PROGRESS_SKIPPED = Counter(
+    "kibaship_dns01_progress_skipped_total",
+    "Challenges and Certificates that get no progress events, by reason (other_solver,"
+    " unresolved, no_present, secret, not_ours, label_invalid ...), counted once each.",
+    ["reason"], registry=REGISTRY)
+PRESENT_TO_VERIFIED = Histogram(
+    "kibaship_dns01_present_to_verified_seconds",
+    "From the Present of a challenge to cert-manager reporting it valid (verified).",
+    buckets=_PROGRESS_BUCKETS, registry=REGISTRY)
+PRESENT_TO_ISSUED = Histogram(
+    "kibaship_dns01_present_to_issued_seconds",
+    "From the last Present of a Certificate revision to the Certificate Ready with it.",
+    buckets=_PROGRESS_BUCKETS, registry=REGISTRY)
 
 # --- caches ----------------------------------------------------------------
 CACHE_OBJECTS = Gauge(

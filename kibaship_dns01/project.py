@@ -167,6 +167,9 @@ class ProjectContext:
     slug: object = None
     displayName: object = None
     projectFromDefault: bool = False
+    #: the Certificate revision this challenge's issuance will produce
+    #: (``cert-manager.io/certificate-revision``), when known
+    certificateRevision: object = None
     #: the Challenge's solver has ``cnameStrategy: Follow`` (see ``ChallengeRequest.delegated``)
     followsCNAME: bool = False
 

@@ -22,10 +22,11 @@ from kibaship_dns01.api.lifecycle import DEFAULT_GRACE_PERIOD, DEFAULT_SHUTDOWN_
 from kibaship_dns01.api.site import APIResource, APISite
 from kibaship_dns01.api.tls import ReloadingServerTLS
 from kibaship_dns01.auth.factory import buildAuth
-from kibaship_dns01.config import Defaults
+from kibaship_dns01.config import Defaults, SeenIssuerConfigs
 from kibaship_dns01.credentials import SecretReader
 from kibaship_dns01.kube.client import KubeClient
 from kibaship_dns01.logs import buildObserver
+from kibaship_dns01.progress.service import ProgressService
 from kibaship_dns01.resolve import ChallengeResolver
 from kibaship_dns01.solver import Solver, TargetFactory
 from kibaship_dns01.valkey.publisher import ValkeyPublisher
@@ -215,11 +216,29 @@ class KubeClientService(service.Service):
         return self.client.close()
 
 
-def buildSolver(settings, client, resolver, publisher, clock):
+def buildTargets(settings, client, clock):
+    """Issuer Valkey settings -> targets, with Secrets read through ``client``."""
+    return TargetFactory(SecretReader(client, clock), settings.idempotencyWindow)
+
+
+def buildSolver(settings, client, resolver, publisher, clock, targets=None, seenConfigs=None):
     """The real solver over the given Kubernetes client, resolver and publisher."""
-    targets = TargetFactory(SecretReader(client, clock), settings.idempotencyWindow)
+    targets = targets or buildTargets(settings, client, clock)
     return Solver(resolver, publisher, targets, clock, Defaults.fromSettings(settings),
-                  dryRun=settings.dryRun)
+                  dryRun=settings.dryRun,
+                  markSeconds=settings.progressWindow if settings.progressEvents else None,
+                  seenConfigs=seenConfigs)
+
+
+def buildProgress(settings, client, resolver, publisher, clock, targets, seenConfigs):
+    """The progress events (status/issued/failed), or ``None`` when turned off or dry."""
+    if not settings.progressEvents or settings.dryRun:
+        return None
+    return ProgressService(client, resolver, publisher, targets, clock,
+                           Defaults.fromSettings(settings), seenConfigs=seenConfigs,
+                           clusterResourceNamespace=settings.clusterResourceNamespace,
+                           window=settings.progressWindow,
+                           refreshInterval=settings.progressRefreshInterval)
 
 
 def buildService(settings, reactor, kubeConfig, stdout=None):
@@ -227,7 +246,7 @@ def buildService(settings, reactor, kubeConfig, stdout=None):
 
     Children start in this order (and stop in reverse): API client, the
     authentication ConfigMap watcher, the Challenge cache, the Valkey
-    publisher, then the listeners, so nothing is served before its
+    publisher, the progress events (Certificate cache), then the listeners, so nothing is served before its
     dependencies exist; ``/readyz`` says when the caches have loaded.
     """
     import sys
@@ -244,7 +263,12 @@ def buildService(settings, reactor, kubeConfig, stdout=None):
     resolver.setServiceParent(root)
     publisher = ValkeyPublisher(reactor)
     publisher.setServiceParent(root)
-    solver = buildSolver(settings, client, resolver, publisher, reactor)
+    targets, seenConfigs = buildTargets(settings, client, reactor), SeenIssuerConfigs()
+    solver = buildSolver(settings, client, resolver, publisher, reactor, targets, seenConfigs)
+    progress = buildProgress(settings, client, resolver, publisher, reactor, targets,
+                             seenConfigs)
+    if progress is not None:
+        progress.setServiceParent(root)
     site = buildAPISite(settings, tls, solver, reactor, authenticator=auth.authenticator,
                         authorizer=auth.authorizer, readiness=[auth.watcher, resolver])
     TLSSiteService(_endpoint(reactor, settings.bindAddress, settings.securePort), site, tls,

@@ -20,7 +20,7 @@ from kibaship_dns01 import metrics
 from kibaship_dns01.challenge import PRESENT, SolverError
 from kibaship_dns01.config import ConfigError, Defaults, parseIssuerConfig
 from kibaship_dns01.credentials import SecretError
-from kibaship_dns01.events import SEQUENCE_FIELD, buildEvent, withSequence
+from kibaship_dns01.events import SEQUENCE_FIELD, buildEvent, presentMark, withSequence
 from kibaship_dns01.interfaces import ISolver
 from kibaship_dns01.names import challengeFQDN
 from kibaship_dns01.resolve import ResolutionError
@@ -99,7 +99,14 @@ class _Unresolved(Exception):
 class Solver:
     """The real solver: publishes the challenge's DNS instructions to the project stream."""
 
-    def __init__(self, resolver, publisher, targets, clock, defaults=Defaults(), dryRun=False):
+    def __init__(self, resolver, publisher, targets, clock, defaults=Defaults(), dryRun=False,
+                 markSeconds=None, seenConfigs=None):
+        """:param markSeconds: with progress events on, a Present also writes the
+        Certificate's mark (kept this long) that they read; ``None``: no mark.
+        :param seenConfigs: a :class:`~kibaship_dns01.config.SeenIssuerConfigs`
+        told every valid issuer config a request carried."""
+        self._markSeconds = markSeconds
+        self._seenConfigs = seenConfigs
         self._resolver = resolver
         self._publisher = publisher
         self._targets = targets
@@ -140,7 +147,8 @@ class Solver:
         config = self._config(request, cleanup)
         context = await self._resolve(request, config, cleanup)
         self._checkRecordName(request, context)
-        event = buildEvent(request, context, config, self._now())
+        now = self._now()
+        event = buildEvent(request, context, config, now)
         stream = streamKey(context.projectUUID)
         record.update(challenge_id=event.challengeID, project_uuid=context.projectUUID,
                       stream=stream, certificate=f"{context.certificateNamespace}/"
@@ -148,18 +156,23 @@ class Solver:
         if self._dryRun:
             record.update(event=withSequence(event.fields, 0))
             return "dry_run"
-        result = await self._append(request, config, context, event, stream, cleanup)
+        mark = (presentMark(event, context, now, self._markSeconds)
+                if self._markSeconds and not cleanup else None)
+        result = await self._append(request, config, context, event, stream, cleanup, mark)
         record.update(entry_id=result.entryId, sequence=result.sequence,
                       duplicate=result.duplicate)
         return "success"
 
     def _config(self, request, cleanup):
         try:
-            return parseIssuerConfig(request.config, request.resourceNamespace, self._defaults)
+            config = parseIssuerConfig(request.config, request.resourceNamespace, self._defaults)
         except ConfigError as e:
             if cleanup:
                 raise _Unresolved("config", str(e))
             raise SolverError(f"invalid issuer webhook config: {e}", reason="config")
+        if self._seenConfigs is not None:
+            self._seenConfigs.add(request.config, request.resourceNamespace)
+        return config
 
     async def _resolve(self, request, config, cleanup):
         try:
@@ -186,12 +199,12 @@ class Solver:
                     request.resolvedFQDN, challengeFQDN(request.dnsName),
                     context.challengeNamespace, context.challengeName), reason="fqdn_mismatch")
 
-    async def _append(self, request, config, context, event, stream, cleanup):
+    async def _append(self, request, config, context, event, stream, cleanup, mark):
         try:
             target = await self._targets.target(config.valkey)
             return await self._publisher.appendEvent(
                 target, context.projectUUID, event.fields, event.idempotencyKey,
-                sequenceField=SEQUENCE_FIELD)
+                sequenceField=SEQUENCE_FIELD, mark=mark)
         except SecretError as e:
             if cleanup and not e.transient:
                 raise _Unresolved("secret", e.message)

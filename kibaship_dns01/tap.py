@@ -54,6 +54,10 @@ class Settings:
     valkeyReadTimeout: float
     valkeyMinReplicas: int
     idempotencyWindow: float
+    progressEvents: bool = True
+    progressRefreshInterval: float = 0.0
+    progressWindow: float = 8 * 86400.0
+    clusterResourceNamespace: str = "cert-manager"
 
 
 def _port(flag, value, allowZero=False):
@@ -84,6 +88,24 @@ def _duration(flag, value, allowZero=False):
     if seconds < 0 or (seconds == 0 and not allowZero):
         raise usage.UsageError(f"--{flag}: must be greater than zero, got {value!r}")
     return seconds
+
+
+def _optionalDuration(flag, value, minimum=0.0):
+    """A duration where ``0`` means off; otherwise at least ``minimum`` seconds."""
+    try:
+        seconds = parseDuration(value)
+    except ValueError as e:
+        raise usage.UsageError(f"--{flag}: {e}")
+    if seconds < 0 or 0 < seconds < minimum:
+        raise usage.UsageError(f"--{flag}: must be 0 (off) or at least {minimum:g}s, "
+                               f"got {value!r}")
+    return seconds
+
+
+def _switch(flag, value):
+    if value not in ("on", "off"):
+        raise usage.UsageError(f"--{flag}: {value!r} is not on or off")
+    return value == "on"
 
 
 def _address(flag, value):
@@ -190,6 +212,16 @@ FLAGS = (
        _integer),
     _f("idempotency-window", "24h", "how long a retried Present/CleanUp is recognised",
        "idempotencyWindow", _duration),
+    _f("progress-events", "on", "on or off: status/issued/failed events on the project streams"
+       " while cert-manager works on a challenge (docs/events.md)", "progressEvents", _switch),
+    _f("progress-refresh-interval", "0", "0 (off) or how often a challenge still in the same"
+       " phase gets a reminder status event (at most 24 per phase)", "progressRefreshInterval",
+       _optionalDuration, minimum=60.0),
+    _f("progress-window", "192h", "how long a progress transition is recognised (its"
+       " idempotency record) and a Present's mark is kept", "progressWindow", _duration),
+    _f("cluster-resource-namespace", "cert-manager", "cert-manager's --cluster-resource-namespace"
+       ": where Secrets named by a ClusterIssuer's webhook config are read for progress events",
+       "clusterResourceNamespace", _dnsName),
 )
 
 

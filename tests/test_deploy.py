@@ -588,8 +588,10 @@ class DocumentationTests(SynchronousTestCase):
     def test_sampleEntriesValidate(self):
         from kibaship_dns01.events import challengeID
 
-        self.assertEqual(sorted(self.samples), ["cleanup-entry", "cleanup-event-data",
-                                                "present-entry", "present-event-data"])
+        self.assertEqual(sorted(self.samples), sorted(
+            "%s-%s" % (operation, part) for operation in ("present", "cleanup", "status",
+                                                          "issued", "failed")
+            for part in ("entry", "event-data")))
         eventData = {"$schema": self.schema["$schema"], "$defs": self.schema["$defs"],
                      "$ref": "#/$defs/eventData"}
         for operation in ("present", "cleanup"):
@@ -603,6 +605,24 @@ class DocumentationTests(SynchronousTestCase):
             self.assertEqual(entry["sequence"], str(data["metadata"]["sequence_number"]))
             self.assertEqual(payload["challenge_id"], challengeID(
                 payload["namespace"], payload["certificate"], payload["fqdn"], payload["txt"]))
+
+    def test_progressSamplesValidate(self):
+        from kibaship_dns01.events import certificateID
+        from kibaship_dns01.testing.eventschema import validateEntry
+
+        present = self.samples["present-event-data"]["payload"]
+        for operation in ("status", "issued", "failed"):
+            entry = self.samples[f"{operation}-entry"]
+            data = validateEntry(entry)
+            self.assertEqual(data, self.samples[f"{operation}-event-data"])
+            self.assertEqual((entry["operation"], data["payload"]["type"]),
+                             (operation, operation))
+        status = self.samples["status-event-data"]["payload"]
+        self.assertEqual((status["challenge_id"], status["record"]),
+                         (present["challenge_id"], present["record"]))
+        issued = self.samples["issued-event-data"]["payload"]
+        self.assertEqual(issued["certificate_id"],
+                         certificateID(issued["namespace"], issued["certificate"]))
 
     def test_schemaRejectsBrokenSample(self):
         entry = dict(self.samples["present-entry"], operation="presented")

@@ -351,25 +351,37 @@ class FindChallengeTests(ResolverCase):
         self.assertEqual([c.verb for c in self.calls()], ["list", "get"])
 
     def test_trimChallenge(self):
-        chain = buildChain(config={"valkey": {"addr": "x:6379"}, "uiHints": {"a": "b" * 1000}})
+        config = {"valkey": {"addr": "x:6379"}, "uiHints": {"a": "b" * 1000}}
+        chain = buildChain(config=config)
         challenge = chain.challenges[0]
+        challenge["metadata"]["managedFields"] = [
+            {"manager": "cert-manager-challenges", "operation": "Update",
+             "time": "2024-05-01T10:00:00Z", "fieldsV1": {"f:spec": {}}},
+            {"manager": "cert-manager-challenges", "operation": "Update", "subresource": "status",
+             "time": "2024-05-01T10:00:05Z", "fieldsV1": {"f:status": {}}}]
+        challenge["status"]["reason"] = "Waiting for DNS-01 challenge propagation"
         trimmed = trimChallenge(challenge)
-        self.assertEqual(set(trimmed), {"metadata", "spec"})
-        self.assertEqual(trimmed["spec"]["solver"],
-                         {"dns01": {"webhook": {"groupName": GROUP, "solverName": SOLVER}}})
+        self.assertEqual(set(trimmed), {"metadata", "spec", "status"})
+        self.assertEqual(trimmed["spec"]["solver"], {"dns01": {"webhook": {
+            "groupName": GROUP, "solverName": SOLVER, "config": config}}})
         self.assertEqual(set(trimmed["spec"]), {"key", "dnsName", "wildcard", "issuerRef",
                                                 "solver"})
+        self.assertEqual(trimmed["status"], {
+            "state": "pending", "reason": "Waiting for DNS-01 challenge propagation",
+            "processing": True, "presented": False, "writtenAt": "2024-05-01T10:00:05Z"})
         owner = challenge["metadata"]["ownerReferences"][0]
         self.assertEqual(trimmed["metadata"]["ownerReferences"], [
             {key: owner[key] for key in ("apiVersion", "kind", "name", "uid", "controller")}])
         self.assertEqual(trimmed["spec"]["issuerRef"], challenge["spec"]["issuerRef"])
-        other = trimChallenge(buildChain(namespace="x").challenges[0])
+        # Challenges of one issuer share one copy of its config
+        other = trimChallenge(buildChain(namespace="x", config=dict(config)).challenges[0])
         self.assertIs(other["spec"]["issuerRef"], trimmed["spec"]["issuerRef"])
         self.assertIs(other["spec"]["solver"], trimmed["spec"]["solver"])
         self.assertNotIn("finalizers", trimmed["metadata"])
-        self.start(chain)
-        cached = self.resolver.informer.get("certificates", challenge["metadata"]["name"])
-        self.assertNotIn("config", cached["spec"]["solver"]["dns01"]["webhook"])
+        self.assertNotIn("managedFields", trimmed["metadata"])
+        # a Challenge of another kind of solver keeps neither status nor config
+        http = dict(challenge, spec=dict(challenge["spec"], solver={"http01": {"ingress": {}}}))
+        self.assertEqual(set(trimChallenge(http)), {"metadata", "spec"})
 
 
 class OwnerChainTests(ResolverCase):

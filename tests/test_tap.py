@@ -45,6 +45,15 @@ class OptionsTests(SynchronousTestCase):
                           s.valkeyReadTimeout, s.bindAddress),
                          (9443, "acme.example.org", "other", True, "text", 1.5, "::1"))
 
+    def test_progressFlags(self):
+        s = self.parse()
+        self.assertEqual((s.progressEvents, s.progressRefreshInterval, s.progressWindow,
+                          s.clusterResourceNamespace), (True, 0.0, 8 * 86400.0, "cert-manager"))
+        s = self.parse("--progress-events", "off", "--progress-refresh-interval", "10m",
+                       "--progress-window", "48h", "--cluster-resource-namespace", "cm")
+        self.assertEqual((s.progressEvents, s.progressRefreshInterval, s.progressWindow,
+                          s.clusterResourceNamespace), (False, 600.0, 48 * 3600.0, "cm"))
+
     def test_environmentSuppliesDefaultsAndFlagsWin(self):
         env = dict(os.environ, KIBASHIP_DNS01_SECURE_PORT="7443",
                    KIBASHIP_DNS01_LOG_LEVEL="debug", KIBASHIP_DNS01_DRY_RUN="true")
@@ -69,6 +78,11 @@ class OptionsTests(SynchronousTestCase):
             (["--valkey-min-replicas", "-2"], "--valkey-min-replicas"),
             (["--max-body-bytes", "10"], "--max-body-bytes"),
             (["--kubeconfig", "/nonexistent/kubeconfig"], "--kubeconfig"),
+            (["--progress-events", "yes"], "--progress-events"),
+            (["--progress-refresh-interval", "30s"], "--progress-refresh-interval"),
+            (["--progress-refresh-interval", "later"], "--progress-refresh-interval"),
+            (["--progress-window", "0"], "--progress-window"),
+            (["--cluster-resource-namespace", "Bad_NS"], "--cluster-resource-namespace"),
         ]
         for args, flag in cases:
             e = self.assertRaises(usage.UsageError, self.parse, *args)

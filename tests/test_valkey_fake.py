@@ -13,6 +13,7 @@ from kibaship_dns01.testing.valkeycluster import streamEntries
 from tests.valkeysupport import SharedClusterCase
 from kibaship_dns01.valkey import (
     SEQUENCE_TOKEN, AppendResult, ValkeyUnavailable, streamKey)
+from kibaship_dns01.valkey.script import MarkOp, markKey
 
 
 def eventData(note="x"):
@@ -112,6 +113,48 @@ class PublisherContractMixin:
     @defer.inlineCallbacks
     def test_check(self):
         self.assertIsNone((yield self.publisher.check(self.target)))
+
+    @defer.inlineCallbacks
+    def test_markSetWithAFreshAppendOnly(self):
+        """The mark is written atomically with a fresh append, never by a duplicate."""
+        p = self.project()
+        key = markKey(p, "certificates", "ad-x")
+        yield self.publisher.appendEvent(self.target, p, {"a": "1"}, "present",
+                                         mark=MarkOp.set(key, {"revision": "1", "ch:u": "x"}, 60))
+        again = yield self.publisher.appendEvent(
+            self.target, p, {"a": "1"}, "present", mark=MarkOp.set(key, {"revision": "9"}, 60))
+        self.assertTrue(again.duplicate)
+        values = yield self.publisher.readFields(self.target, p, key, ["revision", "ch:u", "no"])
+        self.assertEqual(values, ["1", "x", None])
+
+    @defer.inlineCallbacks
+    def test_requireMarkSkipsWithoutAppending(self):
+        p = self.project()
+        key = markKey(p, "certificates", "ad-x")
+        skipped = yield self.publisher.appendEvent(
+            self.target, p, {"a": "1"}, "issued", mark=MarkOp.require(key, "revision", "1"))
+        self.assertEqual((skipped.skipped, skipped.duplicate, skipped.sequence), (True, False, 0))
+        yield self.publisher.appendEvent(self.target, p, {"p": "1"}, "present",
+                                         mark=MarkOp.set(key, {"revision": "1"}, 60))
+        wrong = yield self.publisher.appendEvent(
+            self.target, p, {"a": "1"}, "issued", mark=MarkOp.require(key, "revision", "2"))
+        self.assertTrue(wrong.skipped)
+        landed = yield self.publisher.appendEvent(
+            self.target, p, {"a": "1"}, "issued", mark=MarkOp.require(key, "revision", "1"),
+            window=600)
+        self.assertEqual((landed.skipped, landed.sequence), (False, 2))
+        self.assertEqual([f for _, f in (yield self.readStream(p))],
+                         [{"p": "1", "sequence": "1"}, {"a": "1", "sequence": "2"}])
+
+    @defer.inlineCallbacks
+    def test_markOfAnotherProjectRefused(self):
+        p = self.project()
+        yield self.assertFailure(self.publisher.appendEvent(
+            self.target, p, {"a": "1"}, "k",
+            mark=MarkOp.set(markKey(self.project(), "n", "c"), {"f": "v"}, 60)), ValueError)
+        yield self.assertFailure(self.publisher.readFields(
+            self.target, p, markKey(self.project(), "n", "c"), ["f"]), ValueError)
+        self.assertEqual((yield self.readStream(p)), [])
 
 
 class FakeContractTests(PublisherContractMixin, TestCase):

@@ -1,4 +1,6 @@
 """Challenge objects: the trimmed cache form, the ``spec.key`` index, matching a request."""
+import json
+
 import attr
 from twisted.logger import Logger
 
@@ -51,13 +53,58 @@ def _strItems(value):
                         if isinstance(k, str) and isinstance(v, str)))
 
 
-def trimChallenge(obj):
-    """Keep only the fields the resolver reads, sharing what Challenges share.
+#: what cert-manager reports in a Challenge's status and the progress events read
+STATUS_FIELDS = ("state", "reason", "processing", "presented")
 
-    A Challenge carries the issuer's whole webhook ``config`` and a status;
-    the trimmed form keeps the identity, the controller ownerReference, and
-    the ``spec`` fields matched on (about 1.3 KiB each in CPython, see
-    ``bench/bench_resolve.py``).
+
+def _sharedWebhook(webhook, strategy=None):
+    """The solver (webhook group, name, issuer config; ``cnameStrategy``) as one
+    shared dict: every Challenge of one issuer carries the same."""
+    names = _strItems({key: value for key, value in webhook.items()
+                       if key in ("groupName", "solverName")})
+    config = webhook.get("config")
+    configKey = json.dumps(config, sort_keys=True) if config is not None else None
+
+    def make():
+        value = dict(names)
+        if config is not None:
+            value["config"] = config
+        dns01 = {"webhook": value}
+        if strategy is not None:
+            dns01["cnameStrategy"] = strategy
+        return {"dns01": dns01}
+    return _shared(("solver", strategy) + names + (configKey,), make)
+
+
+def _statusWrittenAt(meta):
+    """When cert-manager last wrote the status: the newest ``managedFields``
+    entry for the ``status`` subresource (the API server records it)."""
+    times = [entry.get("time") for entry in meta.get("managedFields") or ()
+             if isinstance(entry, dict) and entry.get("subresource") == "status"
+             and isinstance(entry.get("time"), str)]
+    return max(times) if times else None
+
+
+def _trimStatus(obj, meta):
+    status = obj.get("status") or {}
+    kept = {key: status[key] for key in STATUS_FIELDS if key in status}
+    if "state" in kept:
+        kept["state"] = _sharedStr(kept["state"])
+    written = _statusWrittenAt(meta)
+    if written:
+        kept["writtenAt"] = written
+    return kept
+
+
+def trimChallenge(obj):
+    """Keep only the fields the resolver and the progress events read.
+
+    A Challenge carries managedFields and a long spec; the trimmed form keeps
+    the identity, the controller ownerReference, the ``spec`` fields matched
+    on and, for DNS01 webhook Challenges, the webhook's issuer config (one
+    shared copy per issuer), ``creationTimestamp`` and the status
+    (``state``, ``reason``, ``processing``, ``presented`` and when it was
+    written).  See ``bench/bench_progress.py`` for the bytes per Challenge.
     """
     meta = obj.get("metadata") or {}
     spec = obj.get("spec") or {}
@@ -73,22 +120,18 @@ def trimChallenge(obj):
     if isinstance(spec.get("issuerRef"), dict):
         items = _strItems(spec["issuerRef"])
         trimmedSpec["issuerRef"] = _shared(("issuerRef",) + items, lambda: dict(items))
-    webhook = _strItems({key: value for key, value in (
-        _get(spec, "solver", "dns01", "webhook") or {}).items()
-        if key in ("groupName", "solverName")})
     strategy = _get(spec, "solver", "dns01", "cnameStrategy")
     strategy = strategy if isinstance(strategy, str) else None
-    if webhook:
-        trimmedSpec["solver"] = _shared(("solver", strategy) + webhook,
-                                        lambda: _trimmedSolver(webhook, strategy))
-    return {"metadata": trimmed, "spec": trimmedSpec}
-
-
-def _trimmedSolver(webhook, strategy):
-    dns01 = {"webhook": dict(webhook)}
-    if strategy is not None:
-        dns01["cnameStrategy"] = strategy
-    return {"dns01": dns01}
+    out = {"metadata": trimmed, "spec": trimmedSpec}
+    webhook = _get(spec, "solver", "dns01", "webhook")
+    if isinstance(webhook, dict):
+        trimmedSpec["solver"] = _sharedWebhook(webhook, strategy)
+        if "creationTimestamp" in meta:
+            trimmed["creationTimestamp"] = meta["creationTimestamp"]
+        status = _trimStatus(obj, meta)
+        if status:
+            out["status"] = status
+    return out
 
 
 def followsCNAME(challenge):

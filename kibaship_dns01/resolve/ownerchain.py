@@ -12,6 +12,8 @@ from kibaship_dns01.resolve.errors import (
 ACME_GROUP = "acme.cert-manager.io"
 CERTMANAGER_GROUP = "cert-manager.io"
 CERTIFICATE_NAME_ANNOTATION = "cert-manager.io/certificate-name"
+#: on CertificateRequests, and on Orders which copy the request's annotations
+REVISION_ANNOTATION = "cert-manager.io/certificate-revision"
 
 
 # --- the owner chain -----------------------------------------------------------
@@ -87,6 +89,11 @@ def certificateNameOf(kind, obj):
     return name if isinstance(name, str) and name else None
 
 
+def _revisionOf(obj):
+    value = _get(obj, "metadata", "annotations", REVISION_ANNOTATION)
+    return value if isinstance(value, str) and value.isdigit() else None
+
+
 @attr.s(frozen=True, slots=True, auto_attribs=True, kw_only=True)
 class Chain:
     """What a walk found, before the issuer's default project is applied.
@@ -108,6 +115,9 @@ class Chain:
     labelsFrom: str
     #: its validated labels
     project: ProjectLabels
+    #: the Certificate revision being issued (the Order's or request's
+    #: ``cert-manager.io/certificate-revision``), when known
+    certificateRevision: object = None
 
     @property
     def certificateNamespace(self):
@@ -137,7 +147,8 @@ class Chain:
                 challengeUID=self.challengeUID, orderName=self.orderName,
                 certificateNamespace=self.certificateNamespace,
                 certificateName=self.certificateName, issuerRef=self.issuerRef,
-                wildcard=self.wildcard, followsCNAME=self.followsCNAME)
+                wildcard=self.wildcard, followsCNAME=self.followsCNAME,
+                certificateRevision=self.certificateRevision)
         except ValueError:
             raise ResolutionError(
                 "%s has no label %s; %s (%s)"
@@ -163,9 +174,10 @@ class ChainWalker:
                                "controller ownerReference to an Order")
         kind, child = ORDER, describe("Challenge", challenge)
         obj = await self._fetch(challenge, child, _Hop(ORDER, orderRef["name"], orderRef.get("uid")))
-        orderName, certificateName = obj["metadata"]["name"], None
+        orderName, certificateName, revision = obj["metadata"]["name"], None, None
         while True:
             certificateName = certificateNameOf(kind, obj) or certificateName
+            revision = revision or _revisionOf(obj)
             labelled = hasProjectLabel(_get(obj, "metadata", "labels"))
             hop = nextHop(kind, obj)
             if hop is None or (labelled and certificateName is not None):
@@ -176,10 +188,10 @@ class ChainWalker:
             raise self._broken(challenge, describe("Order", obj),
                                "controller ownerReference to a CertificateRequest and no %s"
                                " annotation" % (CERTIFICATE_NAME_ANNOTATION,))
-        return self._chain(challenge, orderName, certificateName, kind, obj)
+        return self._chain(challenge, orderName, certificateName, kind, obj, revision)
 
     @staticmethod
-    def _chain(challenge, orderName, certificateName, kind, obj):
+    def _chain(challenge, orderName, certificateName, kind, obj, revision=None):
         """The :class:`Chain` ending at ``obj``, whose labels are validated here.
 
         :raises ResolutionError: the project label is invalid (a
@@ -200,7 +212,7 @@ class ChainWalker:
             challengeUID=meta.get("uid") or "", orderName=orderName,
             certificateName=certificateName, issuerRef=IssuerRef.fromSpec(spec.get("issuerRef")),
             wildcard=bool(spec.get("wildcard")), followsCNAME=followsCNAME(challenge),
-            labelsFrom=labelsFrom, project=project)
+            labelsFrom=labelsFrom, project=project, certificateRevision=revision)
 
     async def _fetch(self, challenge, child, hop):
         """GET the next object; a deleted or replaced owner means the chain is gone."""

@@ -99,6 +99,7 @@ class ChallengeResolver(service.Service):
         self._walker = ChainWalker(client)
         self._chains = collections.OrderedDict()
         self._lists = SharedCalls()
+        self._walks = SharedCalls()
         self._keyWaiters = KeyWaiters(clock)
         self.watchGrace = watchGrace
         self.informer = Informer(client, CHALLENGES_PATH, clock, "challenges",
@@ -116,6 +117,7 @@ class ChallengeResolver(service.Service):
         super().stopService()
         self._keyWaiters.cancelAll()
         self._lists.cancelAll()
+        self._walks.cancelAll()
         return self.informer.stopService()
 
     def isReady(self):
@@ -169,13 +171,43 @@ class ChallengeResolver(service.Service):
 
     async def _resolve(self, query, defaultProjectUUID):
         challenge = await self.findChallenge(query)
+        chain = await self._chainOf(challenge)
+        return chain.context(defaultProjectUUID)
+
+    def chainOf(self, challenge):
+        """The owner :class:`~kibaship_dns01.resolve.ownerchain.Chain` of a
+        (cached) Challenge object, from the chain cache or walked once.
+
+        For the progress events, which follow Challenges this replica may
+        never have been asked about: concurrent callers share one walk, and
+        a walked chain with a project label is cached exactly as for
+        :meth:`resolve`.  Bounded by ``lookupTimeout``.
+
+        :return: Deferred firing the chain, or failing with ``ResolutionError``.
+        """
+        d = defer.ensureDeferred(self._chainOf(challenge))
+        d.addTimeout(self.lookupTimeout, self._clock, onTimeoutCancel=lambda result, timeout: (
+            self._walkTimedOut(result, challenge)))
+        return d
+
+    async def _chainOf(self, challenge):
         uid = _get(challenge, "metadata", "uid")
         chain = self._chains.get(uid)
         if chain is None:
-            chain = await self._walker.walk(challenge)
+            chain = await self._walks.call(uid, lambda: defer.ensureDeferred(
+                self._walker.walk(challenge)))
             if chain.project.projectUUID is not None:
                 self._remember(uid, chain)
-        return chain.context(defaultProjectUUID)
+        return chain
+
+    def _walkTimedOut(self, result, challenge):
+        if not isinstance(result, Failure):
+            return result
+        raise TransientResolutionError(
+            "walking the owner chain of Challenge %s/%s took longer than %gs; the Kubernetes API"
+            " server is slow or unreachable" % (_get(challenge, "metadata", "namespace"),
+                                                 _get(challenge, "metadata", "name"),
+                                                 self.lookupTimeout), "timeout")
 
     async def findChallenge(self, query):
         """The Challenge matching ``query``.

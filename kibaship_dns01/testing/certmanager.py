@@ -229,3 +229,74 @@ def _challenge(order, name, issuerRef, groupName, solverName, seed, config):
     meta["finalizers"] = [CHALLENGE_FINALIZER]
     return {"apiVersion": "acme.cert-manager.io/v1", "kind": "Challenge", "metadata": meta,
             "spec": spec, "status": {"processing": True, "presented": False, "state": "pending"}}
+
+
+# --- what cert-manager writes while it works (status updates) -----------------
+
+#: reason strings as cert-manager writes them (see tests/test_progress_phases.py for sources)
+def propagationReason(dnsName):
+    return ('Waiting for DNS-01 challenge propagation: DNS record for "%s" not yet propagated'
+            % (dnsName,))
+
+
+AUTHORIZED_REASON = "Successfully authorized domain"
+
+
+def wrongValueReason(dnsName, found="a-stale-value"):
+    return ("Error accepting authorization: acme: authorization error for %s: 403 "
+            "urn:ietf:params:acme:error:unauthorized: Incorrect TXT record \"%s\" found at "
+            "_acme-challenge.%s" % (dnsName, found, dnsName))
+
+
+def _rfc3339(seconds):
+    import datetime
+    return datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%SZ")
+
+
+def setChallengeStatus(store, challenge, state, reason="", presented=True, processing=True,
+                       at=None):
+    """Write a Challenge's status as cert-manager's challenges controller does.
+
+    :param at: Unix seconds of the write (``managedFields`` time), now by default.
+    """
+    meta = challenge["metadata"]
+    status = {"state": state, "presented": presented, "processing": processing}
+    if reason:
+        status["reason"] = reason
+    return store.updateStatus(challenge["apiVersion"], "Challenge", meta["namespace"],
+                              meta["name"], status, manager="cert-manager-challenges",
+                              at=None if at is None else _rfc3339(at))
+
+
+def _certificateStatus(store, certificate, status):
+    meta = certificate["metadata"]
+    return store.updateStatus("cert-manager.io/v1", "Certificate", meta["namespace"],
+                              meta["name"], status, manager="cert-manager-certificates")
+
+
+def _condition(kind, status, reason, message, at):
+    return {"type": kind, "status": status, "reason": reason, "message": message,
+            "lastTransitionTime": _rfc3339(at), "observedGeneration": 1}
+
+
+def setCertificateIssued(store, certificate, revision, at, days=90):
+    """The Certificate after the issuing controller stored revision ``revision``."""
+    return _certificateStatus(store, certificate, {
+        "conditions": [_condition("Ready", "True", "Ready",
+                                  "Certificate is up to date and has not expired", at)],
+        "revision": revision, "notBefore": _rfc3339(at - 3600),
+        "notAfter": _rfc3339(at + days * 86400), "renewalTime": _rfc3339(at + days * 57600)})
+
+
+def setCertificateFailed(store, certificate, message, at, attempts=1, revision=None):
+    """The Certificate after ``failIssueCertificate``: Issuing False/Failed."""
+    status = {"conditions": [
+        _condition("Ready", "False", "Failed", "The certificate request has failed to complete"
+                   " and will be retried: " + message, at),
+        _condition("Issuing", "False", "Failed", "The certificate request has failed to"
+                   " complete and will be retried: " + message, at)],
+        "failedIssuanceAttempts": attempts, "lastFailureTime": _rfc3339(at)}
+    if revision is not None:
+        status["revision"] = revision
+    return _certificateStatus(store, certificate, status)

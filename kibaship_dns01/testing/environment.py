@@ -49,7 +49,9 @@ class LocalEnvironment:
         self.frontProxyCA = pki.makeCA("front-proxy-ca")
         self.frontProxy = pki.clientPair(self.frontProxyCA, FRONT_PROXY_CN)
         self.servingCA = pki.makeCA("kibaship-dns01-serving-ca")
-        self.chain = buildChain(groupName=groupName, solverName=solverName)
+        # cert-manager copies the issuer's solver, config included, into each Challenge
+        self.chain = buildChain(groupName=groupName, solverName=solverName,
+                                config=self.issuerConfig())
         self.kubeconfig = os.path.join(workdir, "kubeconfig")
         self.certFile = os.path.join(workdir, "tls.crt")
         self.keyFile = os.path.join(workdir, "tls.key")

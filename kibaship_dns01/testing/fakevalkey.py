@@ -20,7 +20,7 @@ from zope.interface import implementer
 from kibaship_dns01.interfaces import IStreamPublisher
 from kibaship_dns01.valkey.publisher import AppendResult
 from kibaship_dns01.valkey.script import (
-    SEQUENCE_PLACEHOLDER, streamKey, validateAppend)
+    SEQUENCE_PLACEHOLDER, scriptArguments, streamKey, validateAppend, validateProject)
 
 
 @attr.s(auto_attribs=True)
@@ -35,6 +35,7 @@ class _Project:
     entries: list = attr.Factory(list)       # [(entryId, {field: value})]
     sequence: int = 0
     records: dict = attr.Factory(dict)       # key -> (entryId, sequence, expiresAt)
+    marks: dict = attr.Factory(dict)         # mark key -> ({field: value}, expiresAt)
 
 
 @implementer(IStreamPublisher)
@@ -44,7 +45,7 @@ class FakeStreamPublisher:
     def __init__(self, clock=None):
         self.clock = clock or task.Clock()
         self._projects = {}
-        self._failures = {"append": [], "check": []}
+        self._failures = {"append": [], "check": [], "read": []}
         self._lastMs, self._lastSeq = -1, 0
         #: every call as ``(method, target, projectUUID, idempotencyKey)``
         self.calls = []
@@ -81,19 +82,44 @@ class FakeStreamPublisher:
         return self.appendEvent(target, projectUUID, fields, idempotencyKey,
                                 sequenceField).addCallback(lambda r: r.entryId)
 
-    def appendEvent(self, target, projectUUID, fields, idempotencyKey, sequenceField=None):
+    def appendEvent(self, target, projectUUID, fields, idempotencyKey, sequenceField=None,
+                    mark=None, window=None):
         self.calls.append(("append", target, projectUUID, idempotencyKey))
         try:
             flat = validateAppend(projectUUID, idempotencyKey, fields, sequenceField)
+            scriptArguments(projectUUID, idempotencyKey, flat, 1, False, sequenceField, mark)
         except ValueError as e:
             return defer.fail(e)
         failure = self._takeFailure("append")
         if failure is not None and not failure.afterAppend:
             return defer.fail(failure.error)
-        result = self._appendOnce(target, projectUUID, flat, idempotencyKey, sequenceField)
+        result = self._appendOnce(target, projectUUID, flat, idempotencyKey, sequenceField,
+                                  mark, window or target.idempotencyWindow)
         if failure is not None:
             return defer.fail(failure.error)
         return defer.succeed(result)
+
+    def readFields(self, target, projectUUID, key, fields):
+        self.calls.append(("read", target, projectUUID, key))
+        try:
+            validateProject(projectUUID)
+            if not key.startswith("{project:%s}:" % (projectUUID,)) or not fields:
+                raise ValueError("readFields needs fields of a key of project %s" % (projectUUID,))
+        except ValueError as e:
+            return defer.fail(e)
+        failure = self._takeFailure("read")
+        if failure is not None:
+            return defer.fail(failure.error)
+        values = self.mark(target, projectUUID, key)
+        return defer.succeed([values.get(f) for f in fields])
+
+    def mark(self, target, projectUUID, key):
+        """The live fields of a mark hash (``{}`` when absent or expired)."""
+        project = self._projects.get((target, projectUUID))
+        held = project.marks.get(key) if project is not None else None
+        if held is None or held[1] <= self.clock.seconds():
+            return {}
+        return dict(held[0])
 
     def check(self, target):
         self.calls.append(("check", target, None, None))
@@ -102,12 +128,15 @@ class FakeStreamPublisher:
 
     # --- the script's semantics ------------------------------------------------
 
-    def _appendOnce(self, target, projectUUID, flat, key, sequenceField):
+    def _appendOnce(self, target, projectUUID, flat, key, sequenceField, mark, window):
         project = self._projects.setdefault((target, projectUUID), _Project())
         now = self.clock.seconds()
         record = project.records.get(key)
         if record is not None and record[2] > now:
             return AppendResult(record[0], record[1], True, streamKey(projectUUID))
+        if mark is not None and mark.mode == "require" and self.mark(
+                target, projectUUID, mark.key).get(mark.words[0]) != mark.words[1]:
+            return AppendResult("", 0, False, streamKey(projectUUID), skipped=True)
         project.sequence += 1
         seq = project.sequence
         fields = {}
@@ -118,7 +147,12 @@ class FakeStreamPublisher:
         fields["sequence"] = str(seq)
         entryId = self._nextId(now)
         project.entries.append((entryId, fields))
-        project.records[key] = (entryId, seq, now + target.idempotencyWindow)
+        project.records[key] = (entryId, seq, now + window)
+        if mark is not None and mark.mode == "set":
+            held = self.mark(target, projectUUID, mark.key)
+            words = mark.words[1:]
+            held.update(zip(words[::2], words[1::2]))
+            project.marks[mark.key] = (held, now + int(mark.words[0]) / 1000.0)
         return AppendResult(entryId, seq, False, streamKey(projectUUID))
 
     def _nextId(self, now):

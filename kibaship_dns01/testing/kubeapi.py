@@ -98,6 +98,8 @@ class _APIResource(Resource):
         if method == "POST" and path in (self._server.reviewPaths):
             request.setResponseCode(201)
             return _dumps(store.postPath(path, self._body(request)))
+        if path.endswith("/status") and method == "PUT":
+            return self._putStatus(user, path[:-len("/status")], self._body(request))
         resource, namespace, name = store.parsePath(path)
         watching = method == "GET" and params.get("watch") in ("1", "true")
         verb = self._verb(method, name, watching)
@@ -105,6 +107,17 @@ class _APIResource(Resource):
         if watching:
             return self._watch(request, path, params)
         return self._crud(request, method, path, params, name)
+
+    def _putStatus(self, user, path, body):
+        """``PUT <object>/status``: replace the status only (the status subresource)."""
+        store = self._server.store
+        resource, namespace, name = store.parsePath(path)
+        if name is None:
+            raise KubeError("the status subresource needs an object path", code=404,
+                            reason="NotFound", status=makeStatus(404, "NotFound", path))
+        self._server._authorize(user, "update", resource, namespace, name)
+        return _dumps(store.updateStatus(resource.apiVersion, resource.kind, namespace, name,
+                                         (body or {}).get("status") or {}, manager=user))
 
     @staticmethod
     def _verb(method, name, watching):

@@ -411,6 +411,30 @@ class KubeStore:
         self._objects[key] = obj
         return self._record("MODIFIED", key, obj, prev)
 
+    def updateStatus(self, apiVersion, kind, namespace, name, status, manager="cert-manager",
+                     at=None):
+        """Replace an object's ``status`` as a controller's ``UpdateStatus`` does.
+
+        Like the ``/status`` subresource: nothing else changes, the
+        generation stays, and ``metadata.managedFields`` records ``manager``'s
+        status write at ``at`` (RFC 3339; now by default), which is how a
+        reader learns when the status was last written.
+        """
+        obj = self.getObject(apiVersion, kind, namespace, name)
+        if obj is None:
+            raise _notFound(self.resourceFor(apiVersion, kind), name)
+        resource, key = self._keyOf(obj)
+        prev = self._objects[key]
+        obj["status"] = copy.deepcopy(status)
+        fields = [e for e in obj["metadata"].get("managedFields") or ()
+                  if not (e.get("manager") == manager and e.get("subresource") == "status")]
+        fields.append({"manager": manager, "operation": "Update", "subresource": "status",
+                       "apiVersion": apiVersion, "time": at or _now(), "fieldsType": "FieldsV1",
+                       "fieldsV1": {"f:status": {}}})
+        obj["metadata"]["managedFields"] = fields
+        self._objects[key] = obj
+        return self._record("MODIFIED", key, obj, prev)
+
     def put(self, obj):
         """Add or update, ignoring any resourceVersion in ``obj``."""
         _, key = self._keyOf(obj)

@@ -4,10 +4,12 @@
 
 Starts a six-node Valkey cluster (password protected), a stand-in Kubernetes
 API server holding a Kibaship Certificate -> CertificateRequest -> Order ->
-Challenge chain, and the real ``twistd kibaship-dns01`` over TLS; then sends
-the ``Present`` cert-manager would send, through the front proxy as the
-kube-aggregator does, and prints the stream entry read back with
-``valkey-cli XRANGE``.
+Challenge chain, and the real ``twistd kibaship-dns01`` over TLS; then plays
+cert-manager: sends the ``Present`` (through the front proxy, as the
+kube-aggregator does), moves the Challenge through pending ->
+waiting_for_dns -> valid and the Certificate to Ready, sends the
+``CleanUp``, and prints every stream entry as the frontend receives it
+(read back with ``valkey-cli XRANGE``).
 """
 import argparse
 import json
@@ -18,8 +20,10 @@ import sys
 
 from twisted.internet import defer, task
 
+from kibaship_dns01.testing import certmanager as cm
 from kibaship_dns01.testing.daemon import DaemonProcess
 from kibaship_dns01.testing.environment import FRONT_PROXY_CN, LocalEnvironment
+from kibaship_dns01.testing.polling import pollUntil
 from kibaship_dns01.testing.ports import freePort
 from kibaship_dns01.testing.valkeycluster import ValkeyCluster
 from kibaship_dns01.valkey import streamKey
@@ -59,14 +63,14 @@ async def _run(reactor, args, cluster):
     try:
         await daemon.waitReady(base, env.servingCA.certPEM)
         _say(f"daemon ready at {base} (metrics http://127.0.0.1:{metricsPort}/metrics)")
-        resp = await env.post(base)
-        _say(f"\nPOST {env.groupName}/v1alpha1/{env.solverName} (Present) -> HTTP {resp.code}")
-        _say(json.dumps(resp.json()["response"], indent=2))
         project = env.chain.certificate["metadata"]["labels"]["platform.kibaship.com/project-uuid"]
         key = streamKey(project)
-        _say(f"\nvalkey-cli -c XRANGE {key} - +")
-        _say(cluster.cli(cluster.nodes[0], "-c", "XRANGE", key, "-", "+"))
-        ok = resp.code == 201 and resp.json()["response"]["success"]
+        ok = await _lifecycle(reactor, env, base, cluster, key)
+        _say(f"\nvalkey-cli -c XRANGE {key} - +   (every entry, as the frontend receives it)")
+        for entryId, fields in cluster.xrange(key):
+            data = json.loads(fields.pop("event_data"))
+            _say(f"\n--- entry {entryId}")
+            _say(json.dumps(dict(fields, event_data=data), indent=2))
         if args.keep_running:
             _say(f"\nfront-proxy client certificate (CN {FRONT_PROXY_CN}) in {env.workdir}; try:")
             _say(_curlHints(env, base))
@@ -81,6 +85,47 @@ async def _run(reactor, args, cluster):
         await env.stop()
         with open(os.path.join(env.workdir, "daemon.log"), "wb") as f:
             f.write(daemon.output)
+
+
+async def _post(env, base, action):
+    resp = await env.post(base, action=action)
+    _say(f"POST {env.groupName}/v1alpha1/{env.solverName} ({action}) -> HTTP {resp.code}: "
+         f"{json.dumps(resp.json()['response'])}")
+    return resp.code == 201 and resp.json()["response"]["success"]
+
+
+async def _lifecycle(reactor, env, base, cluster, key):
+    """Play cert-manager from Present to CleanUp; wait for each entry to land."""
+    store, chain = env.api.store, env.chain
+    challenge, dnsName = chain.challenges[0], chain.challenges[0]["spec"]["dnsName"]
+    steps = [
+        ("Present", lambda: None),
+        ("Challenge pending (presented)", lambda: cm.setChallengeStatus(
+            store, challenge, "pending")),
+        ("Challenge: self-check cannot see the record yet", lambda: cm.setChallengeStatus(
+            store, challenge, "pending", cm.propagationReason(dnsName))),
+        ("Challenge valid", lambda: cm.setChallengeStatus(
+            store, challenge, "valid", cm.AUTHORIZED_REASON)),
+        ("Certificate Ready, revision 1", lambda: cm.setCertificateIssued(
+            store, chain.certificate, 1, at=reactor.seconds())),
+        ("CleanUp", lambda: None),
+    ]
+    ok = True
+    for count, (what, change) in enumerate(steps, start=1):
+        _say(f"\n== {what}")
+        if what in ("Present", "CleanUp"):
+            ok = await _post(env, base, what) and ok
+        else:
+            change()
+        await pollUntil(reactor, lambda: len(cluster.xrange(key)) >= count, 20.0, 0.2,
+                        what=f"entry {count} ({what})")
+        _, fields = cluster.xrange(key)[-1]
+        payload = json.loads(fields["event_data"])["payload"]
+        detail = {"status": lambda: f" phase={payload['phase']} state={payload['state']}",
+                  "issued": lambda: f" revision={payload['revision']}"}.get(
+            fields["operation"], lambda: "")()
+        _say(f"   stream entry {fields['sequence']}: operation={fields['operation']}{detail}")
+    return ok
 
 
 def main(argv=None):

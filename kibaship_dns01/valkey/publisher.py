@@ -24,7 +24,7 @@ from kibaship_dns01.interfaces import IStreamPublisher
 from kibaship_dns01.valkey.cluster import ClusterClient
 from kibaship_dns01.valkey.errors import ValkeyDurabilityError, ValkeyError, ValkeyUnavailable
 from kibaship_dns01.valkey.script import (
-    runAppend, scriptArguments, streamKey, validateAppend)
+    DUPLICATE, SKIPPED, runAppend, scriptArguments, streamKey, validateAppend, validateProject)
 from kibaship_dns01.valkey.target import formatAddress
 
 
@@ -37,6 +37,8 @@ class AppendResult:
     #: True when the idempotency key was already recorded (nothing appended)
     duplicate: bool
     stream: str
+    #: True when a ``require`` mark did not hold (nothing appended)
+    skipped: bool = False
 
 
 def _waitTimeoutMs(target):
@@ -144,31 +146,55 @@ class ValkeyPublisher(service.Service):
         return self.appendEvent(target, projectUUID, fields, idempotencyKey,
                                 sequenceField).addCallback(lambda r: r.entryId)
 
-    def appendEvent(self, target, projectUUID, fields, idempotencyKey, sequenceField=None):
+    def appendEvent(self, target, projectUUID, fields, idempotencyKey, sequenceField=None,
+                    mark=None, window=None):
         """Append once; Deferred firing an :class:`AppendResult`.
 
         ``sequenceField`` names the field whose value contains
         :data:`~kibaship_dns01.valkey.script.SEQUENCE_PLACEHOLDER` (see
-        :mod:`kibaship_dns01.valkey.script`).  Bad arguments fail the
+        :mod:`kibaship_dns01.valkey.script`); ``mark`` is a
+        :class:`~kibaship_dns01.valkey.script.MarkOp`; ``window`` overrides
+        ``target.idempotencyWindow`` (seconds).  Bad arguments fail the
         Deferred with ``ValueError``.
         """
         try:
             flat = validateAppend(projectUUID, idempotencyKey, fields, sequenceField)
+            keys, args = scriptArguments(
+                projectUUID, idempotencyKey, flat, window or target.idempotencyWindow,
+                target.minReplicas > 0, sequenceField, mark)
         except ValueError as e:
             return defer.fail(e)
-        keys, args = scriptArguments(projectUUID, idempotencyKey, flat,
-                                     target.idempotencyWindow, target.minReplicas > 0,
-                                     sequenceField)
         started = self.reactor.seconds()
         d = self._run(target, lambda client: client.execute(
             keys[0], lambda conn: defer.ensureDeferred(_appendOn(conn, keys, args, target))))
-        d.addCallback(lambda r: AppendResult(r[0], r[1], r[2], streamKey(projectUUID)))
+        d.addCallback(lambda r: AppendResult(r[0], r[1], r[2] == DUPLICATE,
+                                             streamKey(projectUUID), skipped=r[2] == SKIPPED))
         return d.addBoth(self._countAppend, started)
+
+    def readFields(self, target, projectUUID, key, fields):
+        """``HMGET key fields`` on a key of ``projectUUID``'s hash tag.
+
+        :return: Deferred firing a list of ``str`` or ``None`` (missing), one per field.
+        """
+        try:
+            validateProject(projectUUID)
+            if not key.startswith("{project:%s}:" % (projectUUID,)) or not fields:
+                raise ValueError("readFields needs fields of a key of project %s, not %r"
+                                 % (projectUUID, key))
+        except ValueError as e:
+            return defer.fail(e)
+        d = self._run(target, lambda client: client.execute(
+            key, lambda conn: conn.send("HMGET", key, *fields)))
+        d.addCallback(lambda values: [None if v is None else
+                                      v.decode() if isinstance(v, bytes) else str(v)
+                                      for v in values])
+        return d.addErrback(self._countError)
 
     def _countAppend(self, result, started):
         metrics.VALKEY_LATENCY.observe(self.reactor.seconds() - started)
         if isinstance(result, AppendResult):
-            metrics.VALKEY_APPENDS.labels("duplicate" if result.duplicate else "appended").inc()
+            metrics.VALKEY_APPENDS.labels("duplicate" if result.duplicate else "skipped"
+                                          if result.skipped else "appended").inc()
         else:
             metrics.VALKEY_APPENDS.labels("failed").inc()
             self._countError(result)

@@ -26,8 +26,25 @@ counter moves, both here and in the script.
 The script is sent with ``EVALSHA``; on ``NOSCRIPT`` (a new primary after a
 failover, ``SCRIPT FLUSH``, a restart) it is loaded with ``SCRIPT LOAD`` and
 ``EVALSHA`` is repeated on the same connection, pipelined.
+
+The mark (optional fourth key)
+------------------------------
+Progress events (:mod:`kibaship_dns01.progress`) need a fact every replica
+can see: "a Present for this Certificate was appended".  A :class:`MarkOp`
+names a hash ``{project:<uuid>}:cert:<namespace>/<name>`` (same hash tag,
+same slot) and either
+
+* ``set``: with a fresh append, ``HSET`` its field/value pairs and
+  ``PEXPIRE`` the hash (written atomically with the Present), or
+* ``require``: append only if ``HGET <field>`` equals a value; otherwise
+  append nothing and answer ``skipped`` (status 2).
+
+Its words travel at the *end* of ``ARGV`` followed by their count, so a call
+without a mark has exactly the layout above.
 """
 import hashlib
+
+import attr
 
 from kibaship_dns01 import metrics
 from kibaship_dns01.valkey import replies
@@ -43,15 +60,26 @@ APPEND_SCRIPT = r"""
 -- ARGV[2] '1': rewrite a found record (KEEPTTL) so WAIT covers a duplicate
 -- ARGV[3] field whose value holds the placeholder ('' for none)
 -- ARGV[4] the placeholder; ARGV[5..] field/value pairs
+-- KEYS[4] (optional) a mark hash: then ARGV ends with its words and their count,
+--   'set' <ttl ms> <field> <value>... or 'require' <field> <value>
+local lastField, mark = #ARGV, nil
+if #KEYS == 4 then
+  local n = tonumber(ARGV[#ARGV])
+  lastField = #ARGV - n - 1
+  mark = {unpack(ARGV, lastField + 1, #ARGV - 1)}
+end
 local record = redis.call('GET', KEYS[3])
 if record then
   if ARGV[2] == '1' then redis.call('SET', KEYS[3], record, 'KEEPTTL') end
   local id, seq = string.match(record, '^(%S+) (%d+)$')
   return {id, tonumber(seq), 1}
 end
+if mark and mark[1] == 'require' and redis.call('HGET', KEYS[4], mark[2]) ~= mark[3] then
+  return {'', 0, 2}
+end
 local target, first, last = nil, nil, nil
 if ARGV[3] ~= '' then
-  for i = 5, #ARGV, 2 do
+  for i = 5, lastField, 2 do
     if ARGV[i] == ARGV[3] then
       target = i + 1
       first, last = string.find(ARGV[target], ARGV[4], 1, true)
@@ -68,7 +96,7 @@ end
 local seq = redis.call('INCR', KEYS[2])
 local seqText = string.format('%d', seq)
 local entry = {}
-for i = 5, #ARGV, 2 do
+for i = 5, lastField, 2 do
   local value = ARGV[i + 1]
   if i + 1 == target then
     value = string.sub(value, 1, first - 1) .. seqText .. string.sub(value, last + 1)
@@ -80,6 +108,10 @@ entry[#entry + 1] = 'sequence'
 entry[#entry + 1] = seqText
 local id = redis.call('XADD', KEYS[1], '*', unpack(entry))
 redis.call('SET', KEYS[3], id .. ' ' .. seqText, 'PX', ARGV[1])
+if mark and mark[1] == 'set' then
+  redis.call('HSET', KEYS[4], unpack(mark, 3))
+  redis.call('PEXPIRE', KEYS[4], mark[2])
+end
 return {id, seq, 0}
 """
 
@@ -96,6 +128,45 @@ def sequenceKey(projectUUID):
 
 def idempotencyKey(projectUUID, key):
     return "{project:%s}:idempotency:%s" % (projectUUID, key)
+
+
+def markKey(projectUUID, namespace, certificate):
+    """The mark hash of one Certificate (see the module docstring)."""
+    return "{project:%s}:cert:%s/%s" % (projectUUID, namespace, certificate)
+
+
+#: what the script answers: appended, duplicate (nothing appended), skipped
+#: (a ``require`` mark did not hold, nothing appended)
+APPENDED, DUPLICATE, SKIPPED = 0, 1, 2
+
+
+@attr.s(frozen=True, slots=True)
+class MarkOp:
+    """What an append does to the Certificate's mark hash (module docstring)."""
+
+    key = attr.ib()
+    mode = attr.ib(validator=attr.validators.in_(("set", "require")))
+    words = attr.ib(converter=tuple)
+
+    @classmethod
+    def set(cls, key, fields, ttlSeconds):
+        """With a fresh append: ``HSET key fields...`` and expire it after ``ttlSeconds``."""
+        if not fields:
+            raise ValueError("a mark needs at least one field")
+        words = [str(max(1, int(ttlSeconds * 1000)))]
+        for name, value in fields.items():
+            words += [name, value]
+        return cls(key, "set", words)
+
+    @classmethod
+    def require(cls, key, field, value):
+        """Append only if the mark's ``field`` holds ``value``."""
+        return cls(key, "require", (field, value))
+
+    def arguments(self):
+        """The words appended to ``ARGV`` (then their count)."""
+        words = (self.mode,) + self.words
+        return list(words) + [str(len(words))]
 
 
 def validateProject(projectUUID):
@@ -145,18 +216,25 @@ def flattenFields(fields, sequenceField=None):
     return flat
 
 
-def scriptArguments(projectUUID, key, flatFields, windowSeconds, touch, sequenceField):
-    """``(keys, args)`` for :data:`APPEND_SCRIPT`."""
+def scriptArguments(projectUUID, key, flatFields, windowSeconds, touch, sequenceField,
+                    mark=None):
+    """``(keys, args)`` for :data:`APPEND_SCRIPT`; ``mark`` is a :class:`MarkOp`."""
     keys = [streamKey(projectUUID), sequenceKey(projectUUID), idempotencyKey(projectUUID, key)]
     args = [str(max(1, int(windowSeconds * 1000))), "1" if touch else "0",
             sequenceField or "", SEQUENCE_PLACEHOLDER] + list(flatFields)
+    if mark is not None:
+        if not mark.key.startswith("{project:%s}:" % (projectUUID,)):
+            raise ValueError("mark %r is not a key of project %s" % (mark.key, projectUUID))
+        keys.append(mark.key)
+        args += mark.arguments()
     return keys, args
 
 
 async def runAppend(conn, keys, args):
     """EVALSHA the script on ``conn``; load it on NOSCRIPT and try once more.
 
-    :return: ``(entryId, sequence, duplicate)``.
+    :return: ``(entryId, sequence, status)``, status one of :data:`APPENDED`,
+        :data:`DUPLICATE`, :data:`SKIPPED`.
     """
     call = ("EVALSHA", APPEND_SHA, len(keys)) + tuple(keys) + tuple(args)
     try:
@@ -173,5 +251,5 @@ async def runAppend(conn, keys, args):
             again.addErrback(lambda f: None)  # fails with NOSCRIPT; report the load error
             raise
         reply = await again
-    entryId, sequence, duplicate = reply
-    return str(entryId), int(sequence), bool(int(duplicate))
+    entryId, sequence, status = reply
+    return str(entryId), int(sequence), int(status)

@@ -29,9 +29,10 @@ from twisted.internet import defer
 from kibaship_dns01.names import dnsNameProblem
 
 #: The ACL rules a Valkey user needs for the publisher: SPEC §9's list plus
-#: what the append script calls and SCRIPT LOAD/WAIT, on the project keys.
+#: what the append script calls (the progress mark: HSET/HGET/PEXPIRE, read
+#: back with HMGET) and SCRIPT LOAD/WAIT, on the project keys.
 REQUIRED_ACL_RULES = ("~{project:* +evalsha +eval +script|load +cluster|slots +asking +ping "
-                      "+wait +incr +xadd +get +set")
+                      "+wait +incr +xadd +get +set +hset +hmget +hget +pexpire")
 
 ANNOUNCED = "announced"
 SEED_HOST = "seed-host"
