@@ -207,9 +207,9 @@ class DriftTests(SynchronousTestCase):
         shutil.copytree(checkDeploy.DEPLOY, tmp / "deploy")
         path = tmp / "deploy" / "base" / "deployment.yaml"
         text = path.read_text()
-        for old, new in (("terminationGracePeriodSeconds: 30", "terminationGracePeriodSeconds: 45"),
+        for old, new in (("terminationGracePeriodSeconds: 60", "terminationGracePeriodSeconds: 75"),
                          ("- --log-level=info\n", "- --log-level=info\n            - --idempotency-window=12h\n"),
-                         ("periodSeconds: 5\n", "periodSeconds: 2\n")):
+                         ("periodSeconds: 2\n", "periodSeconds: 3\n")):
             self.assertIn(old, text)
             text = text.replace(old, new)
         path.write_text(text)
@@ -219,12 +219,12 @@ class DriftTests(SynchronousTestCase):
                  "(deploy/helm/kibaship-dns01/templates/deployment.yaml): ")
         pod = "spec.template.spec."
         self.assertEqual(sorted(messages), sorted([
-            f"{where}{pod}terminationGracePeriodSeconds: deploy/overlays/example has 45, "
-            "the chart has 30",
+            f"{where}{pod}terminationGracePeriodSeconds: deploy/overlays/example has 75, "
+            "the chart has 60",
             f"{where}{pod}containers[kibaship-dns01].args: only in deploy/overlays/example: "
             '["--idempotency-window=12h"]; only in the chart: []',
             f"{where}{pod}containers[kibaship-dns01].readinessProbe.periodSeconds: "
-            "deploy/overlays/example has 2, the chart has 5",
+            "deploy/overlays/example has 3, the chart has 2",
         ]))
 
     def test_chartChangeFailsWithObjectAndField(self):
@@ -589,6 +589,7 @@ class OperatorValuesTests(SynchronousTestCase):
         "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "topology.kubernetes.io/zone",
                                        "whenUnsatisfiable": "ScheduleAnyway"}],
         "priorityClassName": "system-cluster-critical",
+        "shutdown": {"delay": "0s", "gracePeriod": "20s", "terminationGracePeriodSeconds": 30},
     }
 
     def render(self, values):
@@ -605,8 +606,10 @@ class OperatorValuesTests(SynchronousTestCase):
         self.assertEqual(c["image"], "registry.example.com/kibaship-dns01@sha256:" + "a" * 64)
         self.assertEqual(c["imagePullPolicy"], "Always")
         self.assertEqual(pod["spec"]["imagePullSecrets"], [{"name": "registry"}])
-        self.assertEqual(c["args"][-4:], ["--log-format=text", "--log-level=debug",
+        self.assertEqual(c["args"][-6:], ["--log-format=text", "--log-level=debug",
+                                          "--shutdown-delay=0s", "--shutdown-grace-period=20s",
                                           "--idempotency-window=12h", "--dry-run"])
+        self.assertEqual(pod["spec"]["terminationGracePeriodSeconds"], 30)
         self.assertIn("--secure-port=9443", c["args"])
         self.assertEqual(c["env"][1:], self.VALUES["extraEnv"])
         # helm merges a values file into the defaults: the default cpu limit stays

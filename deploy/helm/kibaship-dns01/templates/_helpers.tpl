@@ -98,6 +98,8 @@ group-name: groupName
 solver-name: solverName
 log-format: logFormat
 log-level: logLevel
+shutdown-delay: shutdown.delay
+shutdown-grace-period: shutdown.gracePeriod
 valkey-namespace: valkey.namespace
 valkey-service: valkey.serviceName
 valkey-secret: valkey.secretName
