@@ -8,6 +8,7 @@ from twisted.trial.unittest import SynchronousTestCase
 
 from tests.valkeysupport import SharedClusterCase
 from kibaship_dns01.valkey import ValkeyCommandError
+from kibaship_dns01.valkey.replies import ServerError
 from kibaship_dns01.valkey.script import (
     APPEND_SCRIPT, APPEND_SHA, SEQUENCE_PLACEHOLDER, SEQUENCE_TOKEN, flattenFields,
     idempotencyKey, runAppend, scriptArguments, sequenceKey, streamKey, validateProject)
@@ -45,6 +46,58 @@ class ArgumentTests(SynchronousTestCase):
         self.assertEqual(APPEND_SHA, hashlib.sha1(APPEND_SCRIPT.encode()).hexdigest())
 
 
+class PipelinedConnection:
+    """Records what is sent; the test answers each command when it wants."""
+
+    address = ("127.0.0.1", 7000)
+
+    def __init__(self):
+        self.sent = []
+
+    def send(self, *command):
+        d = defer.Deferred()
+        self.sent.append((command[0], d))
+        return d
+
+    def names(self):
+        return [name for name, _ in self.sent]
+
+
+class RoundTripTests(SynchronousTestCase):
+    """An append with a durability check is one round trip (issue 11)."""
+
+    def append(self, conn):
+        keys, args = scriptArguments("p", "k", ["a", "1"], 60, True, None)
+        return defer.ensureDeferred(runAppend(conn, keys, args, after=("WAIT", 1, 1500)))
+
+    def test_waitIsPipelinedBehindTheScript(self):
+        conn = PipelinedConnection()
+        d = self.append(conn)
+        self.assertEqual(conn.names(), ["EVALSHA", "WAIT"], "both sent before any reply")
+        conn.sent[0][1].callback(["1-0", 7, 0])
+        conn.sent[1][1].callback(1)
+        self.assertEqual(self.successResultOf(d), ("1-0", 7, 0, 1))
+
+    def test_afterNOSCRIPTTheWaitFollowsTheRetriedWrite(self):
+        conn = PipelinedConnection()
+        d = self.append(conn)
+        conn.sent[0][1].errback(ServerError("NOSCRIPT No matching script.", conn.address))
+        conn.sent[1][1].callback(0)  # WAIT after nothing written: its answer is dropped
+        self.assertEqual(conn.names(), ["EVALSHA", "WAIT", "SCRIPT", "EVALSHA", "WAIT"])
+        conn.sent[2][1].callback(APPEND_SHA)
+        conn.sent[3][1].callback(["2-0", 8, 0])
+        conn.sent[4][1].callback(1)
+        self.assertEqual(self.successResultOf(d), ("2-0", 8, 0, 1))
+
+    def test_aFailedScriptDropsTheWaitReply(self):
+        conn = PipelinedConnection()
+        d = self.append(conn)
+        conn.sent[0][1].errback(ServerError("ERR something", conn.address))
+        conn.sent[1][1].errback(ServerError("ERR connection state", conn.address))
+        self.assertIsInstance(self.failureResultOf(d, ServerError).value.message, str)
+        self.assertEqual(conn.names(), ["EVALSHA", "WAIT"])
+
+
 class LuaTests(SharedClusterCase):
     """Run the script directly, skipping the client-side validation."""
 
@@ -56,7 +109,7 @@ class LuaTests(SharedClusterCase):
     def runScript(self, key, flat, window=60, touch=False, seqField=None):
         keys, args = scriptArguments(self.project, key, flat, window, touch, seqField)
         return self.client.execute(keys[0], lambda c: defer.ensureDeferred(
-            runAppend(c, keys, args)))
+            runAppend(c, keys, args))).addCallback(lambda reply: reply[:3])
 
     def command(self, *args):
         return self.client.execute(args[1], lambda c: c.send(*args))

@@ -48,10 +48,13 @@ def _waitTimeoutMs(target):
 
 
 async def _appendOn(conn, keys, args, target):
-    """The operation run on the primary (must send its first command at once)."""
-    entryId, sequence, duplicate = await runAppend(conn, keys, args)
-    if target.minReplicas > 0:
-        acked = int(await conn.send("WAIT", target.minReplicas, _waitTimeoutMs(target)))
+    """The operation run on the primary (must send its first command at once);
+    with ``minReplicas`` the ``WAIT`` is pipelined behind the script: one round trip."""
+    wait = (("WAIT", target.minReplicas, _waitTimeoutMs(target))
+            if target.minReplicas > 0 else None)
+    entryId, sequence, duplicate, acked = await runAppend(conn, keys, args, after=wait)
+    if wait is not None:
+        acked = int(acked)
         if acked < target.minReplicas:
             raise ValkeyDurabilityError(
                 "entry %s of %s reached %d of the %d required replicas of Valkey node %s "

@@ -45,6 +45,7 @@ without a mark has exactly the layout above.
 import hashlib
 
 import attr
+from twisted.internet import defer
 
 from kibaship_dns01 import metrics
 from kibaship_dns01.valkey import replies
@@ -230,26 +231,51 @@ def scriptArguments(projectUUID, key, flatFields, windowSeconds, touch, sequence
     return keys, args
 
 
-async def runAppend(conn, keys, args):
+async def runAppend(conn, keys, args, after=None):
     """EVALSHA the script on ``conn``; load it on NOSCRIPT and try once more.
 
-    :return: ``(entryId, sequence, status)``, status one of :data:`APPENDED`,
-        :data:`DUPLICATE`, :data:`SKIPPED`.
+    ``after`` is a command pipelined right behind every EVALSHA sent (the
+    publisher's ``WAIT``), so an append with a durability check is one round
+    trip, and on the NOSCRIPT path the check still follows the write it checks.
+
+    :return: ``(entryId, sequence, status, afterReply)``, status one of
+        :data:`APPENDED`, :data:`DUPLICATE`, :data:`SKIPPED`; ``afterReply`` is
+        ``None`` without ``after``.
     """
     call = ("EVALSHA", APPEND_SHA, len(keys)) + tuple(keys) + tuple(args)
     try:
-        reply = await conn.send(*call)
+        reply, afterReply = await _sendWith(conn, call, after)
     except ServerError as e:
         if replies.classify(e.message) != replies.NOSCRIPT:
             raise
         metrics.VALKEY_RETRIES.labels("noscript").inc()
         loaded = conn.send("SCRIPT", "LOAD", APPEND_SCRIPT)
-        again = conn.send(*call)
+        again = _sendWith(conn, call, after)
         try:
             await loaded
         except BaseException:
             again.addErrback(lambda f: None)  # fails with NOSCRIPT; report the load error
             raise
-        reply = await again
+        reply, afterReply = await again
     entryId, sequence, status = reply
-    return str(entryId), int(sequence), int(status)
+    return str(entryId), int(sequence), int(status), afterReply
+
+
+def _sendWith(conn, call, after):
+    """Send ``call`` and, pipelined behind it, ``after``; a Deferred of both replies.
+
+    Both are written before either reply is awaited; if ``call`` fails, the
+    reply to ``after`` is dropped.
+    """
+    first = conn.send(*call)
+    second = conn.send(*after) if after else None
+
+    async def both():
+        try:
+            reply = await first
+        except BaseException:
+            if second is not None:
+                second.addErrback(lambda f: None)
+            raise
+        return reply, (await second if second is not None else None)
+    return defer.ensureDeferred(both())
