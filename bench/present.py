@@ -70,7 +70,7 @@ class PresentBench:
     # -- the run ------------------------------------------------------------
     async def run(self):
         await self.stack.start()
-        await self.startAndMeasure("ready", "ready: twistd start to /readyz 200 (1 Challenge)",
+        await self.startAndMeasure("ready: twistd start to /readyz 200 (1 Challenge)",
                                    "RSS after start")
         self.cached = self.chains("cached", self.args.cached)
         say("creating %d Challenges and waiting for the daemon's cache ..." % len(self.cached))
@@ -95,15 +95,17 @@ class PresentBench:
         if self.wants("restart"):
             await self.stack.stopDaemon()
             await self.startAndMeasure(
-                "ready", "ready after restart, %d Challenges in the API" % (len(self.cached) + 1),
-                "RSS after restart")
+                "ready after restart, %d Challenges in the API" % (len(self.cached) + 1),
+                "RSS after restart, %d Challenges cached" % (len(self.cached) + 1), "rss_cached")
 
-    async def startAndMeasure(self, key, readyLabel, rssLabel):
-        seconds = await self.stack.startDaemon()
-        self.rows.append(report.valueRow(key, readyLabel, seconds, "%.2f s" % seconds))
+    async def startAndMeasure(self, readyLabel, rssLabel, rssKey="rss_start"):
+        seconds, daemonCPU, apiCPU = await self.stack.startDaemon()
+        self.rows.append(report.valueRow(
+            "ready", readyLabel, seconds, "%.2f s (CPU by then: daemon %.2f s, stand-in and"
+            " /readyz poller %.2f s)" % (seconds, daemonCPU, apiCPU)))
         await self.stack.settle(0.5)
         rss = rssMiB(self.stack.daemon.pid)
-        self.rows.append(report.valueRow("rss_start", rssLabel, rss, "%.1f MiB" % rss))
+        self.rows.append(report.valueRow(rssKey, rssLabel, rss, "%.1f MiB" % rss))
         say("daemon ready in %.2f s, RSS %.1f MiB" % (seconds, rss))
 
     async def warmUp(self):
@@ -120,7 +122,7 @@ class PresentBench:
     async def drive(self, kind, mode, requests, count, connections, rate, floor=False):
         result = await self.stack.drive(requests, count, connections, rate, floor=floor)
         row = report.loadRow(kind, mode, result)
-        say("%-44s %3d conns: %6.0f req/s  p50 %6.2f ms  p99 %7.2f ms  errors %d"
+        say("%-50s %3d conns: %6.0f req/s  p50 %6.2f ms  p99 %7.2f ms  errors %d"
             % (row["what"], connections, row["rate"], row["p50_ms"] or 0, row["p99_ms"] or 0,
                row["bad"] + row["errors"]))
         return row
@@ -160,12 +162,16 @@ class PresentBench:
     def retryRequests(self):
         return self.stack.requests(self.cached[:self.args.retry_set])
 
-    async def retries(self, mode, count, connections, rate):
-        """Presents of already-presented Challenges (cert-manager's retries)."""
+    async def primeRetries(self):
+        """Present the retry set once (untimed), so what follows are duplicates."""
         if not self.retriesPrimed:
             requests = self.retryRequests()
             await self.checked(requests, len(requests), 10)
             self.retriesPrimed = True
+
+    async def retries(self, mode, count, connections, rate):
+        """Presents of already-presented Challenges (cert-manager's retries)."""
+        await self.primeRetries()
         return await self.drive("retry", mode, self.retryRequests(), count, connections, rate)
 
     # -- cold path --------------------------------------------------------------
@@ -191,8 +197,9 @@ class PresentBench:
             await self.stack.removeChains(chain)
             if result["ok"] != 1:
                 raise RuntimeError("cold Present failed: %s" % (result["sample"],))
-            samples.append((result["max_ms"], verbs, counted))
+            samples.append((result["max_ms"], verbs, counted, result["cpu_s"]))
         self.rows.append(_coldRow(samples, self.args.cached))
+        say("%s: %s" % (self.rows[-1]["what"], self.rows[-1]["text"]))
 
     # -- memory ---------------------------------------------------------------
     async def memory(self):
@@ -222,20 +229,32 @@ class PresentBench:
 
     # -- profile --------------------------------------------------------------
     async def profile(self):
+        """One more saturation run of the chosen kind with py-spy on the daemon,
+        attached only for the measured run (not the batch set-up or priming)."""
         kind, connections = self.args.profile_scenario
+        count, batch = self.args.requests, None
+        if kind == "retry":
+            await self.primeRetries()
+            requests = self.retryRequests()
+        else:
+            batch = self.chains("fresh", count)
+            await self.stack.addChains(batch)
+            requests = self.stack.requests(batch)
+            if kind == "cleanup":
+                await self.checked(requests, count, 10)
+                requests = self.stack.cleanups(batch)
         say("profiling the daemon with py-spy during %s at %d connections ..."
             % (kind, connections))
         recording = pyspy.Recording(self.reactor, self.stack.daemon.pid, self.args.profile)
         await recording.waitAttached()
-        count = self.args.requests
-        if kind == "retry":
-            rows = [await self.retries("saturation", count, connections, None)]
-        else:
-            rows = await self.freshAndCleanup("saturation", count, connections, None,
-                                              kind == "fresh", kind == "cleanup")
-        await recording.stop()
+        try:
+            row = await self.drive(kind, "saturation", requests, count, connections, None)
+        finally:
+            await recording.stop()
+        if batch is not None:
+            await self.stack.removeChains(batch)
         title = ("py-spy profile of the daemon, %s at %d connections (%.0f req/s under py-spy)"
-                 % (report.LABELS[kind], connections, rows[-1]["rate"]))
+                 % (report.LABELS[kind], connections, row["rate"]))
         self.profileText = pyspy.formatSummary(self.args.profile, title=title)
         with open(self.args.profile + ".summary.txt", "w") as f:
             f.write(self.profileText)
@@ -244,9 +263,11 @@ class PresentBench:
 def _coldRow(samples, cached):
     latencies = sorted(s[0] for s in samples)
     verbs = samples[-1][1]
+    cpu = samples[-1][3]
     text = ("median %.0f ms, max %.0f ms (%d runs); API requests: %d at the stand-in (%s), %d by"
-            " the daemon's metric" % (latencies[len(latencies) // 2], latencies[-1], len(samples),
-                                      len(verbs), ", ".join(_runs(verbs)), samples[-1][2]))
+            " the daemon's metric; CPU: daemon %.0f ms, stand-in %.0f ms"
+            % (latencies[len(latencies) // 2], latencies[-1], len(samples), len(verbs),
+               ", ".join(_runs(verbs)), samples[-1][2], 1000 * cpu["server"], 1000 * cpu["api"]))
     return report.valueRow("cold", "cold Present (watch held back, %d cached)" % cached,
                            latencies[-1], text, samples=samples)
 

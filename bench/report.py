@@ -59,7 +59,7 @@ def _num(value, fmt):
     return "-" if value is None else fmt % value
 
 
-HEAD = ("%-44s %5s %7s %7s %7s %8s %6s %7s %5s %5s %6s %5s %6s  %-27s %s"
+HEAD = ("%-50s %5s %7s %7s %7s %8s %6s %7s %5s %5s %6s %5s %6s  %-27s %s"
         % ("", "conns", "req/s", "p50 ms", "p99 ms", "max ms", "/floor", "srv ms", "srv%",
            "gen%", "valkey", "api%", "errors", "target", "result"))
 _NUMERIC = len("%5s %7s %7s %7s %8s %6s %7s %5s %5s %6s %5s %6s" % (("",) * 12))
@@ -68,7 +68,7 @@ _NUMERIC = len("%5s %7s %7s %7s %8s %6s %7s %5s %5s %6s %5s %6s" % (("",) * 12))
 def _loadLine(r):
     cpu = r.get("cpu_pct") or {}
     errors = r["bad"] + r["errors"]
-    return ("%-44s %5d %7s %7s %7s %8s %6s %7s %5s %5s %6s %5s %6d"
+    return ("%-50s %5d %7s %7s %7s %8s %6s %7s %5s %5s %6s %5s %6d"
             % (r["what"], r["connections"], _num(r["rate"], "%.0f"), _num(r["p50_ms"], "%.2f"),
                _num(r["p99_ms"], "%.2f"), _num(r["max_ms"], "%.1f"),
                _num(r.get("vs_floor"), "%.2f"), _num(r.get("server_cpu_ms_per_request"), "%.2f"),
@@ -77,7 +77,7 @@ def _loadLine(r):
 
 
 def _valueLine(r):
-    return "%-44s %-*s" % (r["what"], _NUMERIC, r["text"])
+    return "%-50s %-*s" % (r["what"], _NUMERIC, r["text"])
 
 
 def render(rows):
