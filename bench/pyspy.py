@@ -9,6 +9,7 @@ without pausing the daemon, so the profile costs the daemon almost nothing
 """
 import collections
 import os
+import re
 import shutil
 import signal
 
@@ -50,16 +51,13 @@ class Recording:
         return self.proto.output.decode(errors="replace")
 
 
+_PREFIXES = re.compile(r"^.*(?:/site-packages/|/lib/python3\.\d+/|/(?=kibaship_dns01/))")
+
+
 def _shorten(frame):
     """``fn (/long/path/site-packages/pkg/mod.py:12)`` -> ``fn (pkg/mod.py:12)``."""
     name, sep, where = frame.partition(" (")
-    for marker in ("site-packages/", "/lib/python3", "/kibaship_dns01/"):
-        at = where.rfind(marker)
-        if at >= 0:
-            where = where[at + len(marker):] if marker != "/kibaship_dns01/" \
-                else "kibaship_dns01/" + where[at + len(marker):]
-            break
-    return name + sep + where
+    return name + sep + _PREFIXES.sub("", where, count=1)
 
 
 def summarise(path, top=25):
@@ -82,7 +80,7 @@ def summarise(path, top=25):
 
 
 #: frames on (nearly) every stack, such as twistd's and the reactor's loop, say nothing
-LOOP_SHARE = 0.8
+LOOP_SHARE = 0.7
 
 
 def formatSummary(path, top=25, title=""):

@@ -6,7 +6,8 @@
 - the environment's kube-aggregator request carries the identity headers and
   cert-manager's body the daemon expects;
 - the stand-in API server holds watch events back until released, in order;
-- :class:`~kibaship_dns01.testing.daemon.ChildOutput` hands out a child's first line.
+- :class:`~kibaship_dns01.testing.daemon.ChildOutput` hands out a child's first line;
+- the py-spy summary counts self and total samples per function.
 """
 import json
 import os
@@ -18,7 +19,7 @@ from twisted.trial.unittest import TestCase
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
 
-from bench import loadgen
+from bench import loadgen, pyspy
 from kibaship_dns01.challenge import CLEANUP
 from kibaship_dns01.kube.client import KubeClient
 from kibaship_dns01.testing import pki
@@ -257,3 +258,23 @@ class ChildOutputTests(TestCase):
         self.assertEqual((yield proto.ended), 3)
         failure = yield self.assertFailure(waiting, RuntimeError)
         self.assertIn("boom", str(failure))
+
+
+class ProfileSummaryTests(TestCase):
+    def test_selfAndTotalPerFunction(self):
+        path = os.path.join(tempDir(self), "raw")
+        with open(path, "w") as f:
+            f.write("main (/venv/lib/python3.11/site-packages/twisted/app.py:1);"
+                    "handle (/src/kibaship_dns01/api/site.py:9);dumps (/usr/lib/python3.11/json/x.py:3) 6\n"
+                    "main (/venv/lib/python3.11/site-packages/twisted/app.py:1);"
+                    "handle (/src/kibaship_dns01/api/site.py:9) 3\n"
+                    "main (/venv/lib/python3.11/site-packages/twisted/app.py:1) 1\n")
+        samples, selfTop, totalTop = pyspy.summarise(path)
+        self.assertEqual(samples, 10)
+        self.assertEqual(selfTop, [("dumps (json/x.py:3)", 6), ("handle (kibaship_dns01/api/site.py:9)", 3),
+                                   ("main (twisted/app.py:1)", 1)])
+        self.assertEqual(dict(totalTop), {"main (twisted/app.py:1)": 10,
+                                          "handle (kibaship_dns01/api/site.py:9)": 9,
+                                          "dumps (json/x.py:3)": 6})
+        text = pyspy.formatSummary(path)
+        self.assertIn("kibaship_dns01 by total time:\n   90.0%  handle", text)
