@@ -39,6 +39,8 @@ setup(
             # the chart's optional ServiceMonitor (scripts/check-deploy --helm)
             "cloudcoil.models.prometheus_operator>=0.80,<1",
         ],
+        # bench/present.py --profile
+        "bench": ["py-spy>=0.3.14,<0.5"],
     },
     zip_safe=False,
 )

@@ -120,6 +120,13 @@ class CertificateChain:
             store.add(obj)
         return self
 
+    def removeFrom(self, store):
+        """Delete every object from ``store``, dependents first (as the garbage
+        collector does once cert-manager lets go); :return: self."""
+        for obj in reversed(self.objects()):
+            store.delete(obj)
+        return self
+
     def challenge(self, dnsName=None, wildcard=False):
         """The Challenge for ``dnsName`` (default: the first one) and wildcard flag."""
         for ch in self.challenges:
@@ -300,3 +307,25 @@ def setCertificateFailed(store, certificate, message, at, attempts=1, revision=N
     if revision is not None:
         status["revision"] = revision
     return _certificateStatus(store, certificate, status)
+
+
+def projectUUIDs(count, namespace="kibaship-bench"):
+    """``count`` distinct, deterministic project UUIDs (lower-case, as the label wants)."""
+    return [str(uuid.uuid5(uuid.NAMESPACE_DNS, "%s-%d.projects.kibaship.test" % (namespace, i)))
+            for i in range(count)]
+
+
+def numberedChains(prefix, start, count, projects=(PROJECT_UUID,), **kw):
+    """``count`` one-Challenge Certificates ``<prefix>-<n>`` for ``<prefix>-<n>.example.com``,
+    ``n`` from ``start``, their projects taken in turn from ``projects``.
+
+    Many Kibaship projects spread the appends over every Valkey primary, as
+    in a real cluster; ``kw`` goes to :func:`buildChain`.
+    """
+    chains = []
+    for n in range(start, start + count):
+        name = "%s-%06d" % (prefix, n)
+        labels = kibashipLabels(projectUUID=projects[n % len(projects)], slug=name)
+        chains.append(buildChain(certificateName="ad-%s-example-com" % name,
+                                 dnsNames=("%s.example.com" % name,), labels=labels, **kw))
+    return chains

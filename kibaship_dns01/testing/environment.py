@@ -11,6 +11,7 @@ ServiceAccount calling through the front proxy.
 import base64
 import json
 import os
+import urllib.parse
 
 from kibaship_dns01.auth.authconfig import makeAuthenticationConfigMap
 from kibaship_dns01.challenge import PRESENT
@@ -24,6 +25,15 @@ CERT_MANAGER_USER = "system:serviceaccount:cert-manager:cert-manager"
 CERT_MANAGER_GROUPS = ("system:serviceaccounts", "system:serviceaccounts:cert-manager")
 FRONT_PROXY_CN = "front-proxy-client"
 PASSWORD_SECRET = "valkey-auth"
+#: what kube-apiserver's authenticator adds for a bound ServiceAccount token
+#: (Kubernetes 1.30+), which the kube-aggregator forwards as ``X-Remote-Extra-*``
+CERT_MANAGER_EXTRA = {
+    "authentication.kubernetes.io/credential-id": "JTI=3c1b6d0e-5f4a-4d2e-9b8c-7a6f5e4d3c2b",
+    "authentication.kubernetes.io/node-name": "worker-1",
+    "authentication.kubernetes.io/node-uid": "6a0e2f1d-3c4b-4a59-8e7d-1f2a3b4c5d6e",
+    "authentication.kubernetes.io/pod-name": "cert-manager-6d8f7c9b5-x2x7q",
+    "authentication.kubernetes.io/pod-uid": "9e8d7c6b-5a4f-4e3d-8c2b-1a0f9e8d7c6b",
+}
 
 
 def secret(namespace, name, data):
@@ -89,6 +99,16 @@ class LocalEnvironment:
     async def stop(self):
         await self.api.stop()
 
+    def addChains(self, chains):
+        """Create more cert-manager objects in the stand-in (as cert-manager does
+        before it presents); the daemon's watch sees them."""
+        for chain in chains:
+            chain.addTo(self.api.store)
+
+    def removeChains(self, chains):
+        for chain in chains:
+            chain.removeFrom(self.api.store)
+
     # -- what the daemon and cert-manager need ---------------------------------
     def issuerConfig(self):
         """The ClusterIssuer's ``dns01.webhook.config`` pointing at the local cluster."""
@@ -114,10 +134,36 @@ class LocalEnvironment:
                 "kind": "ChallengePayload",
                 "request": self.challengeRequest(action, challenge).raw}
 
+    def solverPath(self):
+        return f"/apis/{self.groupName}/v1alpha1/{self.solverName}"
+
+    def aggregatorRequest(self, host, action=PRESENT, challenge=None, user=CERT_MANAGER_USER,
+                          groups=CERT_MANAGER_GROUPS + ("system:authenticated",),
+                          extra=CERT_MANAGER_EXTRA):
+        """The whole HTTP/1.1 request the kube-aggregator forwards for cert-manager's
+        Present/CleanUp (bytes, for load generators that write it as is).
+
+        The body is encoded as Go's ``encoding/json`` does (compact); the
+        identity headers as ``transport.SetAuthProxyHeaders`` sets them: one
+        ``X-Remote-Group`` per group, ``X-Remote-Extra-<path-escaped key>``
+        per extra value.
+        """
+        body = json.dumps(self.payload(action, challenge), separators=(",", ":")).encode()
+        headers = [("Host", host), ("User-Agent", "cert-manager-challenges/v1.16.2 "
+                                    "(linux/amd64) cert-manager/bench"),
+                   ("Content-Length", str(len(body))), ("Accept", "application/json, */*"),
+                   ("Content-Type", "application/json"), ("Accept-Encoding", "gzip"),
+                   ("X-Forwarded-For", "10.244.1.17"), ("X-Remote-User", user)]
+        headers += [("X-Remote-Group", group) for group in groups]
+        headers += [("X-Remote-Extra-" + urllib.parse.quote(key, safe=""), value)
+                    for key, value in sorted(extra.items())]
+        head = "".join("%s: %s\r\n" % pair for pair in headers)
+        return ("POST %s HTTP/1.1\r\n%s\r\n" % (self.solverPath(), head)).encode() + body
+
     async def post(self, baseURL, action=PRESENT, challenge=None, user=CERT_MANAGER_USER,
                    groups=CERT_MANAGER_GROUPS):
         """Send a Present/CleanUp as the kube-aggregator forwards cert-manager's call."""
-        path = f"/apis/{self.groupName}/v1alpha1/{self.solverName}"
+        path = self.solverPath()
         headers = {"Content-Type": ["application/json"], "X-Remote-User": [user],
                    "X-Remote-Group": list(groups)}
         return await request(self.reactor, "POST", baseURL + path,

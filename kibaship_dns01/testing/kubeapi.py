@@ -158,8 +158,11 @@ class _APIResource(Resource):
         state = {"timer": None, "watch": None}
 
         def onEvent(type_, obj):
-            if not request.finished and not request._disconnected:
-                request.write(_dumps({"type": type_, "object": obj}))
+            line = _dumps({"type": type_, "object": obj})
+            if server.holdingWatchEvents:
+                server.heldWatchEvents.append((request, line))
+            elif not request.finished and not request._disconnected:
+                request.write(line)
 
         def onEnd():
             if state["timer"] is not None and state["timer"].active():
@@ -246,6 +249,8 @@ class StandInAPIServer:
         self._authorizer = None
         self.hang = False
         self.hungRequests = []
+        self.holdingWatchEvents = False
+        self.heldWatchEvents = []
         self.requestCount = 0
         self.connectionsMade = 0
         self.defaultWatchTimeout = defaultWatchTimeout
@@ -298,6 +303,25 @@ class StandInAPIServer:
     @property
     def connectionCount(self):
         return len(self._factory.protocols) if self._factory is not None else 0
+
+    # --- watch delivery control -------------------------------------------
+
+    def holdWatchEvents(self):
+        """Keep watch events back (each watch stays open, silent) until
+        :meth:`releaseWatchEvents`: a deterministic "the watch has not
+        delivered this object yet", for cache-miss paths."""
+        self.holdingWatchEvents = True
+
+    def releaseWatchEvents(self):
+        """Deliver the held events in order to the watches still open; :return: how many."""
+        self.holdingWatchEvents = False
+        held, self.heldWatchEvents = self.heldWatchEvents, []
+        delivered = 0
+        for request, line in held:
+            if not request.finished and not request._disconnected:
+                request.write(line)
+                delivered += 1
+        return delivered
 
     # --- authentication / authorization -----------------------------------
 

@@ -1,0 +1,253 @@
+"""What ``bench/present.py`` runs and drives: the local environment, the real
+daemon under ``twistd``, the floor site, and load generator runs.
+
+The environment is the one ``python -m kibaship_dns01.testing.localrun`` uses
+(:class:`~kibaship_dns01.testing.environment.LocalEnvironment`: six-node
+password-protected Valkey cluster, the stand-in API with Kibaship chains, the
+PKI); the stand-in API server runs in this process, which does nothing else
+while a load runs, so the CPU this process uses during a run is the stand-in's
+(measured and reported per run).  Every other piece is its own process: the
+daemon, the floor, each load generator run, py-spy.
+"""
+import json
+import os
+import sys
+import time
+
+import treq
+from prometheus_client.parser import text_string_to_metric_families
+from twisted.internet import defer
+from twisted.internet.task import deferLater
+
+from bench import loadgen
+from kibaship_dns01.challenge import CLEANUP, PRESENT
+from kibaship_dns01.testing.daemon import ChildOutput, DaemonProcess
+from kibaship_dns01.testing.environment import LocalEnvironment
+from kibaship_dns01.testing.ports import freePort
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CHALLENGES = {"cache": "challenges"}
+SUCCESS = '"success":true'
+
+
+# --- /proc probes ------------------------------------------------------------
+
+def cpuSeconds(pid):
+    """User + system CPU seconds of a live process, from ``/proc/<pid>/stat``."""
+    with open("/proc/%d/stat" % pid) as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rssMiB(pid):
+    """``VmRSS`` of a live process in MiB."""
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmRSS for pid %d" % pid)
+
+
+def ownCPU():
+    t = os.times()
+    return t.user + t.system
+
+
+class Metrics:
+    """One scrape of the daemon's ``/metrics``: ``value(name, **labels)``."""
+
+    def __init__(self, text):
+        self._samples = {}
+        for family in text_string_to_metric_families(text):
+            for s in family.samples:
+                self._samples[(s.name, frozenset(s.labels.items()))] = s.value
+
+    def value(self, name, **labels):
+        return self._samples.get((name, frozenset(labels.items())))
+
+    def total(self, name):
+        """Sum over every label set of ``name``."""
+        return sum(v for (n, _), v in self._samples.items() if n == name)
+
+
+# --- child processes -----------------------------------------------------------
+
+class Floor:
+    """``bench/floor.py`` as a child process, serving the daemon's certificate."""
+
+    def __init__(self, reactor, env):
+        self.reactor, self.env = reactor, env
+        self.proto = ChildOutput()
+        self.transport = None
+        self.port = None
+
+    async def start(self):
+        caFile = os.path.join(self.env.workdir, "front-proxy-ca.crt")
+        with open(caFile, "wb") as f:
+            f.write(self.env.frontProxyCA.certPEM)
+        argv = [sys.executable, os.path.join(HERE, "floor.py"), "--port", "0",
+                "--tls-cert-file", self.env.certFile, "--tls-private-key-file",
+                self.env.keyFile, "--client-ca-file", caFile]
+        self.transport = self.reactor.spawnProcess(self.proto, argv[0], argv,
+                                                   env=dict(os.environ), path=self.env.workdir)
+        hello = await self.proto.firstLine().addTimeout(30, self.reactor)
+        self.port = json.loads(hello)["port"]
+
+    @property
+    def pid(self):
+        return self.transport.pid
+
+    async def stop(self):
+        if not self.proto.ended.called:
+            self.transport.signalProcess("TERM")
+        await self.proto.ended
+
+
+# --- the stack -----------------------------------------------------------------
+
+class Stack:
+    """The environment, the daemon and (when asked) the floor; see the module docstring."""
+
+    def __init__(self, reactor, workdir, cluster):
+        self.reactor = reactor
+        self.workdir = workdir
+        self.cluster = cluster
+        self.env = LocalEnvironment(reactor, workdir, cluster)
+        self.port = freePort()
+        self.metricsPort = freePort()
+        self.host = "localhost:%d" % self.port
+        self.daemon = None
+        self.floor = None
+        self._files = 0
+
+    async def start(self):
+        await self.env.start()
+
+    async def startDaemon(self):
+        """Start ``twistd kibaship-dns01``; :return: (seconds from spawn to ``/readyz``
+        200, the daemon's CPU seconds by then, this process's CPU seconds meanwhile:
+        the stand-in serving the daemon's LISTs plus the ``/readyz`` polling)."""
+        self.daemon = DaemonProcess(self.reactor, self.env.daemonArgs(self.port, self.metricsPort),
+                                    cwd=self.workdir,
+                                    logPath=os.path.join(self.workdir, "daemon.log"))
+        started, ownBefore = time.monotonic(), ownCPU()
+        self.daemon.start()
+        await self.daemon.waitReady("https://localhost:%d" % self.port,
+                                    self.env.servingCA.certPEM, timeout=60, interval=0.02)
+        return (time.monotonic() - started, cpuSeconds(self.daemon.pid), ownCPU() - ownBefore)
+
+    async def stopDaemon(self):
+        if self.daemon is not None:
+            pid = self.daemon.pid
+            await self.daemon.stop()
+            os.replace(self.daemon.logPath, self.daemon.logPath + ".%d" % pid)
+            self.daemon = None
+
+    async def startFloor(self):
+        self.floor = Floor(self.reactor, self.env)
+        await self.floor.start()
+
+    async def stop(self):
+        if self.floor is not None:
+            await self.floor.stop()
+        await self.stopDaemon()
+        await self.env.stop()
+
+    # -- observing the daemon ---------------------------------------------------
+    async def metrics(self):
+        resp = await treq.get("http://127.0.0.1:%d/metrics" % self.metricsPort, timeout=10)
+        return Metrics((await treq.text_content(resp)))
+
+    async def cachedChallenges(self):
+        return (await self.metrics()).value("kibaship_dns01_cache_objects", **CHALLENGES)
+
+    async def waitCachedChallenges(self, expected, timeout=120.0):
+        """Until the daemon's Challenge cache holds ``expected`` objects (bounded)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            have = await self.cachedChallenges()
+            if have == expected:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError("the daemon's Challenge cache holds %s objects after %gs,"
+                                   " expected %d" % (have, timeout, expected))
+            await deferLater(self.reactor, 0.05, lambda: None)
+
+    async def settle(self, seconds=1.0):
+        await deferLater(self.reactor, seconds, lambda: None)
+
+    # -- Challenges ---------------------------------------------------------
+    async def addChains(self, chains):
+        """Create ``chains`` in the stand-in and wait until the daemon's cache has them."""
+        before = await self.cachedChallenges()
+        self.env.addChains(chains)
+        await self.waitCachedChallenges(before + sum(len(c.challenges) for c in chains))
+
+    async def removeChains(self, chains):
+        before = await self.cachedChallenges()
+        self.env.removeChains(chains)
+        await self.waitCachedChallenges(before - sum(len(c.challenges) for c in chains))
+
+    def requests(self, chains, action=PRESENT):
+        return [self.env.aggregatorRequest(self.host, action, c.challenges[0]) for c in chains]
+
+    def cleanups(self, chains):
+        return self.requests(chains, CLEANUP)
+
+    # -- driving --------------------------------------------------------------
+    def _cpu(self, serverPid):
+        return {"server": cpuSeconds(serverPid),
+                "valkey": sum(cpuSeconds(n.process.pid) for n in self.cluster.nodes if n.alive),
+                "api": ownCPU()}
+
+    async def drive(self, requests, count, connections, rate=None, floor=False, timeout=30):
+        """One load generator run against the daemon (or the floor); :return: its
+        result plus the CPU each party used, in % of one core over the run."""
+        self._files += 1
+        path = os.path.join(self.workdir, "requests-%d.bin" % self._files)
+        loadgen.writeRequests(path, requests)
+        port = self.floor.port if floor else self.port
+        spec = {"host": "127.0.0.1", "port": port, "serverName": "localhost",
+                "caFile": os.path.join(self.workdir, "ca.crt"),
+                "certFile": os.path.join(self.workdir, "front-proxy.crt"),
+                "keyFile": os.path.join(self.workdir, "front-proxy.key"),
+                "requestsFile": path, "count": count, "connections": connections,
+                "rate": rate, "expectStatus": 201, "expectBody": SUCCESS, "timeout": timeout,
+                "deadline": 1800, "gate": True}
+        specPath = path + ".json"
+        with open(specPath, "w") as f:
+            json.dump(spec, f)
+        serverPid = self.floor.pid if floor else self.daemon.pid
+        code, stdout, output, before, after = await self._gated(specPath, serverPid)
+        os.unlink(path)
+        os.unlink(specPath)
+        if code != 0:
+            raise RuntimeError("load generator failed (%s):\n%s" % (code, output.decode()))
+        result = json.loads(stdout.splitlines()[-1])
+        result["cpu_s"] = {k: after[k] - before[k] for k in after}
+        result["cpu_pct"] = {k: 100 * used / result["elapsed"] for k, used in
+                             result["cpu_s"].items()} if result["elapsed"] > 0 else {}
+        result["cpu_pct"]["generator"] = 100 * result["cpu"] / max(result["elapsed"], 1e-9)
+        done = max(1, result["ok"] + result["bad"])
+        result["server_cpu_ms_per_request"] = 1000 * (after["server"] - before["server"]) / done
+        return result
+
+    async def _gated(self, specPath, serverPid):
+        """Run ``loadgen.py`` with its gate: CPU counters are read once every
+        connection is up and again once it has finished, so handshakes and
+        process start-up stay out of the figures."""
+        argv = [sys.executable, os.path.join(HERE, "loadgen.py"), specPath]
+        proto = ChildOutput()
+        transport = self.reactor.spawnProcess(proto, argv[0], argv, env=dict(os.environ),
+                                              path=self.workdir)
+        killer = self.reactor.callLater(1900, transport.signalProcess, "KILL")
+        try:
+            await proto.firstLine()
+            before = self._cpu(serverPid)
+            transport.write(b"go\n")
+            code = await proto.ended
+            after = self._cpu(serverPid)
+        finally:
+            if killer.active():
+                killer.cancel()
+        return code, bytes(proto.stdout), bytes(proto.output), before, after
