@@ -74,7 +74,7 @@ class BuiltEvent:
     def idempotencyKey(self):
         """One append per challenge and operation, however often cert-manager retries;
         the progress operations name their transition (see :mod:`kibaship_dns01.progress`)."""
-        return self.key or f"{self.challengeID}:{self.operation}"
+        return self.key or idempotencyKeyOf(self.challengeID, self.operation)
 
     def eventData(self):
         """``event_data`` decoded, with the sequence placeholder still in it."""
@@ -132,6 +132,18 @@ def _withOptional(payload, **optional):
     return payload
 
 
+def idempotencyKeyOf(challengeID, operation):
+    """The idempotency key of a Present or CleanUp: one append per challenge and operation."""
+    return f"{challengeID}:{operation}"
+
+
+def requestChallengeID(request, context):
+    """The ``challenge_id`` of ``request`` in ``context`` (see :func:`challengeID`)."""
+    namespace = context.certificateNamespace or context.challengeNamespace
+    return challengeID(namespace, context.certificateName or "", request.resolvedFQDN,
+                       request.key)
+
+
 def buildEvent(request, context, config, now, eventID=None, deadlineHint=None):
     """The v1 event for ``request`` in ``context`` under issuer ``config``.
 
@@ -139,8 +151,7 @@ def buildEvent(request, context, config, now, eventID=None, deadlineHint=None):
     :param deadlineHint: seconds the user has left, when known.
     """
     namespace = context.certificateNamespace or context.challengeNamespace
-    cid = challengeID(namespace, context.certificateName or "", request.resolvedFQDN,
-                      request.key)
+    cid = requestChallengeID(request, context)
     payload = _challengePayload(request.operation, cid, request.resolvedFQDN,
                                 request.resolvedZone, request.key, config.ttl, request.dnsName,
                                 request.delegated, context, now)

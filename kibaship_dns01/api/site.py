@@ -270,7 +270,7 @@ class APISite(server.Site):
         user = request.user.name if getattr(request, "user", None) else None
         duration = time.monotonic() - request.started
         route = _route(request)
-        metrics.HTTP_REQUESTS.labels(route=route, code=str(request.code)).inc()
+        metrics.labelled(metrics.HTTP_REQUESTS, route, str(request.code)).inc()
         log.info("{method} {path} {code} {duration_ms}ms user={user}",
                  method=request.method.decode("ascii", "replace"), path=_path(request),
                  code=request.code, user=user, duration_ms=round(duration * 1000, 1),

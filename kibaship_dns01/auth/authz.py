@@ -11,7 +11,6 @@ a burst of cert-manager retries costs one review.  An API server that cannot
 be asked yields a :class:`Decision` with ``error`` set: refused (503), never
 allowed, and never cached, so the next request asks again.
 """
-import json
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -187,12 +186,13 @@ class DelegatingAuthorizer:
             return defer.succeed(self._record(attributes, Decision(allowed=True), "masters"))
         if not attributes.resourceRequest and isHealthPath(attributes.path):
             return defer.succeed(self._record(attributes, Decision(allowed=True), "health"))
-        spec = reviewSpec(attributes)
-        key = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+        # the attributes are the question (frozen, hashable): equal attributes make the
+        # same SubjectAccessReview, so they key the cache without serialising it
+        key = attributes
         cached = self._cache.get(key)
         if cached is not ExpiringCache.MISSING:
             return defer.succeed(self._record(attributes, cached, "cache"))
-        d = self._flight.call(key, lambda: self._review(attributes, spec, key))
+        d = self._flight.call(key, lambda: self._review(attributes, reviewSpec(attributes), key))
         d.addCallback(lambda decision: self._record(attributes, decision, "sar"))
         return d
 
@@ -226,7 +226,7 @@ class DelegatingAuthorizer:
 
     def _record(self, attributes, decision, source):
         kind = "error" if decision.error else ("allow" if decision.allowed else "deny")
-        metrics.AUTHZ_DECISIONS.labels(decision=kind, source=source).inc()
+        metrics.labelled(metrics.AUTHZ_DECISIONS, kind, source).inc()
         if not decision.allowed:
             log.info("request denied: user={user} groups={groups} verb={verb} path={path} "
                      "reason={reason}", user=attributes.user.name,

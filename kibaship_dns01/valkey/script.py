@@ -118,6 +118,21 @@ return {id, seq, 0}
 
 APPEND_SHA = hashlib.sha1(APPEND_SCRIPT.encode("utf-8")).hexdigest()
 
+#: A retried Present or CleanUp the daemon has seen appended asks only this:
+#: is the idempotency record still there?  It costs no event to build and no
+#: fields to send; when the record is gone (its window passed, a failover lost
+#: it) the caller appends in full.
+PROBE_SCRIPT = r"""
+-- KEYS[1] idempotency record; ARGV[1] '1': rewrite it (KEEPTTL) so WAIT covers it
+local record = redis.call('GET', KEYS[1])
+if not record then return {'', 0, 3} end
+if ARGV[1] == '1' then redis.call('SET', KEYS[1], record, 'KEEPTTL') end
+local id, seq = string.match(record, '^(%S+) (%d+)$')
+return {id, tonumber(seq), 1}
+"""
+
+PROBE_SHA = hashlib.sha1(PROBE_SCRIPT.encode("utf-8")).hexdigest()
+
 
 def streamKey(projectUUID):
     return "{project:%s}:events" % (projectUUID,)
@@ -136,9 +151,10 @@ def markKey(projectUUID, namespace, certificate):
     return "{project:%s}:cert:%s/%s" % (projectUUID, namespace, certificate)
 
 
-#: what the script answers: appended, duplicate (nothing appended), skipped
-#: (a ``require`` mark did not hold, nothing appended)
-APPENDED, DUPLICATE, SKIPPED = 0, 1, 2
+#: what the scripts answer: appended, duplicate (nothing appended), skipped
+#: (a ``require`` mark did not hold, nothing appended), missing (the probe found
+#: no record)
+APPENDED, DUPLICATE, SKIPPED, MISSING = 0, 1, 2, 3
 
 
 @attr.s(frozen=True, slots=True)
@@ -231,8 +247,23 @@ def scriptArguments(projectUUID, key, flatFields, windowSeconds, touch, sequence
     return keys, args
 
 
+def probeArguments(projectUUID, key, touch):
+    """``(keys, args)`` for :data:`PROBE_SCRIPT`."""
+    return [idempotencyKey(projectUUID, key)], ["1" if touch else "0"]
+
+
+async def runProbe(conn, keys, args, after=None):
+    """:data:`PROBE_SCRIPT` as :func:`runAppend` runs the append script."""
+    return await runScript(conn, PROBE_SCRIPT, PROBE_SHA, keys, args, after)
+
+
 async def runAppend(conn, keys, args, after=None):
-    """EVALSHA the script on ``conn``; load it on NOSCRIPT and try once more.
+    """:data:`APPEND_SCRIPT` on ``conn``, see :func:`runScript`."""
+    return await runScript(conn, APPEND_SCRIPT, APPEND_SHA, keys, args, after)
+
+
+async def runScript(conn, script, sha, keys, args, after=None):
+    """EVALSHA ``script`` on ``conn``; load it on NOSCRIPT and try once more.
 
     ``after`` is a command pipelined right behind every EVALSHA sent (the
     publisher's ``WAIT``), so an append with a durability check is one round
@@ -242,14 +273,14 @@ async def runAppend(conn, keys, args, after=None):
         :data:`APPENDED`, :data:`DUPLICATE`, :data:`SKIPPED`; ``afterReply`` is
         ``None`` without ``after``.
     """
-    call = ("EVALSHA", APPEND_SHA, len(keys)) + tuple(keys) + tuple(args)
+    call = ("EVALSHA", sha, len(keys)) + tuple(keys) + tuple(args)
     try:
         reply, afterReply = await _sendWith(conn, call, after)
     except ServerError as e:
         if replies.classify(e.message) != replies.NOSCRIPT:
             raise
         metrics.VALKEY_RETRIES.labels("noscript").inc()
-        loaded = conn.send("SCRIPT", "LOAD", APPEND_SCRIPT)
+        loaded = conn.send("SCRIPT", "LOAD", script)
         again = _sendWith(conn, call, after)
         try:
             await loaded
