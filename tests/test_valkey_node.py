@@ -91,7 +91,9 @@ class NodeTests(SynchronousTestCase):
                                   b"*2\r\n$3\r\n2-0\r\n*0\r\n+PONG\r\n")
         self.assertEqual(self.successResultOf(first), [["1-0", ["a", "b"]], ["2-0", []]])
         self.assertEqual(self.successResultOf(second), "PONG")
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        # nothing deferred to a later reactor turn (only the connection's reply watchdog)
+        self.assertEqual([c.func.__name__ for c in self.clock.getDelayedCalls()],
+                         ["_checkReplies"])
 
     def test_noPasswordNoAuth(self):
         self.passwords = [None]
@@ -164,6 +166,38 @@ class NodeTests(SynchronousTestCase):
         self.assertEqual(len(self.endpoint.protocols), 2)
         node.acquire()
         self.assertEqual(len(self.endpoint.protocols), 2, "never more than size")
+
+    def test_oneWatchdogPerConnectionNotPerCommand(self):
+        self.passwords = [None]
+        conn = self.successResultOf(self.node().acquire())
+        sent = [conn.send("PING") for _ in range(50)]
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.reply(conn.protocol, b"+PONG\r\n" * 50)
+        self.assertEqual([self.successResultOf(d) for d in sent], ["PONG"] * 50)
+
+    def test_aLateReplyAfterACancelledCommandIsNotTakenByTheNext(self):
+        self.passwords = [None]
+        conn = self.successResultOf(self.node().acquire())
+        first = conn.send("GET", "a")
+        second = conn.send("GET", "b")
+        first.cancel()
+        self.failureResultOf(first)
+        self.reply(conn.protocol, b"$1\r\nA\r\n$1\r\nB\r\n")
+        self.assertEqual(self.successResultOf(second), "B")
+
+    def test_theWatchdogWaitsForTheOldestCommand(self):
+        """A command sent later does not extend the deadline of an earlier one."""
+        self.passwords = [None]
+        conn = self.successResultOf(self.node().acquire())
+        first = conn.send("PING")
+        self.clock.advance(2.9)
+        second = conn.send("PING")
+        self.reply(conn.protocol, b"+PONG\r\n")
+        self.assertEqual(self.successResultOf(first), "PONG")
+        self.clock.advance(0.2)  # the first's deadline passes: the second is young
+        self.assertNoResult(second)
+        self.clock.advance(2.8)
+        self.failureResultOf(second, ConnectionLost)
 
     def test_replyTimeoutAbortsConnection(self):
         self.passwords = [None]

@@ -26,6 +26,7 @@ production cluster client, so this module keeps txredisapi's
 (``"1-0"`` must not become a float).  Replies are pipelined: several callers
 share a connection and each gets its own reply in order.
 """
+import collections
 
 from OpenSSL import SSL
 from service_identity import VerificationError
@@ -85,15 +86,72 @@ class NodeProtocol(txredisapi.BaseRedisProtocol):
     """
 
     def __init__(self, clock, replyTimeout, tls):
-        super().__init__(charset="utf-8", replyTimeout=replyTimeout, convertNumbers=False)
-        # txredisapi schedules reply timeouts with a class attribute bound to
-        # the global reactor; use the injected one
+        # no replyTimeout for txredisapi: it would arm (and cancel) a timer and
+        # chain two Deferreds per command; the replies are matched and timed here
+        super().__init__(charset="utf-8", replyTimeout=None, convertNumbers=False)
+        self.clock = clock
         self.callLater = clock.callLater
+        self.readTimeout = replyTimeout
         self.tls = tls
         self.ready = defer.Deferred()
         self.closed = defer.Deferred()
         self.lostReason = None
         self._unparsed = []
+        self._pending = collections.deque()  # (Deferred, sent at), in reply order
+        self._watchdog = None
+
+    # Replies, in order.  One Deferred per command in a deque, replaced by
+    # nothing when its caller cancels it (the reply still comes and is
+    # dropped), and one timer per connection rather than per command: it
+    # fires when the oldest command outstanding would be ``readTimeout`` old,
+    # and then, as txredisapi did, fails everything outstanding and aborts the
+    # connection, so no later reply can be taken for another command's.
+
+    @property
+    def pendingCount(self):
+        return len(self._pending)
+
+    def execute_command(self, *args, **kwargs):
+        if not self.connected:
+            raise txredisapi.ConnectionError("Not connected")
+        self.transport.write(self._build_command(*args))
+        d = defer.Deferred()
+        self._pending.append((d, self.clock.seconds()))
+        if self._watchdog is None and self.readTimeout:
+            self._watchdog = self.callLater(self.readTimeout, self._checkReplies)
+        return d
+
+    def replyReceived(self, reply):
+        if not self._pending:
+            log.warn("Valkey sent a reply nobody asked for: {reply!r}", reply=reply)
+            return
+        d, _ = self._pending.popleft()
+        if d.called:  # cancelled by its caller
+            return
+        if isinstance(reply, Exception):
+            d.errback(reply)
+        else:
+            d.callback(reply)
+
+    def _checkReplies(self):
+        self._watchdog = None
+        if not self._pending:
+            return
+        due = self._pending[0][1] + self.readTimeout
+        now = self.clock.seconds()
+        if now < due:
+            self._watchdog = self.callLater(due - now, self._checkReplies)
+            return
+        self._failPending(txredisapi.TimeoutError(
+            "Not received Redis response in %s seconds" % (self.readTimeout,)))
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def _failPending(self, error):
+        pending, self._pending = self._pending, collections.deque()
+        for d, _ in pending:
+            if not d.called:
+                d.errback(error)
 
     # txredisapi's LineReceiver hands the bytes that follow every bulk string
     # to the *next reactor iteration* (setLineMode -> callLater(0,
@@ -147,6 +205,10 @@ class NodeProtocol(txredisapi.BaseRedisProtocol):
     def connectionLost(self, why):
         self.lostReason = why
         super().connectionLost(why)
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.cancel()
+        self._watchdog = None
+        self._failPending(txredisapi.ConnectionError("Lost connection"))
         if not self.ready.called:
             self.ready.errback(why)
         self.closed.callback(None)
@@ -192,7 +254,7 @@ class Connection:
 
     @property
     def pending(self):
-        return len(self.protocol.replyQueue.waiting)
+        return self.protocol.pendingCount
 
     def send(self, *args):
         """Write one command now; Deferred firing its reply.
@@ -258,6 +320,21 @@ class Node:
         """True if at least one usable connection is open."""
         return any(c.usable for c in self._connections)
 
+    def ready(self):
+        """The least busy usable connection now, or ``None`` (then use :meth:`acquire`).
+
+        Like :meth:`acquire`, opens another connection in the background while
+        below ``size``.
+        """
+        if self._closed:
+            return None
+        live = self._connections = [c for c in self._connections if c.usable]
+        if not live:
+            return None
+        if len(live) < self.size and not self._connect.running:
+            self._connect().addErrback(self._backgroundFailed)
+        return live[0] if len(live) == 1 else min(live, key=lambda c: c.pending)
+
     def acquire(self):
         """A Deferred firing a usable :class:`Connection` (the least busy one).
 
@@ -269,13 +346,8 @@ class Node:
         if self._closed:
             return defer.fail(ConnectionLost("Valkey node %s: client closed" % (
                 formatAddress(self.address),)))
-        self._connections = [c for c in self._connections if c.usable]
-        live = self._connections
-        if live and len(live) < self.size and not self._connect.running:
-            self._connect().addErrback(self._backgroundFailed)
-        if live:
-            return defer.succeed(min(live, key=lambda c: c.pending))
-        return self._connect()
+        conn = self.ready()
+        return defer.succeed(conn) if conn is not None else self._connect()
 
     def _backgroundFailed(self, failure):
         log.info("extra connection to Valkey node {node} failed: {why}",

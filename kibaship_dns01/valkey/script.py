@@ -45,7 +45,6 @@ without a mark has exactly the layout above.
 import hashlib
 
 import attr
-from twisted.internet import defer
 
 from kibaship_dns01 import metrics
 from kibaship_dns01.valkey import replies
@@ -252,44 +251,53 @@ def probeArguments(projectUUID, key, touch):
     return [idempotencyKey(projectUUID, key)], ["1" if touch else "0"]
 
 
-async def runProbe(conn, keys, args, after=None):
+def runProbe(conn, keys, args, after=None):
     """:data:`PROBE_SCRIPT` as :func:`runAppend` runs the append script."""
-    return await runScript(conn, PROBE_SCRIPT, PROBE_SHA, keys, args, after)
+    return runScript(conn, PROBE_SCRIPT, PROBE_SHA, keys, args, after)
 
 
-async def runAppend(conn, keys, args, after=None):
+def runAppend(conn, keys, args, after=None):
     """:data:`APPEND_SCRIPT` on ``conn``, see :func:`runScript`."""
-    return await runScript(conn, APPEND_SCRIPT, APPEND_SHA, keys, args, after)
+    return runScript(conn, APPEND_SCRIPT, APPEND_SHA, keys, args, after)
 
 
-async def runScript(conn, script, sha, keys, args, after=None):
+def runScript(conn, script, sha, keys, args, after=None):
     """EVALSHA ``script`` on ``conn``; load it on NOSCRIPT and try once more.
 
     ``after`` is a command pipelined right behind every EVALSHA sent (the
     publisher's ``WAIT``), so an append with a durability check is one round
     trip, and on the NOSCRIPT path the check still follows the write it checks.
+    Plain Deferreds, no coroutine: this runs for every append.
 
-    :return: ``(entryId, sequence, status, afterReply)``, status one of
-        :data:`APPENDED`, :data:`DUPLICATE`, :data:`SKIPPED`; ``afterReply`` is
-        ``None`` without ``after``.
+    :return: a Deferred of ``(entryId, sequence, status, afterReply)``, status
+        one of :data:`APPENDED`, :data:`DUPLICATE`, :data:`SKIPPED`,
+        :data:`MISSING`; ``afterReply`` is ``None`` without ``after``.
     """
     call = ("EVALSHA", sha, len(keys)) + tuple(keys) + tuple(args)
-    try:
-        reply, afterReply = await _sendWith(conn, call, after)
-    except ServerError as e:
-        if replies.classify(e.message) != replies.NOSCRIPT:
-            raise
-        metrics.VALKEY_RETRIES.labels("noscript").inc()
-        loaded = conn.send("SCRIPT", "LOAD", script)
-        again = _sendWith(conn, call, after)
-        try:
-            await loaded
-        except BaseException:
-            again.addErrback(lambda f: None)  # fails with NOSCRIPT; report the load error
-            raise
-        reply, afterReply = await again
-    entryId, sequence, status = reply
+    d = _sendWith(conn, call, after)
+    d.addErrback(_loadAndRetry, conn, script, call, after)
+    return d.addCallback(_scriptReply)
+
+
+def _scriptReply(replies_):
+    (entryId, sequence, status), afterReply = replies_
     return str(entryId), int(sequence), int(status), afterReply
+
+
+def _loadAndRetry(failure, conn, script, call, after):
+    """On ``NOSCRIPT`` (a new primary, ``SCRIPT FLUSH``): ``SCRIPT LOAD`` and the call
+    again, pipelined on the same connection."""
+    failure.trap(ServerError)
+    if replies.classify(failure.value.message) != replies.NOSCRIPT:
+        return failure
+    metrics.VALKEY_RETRIES.labels("noscript").inc()
+    loaded = conn.send("SCRIPT", "LOAD", script)
+    again = _sendWith(conn, call, after)
+
+    def loadFailed(f):
+        again.addErrback(lambda _: None)  # fails with NOSCRIPT; report the load error
+        return f
+    return loaded.addCallbacks(lambda _: again, loadFailed)
 
 
 def _sendWith(conn, call, after):
@@ -299,14 +307,12 @@ def _sendWith(conn, call, after):
     reply to ``after`` is dropped.
     """
     first = conn.send(*call)
-    second = conn.send(*after) if after else None
+    if not after:
+        return first.addCallback(lambda reply: (reply, None))
+    second = conn.send(*after)
 
-    async def both():
-        try:
-            reply = await first
-        except BaseException:
-            if second is not None:
-                second.addErrback(lambda f: None)
-            raise
-        return reply, (await second if second is not None else None)
-    return defer.ensureDeferred(both())
+    def firstFailed(f):
+        second.addErrback(lambda _: None)
+        return f
+    return first.addCallbacks(
+        lambda reply: second.addCallback(lambda afterReply: (reply, afterReply)), firstFailed)
