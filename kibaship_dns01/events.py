@@ -14,6 +14,7 @@ by the Valkey append script; the builder leaves the script's placeholder in
 ``event_data`` (see :mod:`kibaship_dns01.valkey.script`).
 """
 import datetime
+import functools
 import json
 import uuid
 
@@ -32,10 +33,12 @@ CHALLENGE_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_DNS, "dns.kibaship.com")
 SEQUENCE_FIELD = "event_data"
 
 
+@functools.lru_cache(maxsize=16384)
 def challengeID(namespace, certificate, fqdn, txt):
     """Deterministic id of one challenge: the same inputs always give the same UUIDv5.
 
-    Over ``<namespace>/<certificate>/<fqdn without trailing dot>/<txt>``.
+    Over ``<namespace>/<certificate>/<fqdn without trailing dot>/<txt>``; remembered
+    for the challenges in flight (cert-manager retries each until it is done).
     """
     return str(uuid.uuid5(CHALLENGE_NAMESPACE, f"{namespace}/{certificate}/{bareName(fqdn)}/{txt}"))
 

@@ -9,6 +9,7 @@ the identity ones (decoded), answers the authenticator's questions from
 them, and removes them from the request: read only when the front-proxy
 certificate verified, and never left behind for later code to trust.
 """
+import functools
 import re
 import urllib.parse
 
@@ -18,6 +19,7 @@ DEFAULT_EXTRA_PREFIXES = ("X-Remote-Extra-",)
 _MALFORMED_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
+@functools.lru_cache(maxsize=1024)
 def unescapeExtraKey(key):
     """Go's ``url.PathUnescape``; a malformed key is kept as it came."""
     if _MALFORMED_ESCAPE.search(key):
