@@ -33,7 +33,7 @@ from kibaship_dns01.auth.peer import PeerCertificates
 from kibaship_dns01.auth.types import (
     ANONYMOUS, ANONYMOUS_USER, AUTHENTICATED, UNAUTHENTICATED, Unauthenticated, UserInfo)
 from kibaship_dns01.auth.x509verify import (
-    CertificateVerificationError, certificateIdentifier, commonName, organizations)
+    CertificateVerificationError, certificateIdentifier)
 from kibaship_dns01.interfaces import IAuthenticator
 
 log = Logger()
@@ -98,7 +98,7 @@ def frontProxyUser(headers, chain, config, now, verify):
         return None
     verified = _verify(verify, chain, config.requestHeaderCAs, now,
                        "front-proxy client certificate")
-    cn = commonName(verified.leaf)
+    cn = verified.leafCommonName
     if config.allowedNames and cn not in config.allowedNames:
         raise Rejected("x509: subject with cn=%s is not in the allowed list (key "
                        "requestheader-allowed-names of %s)" % (cn, WHERE))
@@ -114,11 +114,11 @@ def clientCertificateUser(chain, config, now, verify):
     if not chain or not config.clientCAs:
         return None
     verified = _verify(verify, chain, config.clientCAs, now, "client certificate")
-    cn = commonName(verified.leaf)
+    cn = verified.leafCommonName
     if not cn:
         raise Rejected("client certificate %s has no common name, so it names no user"
                        % (certificateIdentifier(verified.leaf),))
-    return UserInfo(name=cn, groups=organizations(verified.leaf))
+    return UserInfo(name=cn, groups=verified.leafOrganizations)
 
 
 # --- tokens ----------------------------------------------------------------------
