@@ -259,8 +259,11 @@ class LoadGenerator:
         self._connect()
 
     # -- requests ---------------------------------------------------------
-    def _send(self, conn, index, since):
-        conn.index, conn.since, conn.sentAt = index, since, time.perf_counter()
+    def _send(self, conn, index, since=None):
+        """Send request ``index``; its latency counts from ``since`` (open loop: its
+        due time), by default from now."""
+        conn.sentAt = time.perf_counter()
+        conn.index, conn.since = index, conn.sentAt if since is None else since
         conn.out = memoryview(self.requests[index % len(self.requests)])
         self.sent += 1
         self._flush(conn)
@@ -380,7 +383,7 @@ class LoadGenerator:
                         if nextIndex >= self.count:
                             break
                         index, nextIndex = nextIndex, nextIndex + 1
-                    self._send(self._takeIdle(), index, time.perf_counter())
+                    self._send(self._takeIdle(), index)
                 # a free connection waits for the next backoff to end, a busy one for answers
                 wait = max(0.0, self.waiting[0][0] - time.perf_counter()) \
                     if self.waiting and self.idle else 1.0

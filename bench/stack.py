@@ -65,6 +65,11 @@ class Metrics:
     def value(self, name, **labels):
         return self._samples.get((name, frozenset(labels.items())))
 
+    def labelValues(self, name, label):
+        """The values ``label`` takes among the samples of ``name``, sorted."""
+        return sorted({dict(labels).get(label) for (n, labels) in self._samples if n == name}
+                      - {None})
+
     def total(self, name):
         """Sum over every label set of ``name``."""
         return sum(v for (n, _), v in self._samples.items() if n == name)
