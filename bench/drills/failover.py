@@ -20,7 +20,10 @@ so Presents on its projects fail their ``WAIT`` and are retried.
 At the end every project's stream is read back with ``valkey-cli`` and
 checked (see :class:`~bench.drills.common.StreamCheck`): each challenge has
 exactly one ``present`` entry, per-project sequences are consecutive, no
-loss, no duplicate.  Each failover's cost is printed from the generator's
+loss, no duplicate.  A :class:`LiveConsumer` reads every stream throughout,
+as the Kibaship frontend would (each time from the last entry it saw, on the
+primary): what it saw must be what is there at the end, in the same order,
+each sequence one more than the one before.  Each failover's cost is printed from the generator's
 timeline: how long the shard's projects got no Present through (blackout),
 and the stall of every Present that failed at least once meanwhile (first
 attempt to success: p99 and max).
@@ -33,13 +36,16 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from twisted.internet import threads  # noqa: E402
+from twisted.internet import defer, threads  # noqa: E402
 from twisted.internet.task import deferLater  # noqa: E402
 
 from bench import loadgen  # noqa: E402
 from bench.drills import common  # noqa: E402
 from bench.drills.common import percentile, say, seconds  # noqa: E402
 from kibaship_dns01.testing.certmanager import numberedChains, projectUUIDs  # noqa: E402
+from kibaship_dns01.testing.valkeycluster import streamEntries  # noqa: E402
+from kibaship_dns01.valkey.cluster import ClusterClient  # noqa: E402
+from kibaship_dns01.valkey.errors import ValkeyError  # noqa: E402
 from kibaship_dns01.valkey.script import streamKey  # noqa: E402
 from kibaship_dns01.valkey.slots import keySlot  # noqa: E402
 
@@ -98,6 +104,68 @@ def failoverOnce(cluster, slot, restartAfter):
     return record
 
 
+class LiveConsumer:
+    """Reads each project's stream while the drill runs, as a consumer does:
+    ``XRANGE key (<last id seen> +`` on the primary, every ``interval`` seconds,
+    through the product's own cluster client (it follows the failover)."""
+
+    def __init__(self, reactor, cluster, projects, interval=0.2):
+        self.reactor, self.interval = reactor, interval
+        self.client = ClusterClient(reactor, cluster.target())
+        self.seen = {p: [] for p in projects}  # (entry id, sequence, event_id) in reading order
+        self.running = True
+
+    def start(self):
+        self.done = defer.gatherResults([defer.ensureDeferred(self._follow(p))
+                                         for p in self.seen])
+        return self
+
+    async def stop(self):
+        self.running = False
+        await self.done
+        await self.client.close()
+
+    async def _follow(self, project):
+        key, last = streamKey(project), "0-0"
+        while self.running:
+            try:
+                reply = await self.client.execute(key, lambda conn, after=last: conn.send(
+                    "XRANGE", key, "(" + after, "+", "COUNT", 1000))
+            except ValkeyError:
+                reply = []
+            for entryId, fields in streamEntries(reply):
+                self.seen[project].append((entryId, int(fields["sequence"]),
+                                           fields["event_id"]))
+                last = entryId
+            await deferLater(self.reactor, self.interval, lambda: None)
+
+    def report(self, tally, streams):
+        """What it saw against what is there at the end."""
+        vanished, reused, jumps, count = [], [], [], 0
+        for project, seen in self.seen.items():
+            final = {entryId: (int(f["sequence"]), f["event_id"])
+                     for entryId, f in streams[project]}
+            bySequence = {seq: eventId for seq, eventId in final.values()}
+            previous = 0
+            for entryId, sequence, eventId in seen:
+                count += 1
+                if entryId not in final:
+                    vanished.append("%s %s (sequence %d)" % (project, entryId, sequence))
+                if bySequence.get(sequence, eventId) != eventId:
+                    reused.append("%s sequence %d" % (project, sequence))
+                if sequence != previous + 1:
+                    jumps.append("%s: %d after %d" % (project, sequence, previous))
+                previous = sequence
+        tally.line("live consumer: read %d entries while the load ran (XRANGE after the last id"
+                   " seen, every %g s per stream)" % (count, self.interval))
+        tally.check("the live consumer saw each project's sequence one by one (no gap, no"
+                    " repeat)", not jumps, "; ".join(jumps[:5]) or "none")
+        tally.check("nothing the live consumer saw was taken back by a failover",
+                    not vanished and not reused,
+                    "%d vanished (%s), %d sequence numbers given to another event" % (
+                        len(vanished), ", ".join(vanished[:3]), len(reused)))
+
+
 class FailoverDrill:
     def __init__(self, reactor, args, stack):
         self.reactor, self.args, self.stack = reactor, args, stack
@@ -124,6 +192,7 @@ class FailoverDrill:
         say("presenting %d challenges on %d connections; %d primaries to kill ..."
             % (len(chains), args.connections, len(plan)))
         started = time.monotonic()
+        consumer = LiveConsumer(self.reactor, self.cluster, projects).start()
         chaos = []
         run = dict(requests=stack.requests(chains), count=len(chains),
                    connections=args.connections, timeout=args.timeout, deadline=1500,
@@ -133,11 +202,14 @@ class FailoverDrill:
         self.loadOver = True
         ended = time.monotonic()
         await chaos[0]
+        await deferLater(self.reactor, 2 * consumer.interval, lambda: None)  # the last entries
+        await consumer.stop()
         say("load over in %.1f s; reading %d streams back ..." % (ended - started, len(projects)))
         streams, counters = await threads.deferToThread(common.readStreams, self.cluster,
                                                         projects)
         self.report(chains, projects, shards, result, loadgen.readTimeline(timeline), streams,
                     counters, started, ended, plan)
+        consumer.report(self.tally, streams)
         common.checkDaemon(self.tally, stack)
         return self.tally
 
