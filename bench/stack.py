@@ -11,12 +11,16 @@ daemon, the floor, each load generator run, py-spy.
 """
 import json
 import os
+import secrets
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 
 import treq
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.task import deferLater
 
 from bench import loadgen
@@ -24,10 +28,42 @@ from kibaship_dns01.challenge import CLEANUP, PRESENT
 from kibaship_dns01.testing.daemon import ChildOutput, DaemonProcess
 from kibaship_dns01.testing.environment import LocalEnvironment
 from kibaship_dns01.testing.ports import freePort
+from kibaship_dns01.testing.valkeycluster import ValkeyCluster, requireValkey
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 CHALLENGES = {"cache": "challenges"}
 SUCCESS = '"success":true'
+
+
+# --- running a bench or drill ---------------------------------------------------
+
+def commitDescription():
+    """The checked-out commit, ``+uncommitted changes`` when tracked files differ."""
+    def git(*argv):
+        return subprocess.run(["git", "-C", ROOT, *argv], capture_output=True, text=True).stdout
+    dirty = "+uncommitted changes" if git("status", "--porcelain", "--untracked-files=no").strip() \
+        else ""
+    return git("rev-parse", "--short", "HEAD").strip() + dirty
+
+
+def runWithCluster(workdir, prefix, body):
+    """Start a fresh six-node password-protected Valkey cluster and a work
+    directory (``workdir``, kept; else a temporary one, removed), then run
+    ``body(reactor, cluster, workdir)`` (a coroutine) in the reactor; the
+    process exits with its status (``task.react``)."""
+    requireValkey()
+    keep = workdir is not None
+    workdir = os.path.abspath(workdir) if keep else tempfile.mkdtemp(prefix=prefix)
+    os.makedirs(workdir, exist_ok=True)
+    print("starting a 6-node Valkey cluster ...", file=sys.stderr, flush=True)
+    cluster = ValkeyCluster(password=secrets.token_urlsafe(16)).start()
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(body(reactor, cluster, workdir)))
+    finally:
+        cluster.stop()
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 # --- /proc probes ------------------------------------------------------------

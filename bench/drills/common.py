@@ -12,20 +12,11 @@ import collections
 import datetime
 import json
 import os
-import secrets
-import shutil
 import sys
-import tempfile
-
-from twisted.internet import defer, task
 
 from bench import loadgen
-from bench.stack import Stack, logProblems
+from bench.stack import Stack, commitDescription, logProblems, runWithCluster
 from kibaship_dns01.valkey.script import sequenceKey, streamKey
-from kibaship_dns01.testing.valkeycluster import ValkeyCluster, requireValkey
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def say(text=""):
     """Progress goes to stderr; the tally alone goes to stdout."""
@@ -235,20 +226,11 @@ def baseParser(description):
     return p
 
 
-def _commit():
-    import subprocess
-    run = lambda *argv: subprocess.run(["git", "-C", ROOT, *argv], capture_output=True,
-                                       text=True).stdout
-    dirty = "+uncommitted changes" if run("status", "--porcelain",
-                                          "--untracked-files=no").strip() else ""
-    return run("rev-parse", "--short", "HEAD").strip() + dirty
-
-
 def header(script, loadBefore):
     return ("%s %s | %s | commit %s | %d cores | load average %.2f at start, %.2f at end" % (
         script, " ".join(sys.argv[1:]) or "(defaults)",
         datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        _commit(), os.cpu_count(), loadBefore, os.getloadavg()[0]))
+        commitDescription(), os.cpu_count(), loadBefore, os.getloadavg()[0]))
 
 
 async def _run(reactor, args, cluster, workdir, drill, daemonArgs, script):
@@ -272,16 +254,5 @@ async def _run(reactor, args, cluster, workdir, drill, daemonArgs, script):
 
 def main(args, drill, daemonArgs=(), script=None):
     """Run ``drill`` (see the module docstring); exit status 1 when a check failed."""
-    requireValkey()
-    workdir = os.path.abspath(args.workdir) if args.workdir else tempfile.mkdtemp(
-        prefix="kibaship-drill-")
-    os.makedirs(workdir, exist_ok=True)
-    say("starting a 6-node Valkey cluster ...")
-    cluster = ValkeyCluster(password=secrets.token_urlsafe(16)).start()
-    try:
-        task.react(lambda reactor: defer.ensureDeferred(
-            _run(reactor, args, cluster, workdir, drill, daemonArgs, script or sys.argv[0])))
-    finally:
-        cluster.stop()
-        if not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
+    runWithCluster(args.workdir, "kibaship-drill-", lambda reactor, cluster, workdir: _run(
+        reactor, args, cluster, workdir, drill, daemonArgs, script or sys.argv[0]))
