@@ -115,6 +115,11 @@ PRESENT_TO_ISSUED = Histogram(
 CACHE_OBJECTS = Gauge(
     "kibaship_dns01_cache_objects", "Objects held by a watch-backed cache, by cache name.",
     ["cache"], registry=REGISTRY)
+CACHE_LISTS = Counter(
+    "kibaship_dns01_cache_lists_total",
+    "Full LISTs a watch-backed cache stored, its first sync included, by cache name; more "
+    "than one means its watch could not resume where it stopped (410 Expired).",
+    ["cache"], registry=REGISTRY)
 READY = Gauge(
     "kibaship_dns01_ready", "1 when a readiness condition holds, by condition.",
     ["condition"], registry=REGISTRY)

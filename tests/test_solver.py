@@ -202,6 +202,31 @@ class SolverTests(SynchronousTestCase):
             self.secrets.read(SecretRef(NS, "valkey-auth", "other"))), b"x")
         self.assertEqual(len(self.secrets._cache), 1)  # the expired entry is gone
 
+    def test_lastValueStandsInWhileTheAPIServerCannotBeAsked(self):
+        """Found by bench/drills/apifaults.py: 30 s into an API server restart every
+        cached Present failed on its password Secret; now the last value stands in,
+        for ``staleTTL`` at most, and never once Valkey rejected it."""
+        ref = SecretRef(NS, "valkey-auth", "password")
+        reader = SecretReader(self.kube, self.clock, staleTTL=600)
+        self.successResultOf(reader.read(ref))
+        self.clock.advance(31)
+        self.kube.injectError(Unavailable("api down"), verb="get", times=2)
+        self.assertEqual(self.successResultOf(reader.read(ref)), PASSWORD.encode())
+        self.clock.advance(600)
+        self.assertTrue(self.failureResultOf(reader.read(ref), SolverError).value.transient)
+        self.successResultOf(reader.read(ref))
+        reader.invalidate(ref)
+        self.kube.injectError(Unavailable("api down"), verb="get")
+        self.failureResultOf(reader.read(ref), SolverError)
+
+    def test_aMissingSecretIsNoReasonToUseTheLastValue(self):
+        ref = SecretRef(NS, "valkey-auth", "password")
+        self.successResultOf(self.secrets.read(ref))
+        self.clock.advance(31)
+        self.kube.store.delete(secret(NS, "valkey-auth", {}))
+        e = self.failureResultOf(self.secrets.read(ref), SolverError).value
+        self.assertIn("not found", e.message)
+
     def test_rejectedPasswordIsReadAgain(self):
         self.successResultOf(self.solve())
         target = self.publisher.calls[0][1]

@@ -208,6 +208,36 @@ class NodeTests(SynchronousTestCase):
         self.assertEqual(str(err), "Valkey node 10.0.0.1:7000 sent no reply within 3s")
         self.assertTrue(conn.protocol.transport.disconnecting)
 
+    def test_oneWaitInFlightOthersShareTheNext(self):
+        """WAIT blocks its connection until it returns: while one runs, later
+        callers are not queued behind it one WAIT each, they share the next
+        WAIT, sent when the running one answers (so it covers their writes)."""
+        self.passwords = [None]
+        conn = self.successResultOf(self.node(size=1).acquire())
+        proto = conn.protocol
+        first = conn.send("WAIT", 1, 1500)
+        writes = [conn.send("EVALSHA", "x", 0), conn.send("EVALSHA", "y", 0)]
+        second, third = conn.send("WAIT", 1, 1500), conn.send("WAIT", 1, 1500)
+        self.assertEqual(proto.transport.value().count(b"WAIT"), 1)
+        proto.transport.clear()
+        self.reply(proto, b":0\r\n")
+        self.assertEqual(self.successResultOf(first), 0)
+        self.assertNoResult(second)
+        self.assertEqual(proto.transport.value(), b"*3\r\n$4\r\nWAIT\r\n$1\r\n1\r\n$4\r\n1500\r\n")
+        proto.transport.clear()
+        self.reply(proto, b"+OK\r\n+OK\r\n:1\r\n")
+        self.assertEqual([self.successResultOf(d) for d in writes + [second, third]],
+                         ["OK", "OK", 1, 1])
+        self.assertEqual(proto.transport.value(), b"", "no WAIT left to send")
+
+    def test_lostConnectionFailsEveryWaitingCaller(self):
+        self.passwords = [None]
+        conn = self.successResultOf(self.node(size=1).acquire())
+        waits = [conn.send("WAIT", 1, 1500) for _ in range(3)]
+        conn.protocol.connectionLost(Failure(ConnectionDone("gone")))
+        for d in waits:
+            self.failureResultOf(d, ConnectionLost)
+
     def test_errorReplyIsServerError(self):
         self.passwords = [None]
         conn = self.successResultOf(self.node().acquire())

@@ -69,7 +69,8 @@ class _Asking:
         self.address = connection.address
 
     def send(self, *args):
-        self._connection.send("ASKING").addErrback(lambda f: None)
+        if args[0] != "WAIT":  # no key, and it may go out later (``Connection._wait``)
+            self._connection.send("ASKING").addErrback(lambda f: None)
         return self._connection.send(*args)
 
 

@@ -31,6 +31,7 @@ import collections
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet import defer, ssl
+from twisted.python.failure import Failure
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import (
     HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS)
@@ -247,6 +248,8 @@ class Connection:
         self.protocol = protocol
         self.address = address
         self.readTimeout = readTimeout
+        self._waitRunning = False
+        self._waitQueue = []
 
     @property
     def usable(self):
@@ -262,8 +265,42 @@ class Connection:
         Error replies fail with :class:`ServerError`; a lost connection or a
         reply slower than ``readTimeout`` with :class:`ConnectionLost` (the
         connection is then closed by txredisapi, so later pipelined replies
-        cannot be confused).
+        cannot be confused).  ``WAIT`` goes through :meth:`_wait`.
         """
+        if args and args[0] == "WAIT":
+            return self._wait(args)
+        return self._send(args)
+
+    def _wait(self, args):
+        """``WAIT`` blocks the connection until it returns, so WAITs pipelined one
+        behind another would each start when the one before ended: with a
+        replica lagging, the k-th would answer after k timeouts, past
+        ``readTimeout`` (found by ``bench/drills/failover.py``).  A WAIT covers
+        every write sent on its connection before it, so at most one runs at a
+        time and the callers that come meanwhile share the next one, sent when
+        it returns: each caller's answer comes within about two WAIT timeouts."""
+        d = defer.Deferred()
+        self._waitQueue.append((args, d))
+        if not self._waitRunning:
+            self._nextWait()
+        return d
+
+    def _nextWait(self):
+        waiters, self._waitQueue = self._waitQueue, []
+        if not waiters:
+            self._waitRunning = False
+            return
+        self._waitRunning = True
+        replicas = max(int(args[1]) for args, _ in waiters)
+        sent = self._send(("WAIT", replicas) + tuple(waiters[0][0][2:]))
+        sent.addBoth(self._waited, waiters)
+
+    def _waited(self, result, waiters):
+        self._nextWait()
+        for _, d in waiters:
+            d.errback(result) if isinstance(result, Failure) else d.callback(result)
+
+    def _send(self, args):
         try:
             d = self.protocol.execute_command(*args)
         except txredisapi.ConnectionError as e:
