@@ -10,7 +10,8 @@ and keep-alive idleness (``IdleTimeout``) separately; so do we:
   on a kept-alive connection, from the first byte of the next request, until
   the blank line ending the headers: ``--request-header-timeout``;
 * **body**: from the end of the headers until the last byte of the body:
-  ``--request-body-timeout``;
+  ``--request-body-timeout``; a body announced (``Content-Length``) over
+  ``--max-body-bytes`` is not waited for at all: ``413`` at once;
 * **idle**: between requests (no byte at all): Twisted's own timeout,
   ``--idle-timeout``.
 
@@ -65,6 +66,13 @@ class GuardedHTTPChannel(http.HTTPChannel):
 
     def allHeadersReceived(self):
         super().allHeadersReceived()
+        if self.length and self.length > self.site.maxBodyBytes:
+            # a body announced over the limit is never read: the request is handled at
+            # once without it (answered 413 once authenticated) and the connection closes
+            # after the answer, so the bytes the client goes on sending are never parsed
+            self.length = 0
+            self.persistent = False
+            self.requests[-1].setHeader(b"connection", b"close")
         self._startPhase(_BODY)
 
     def allContentReceived(self):
@@ -112,6 +120,11 @@ class GuardedHTTPChannel(http.HTTPChannel):
         limit = self._limit(phase)
         if not limit:
             return  # armed for a request that has since arrived
+        if self.transport.disconnecting:
+            # already closing (Twisted answered 400 to a malformed head): say nothing
+            # more, only make sure a client that does not read lets go
+            self._close()
+            return
         metrics.labelled(metrics.HTTP_TIMEOUTS, phase).inc()
         log.debug("closing a connection from {peer}: request {phase} not received within "
                   "{limit}s", peer=str(self.transport.getPeer()), phase=phase, limit=limit)
@@ -120,10 +133,13 @@ class GuardedHTTPChannel(http.HTTPChannel):
 
     def timeoutConnection(self):
         """The idle timeout (Twisted's ``TimeoutMixin``): nothing arrived for ``timeOut``."""
-        metrics.labelled(metrics.HTTP_TIMEOUTS, _IDLE).inc()
+        if not self.transport.disconnecting:
+            metrics.labelled(metrics.HTTP_TIMEOUTS, _IDLE).inc()
         self._close()
 
     def _close(self):
-        """Close; abort if the client does not let go (it may not read at all)."""
-        self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
-        self.loseConnection()
+        """Close (once); abort if the client does not let go (it may not read at all)."""
+        if self._abortingCall is None:
+            self._abortingCall = self.callLater(self.abortTimeout, self.forceAbortClient)
+        if not self.transport.disconnecting:
+            self.loseConnection()
