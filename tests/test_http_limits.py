@@ -74,12 +74,49 @@ class ReadDeadlineTests(SynchronousTestCase):
         self.assertEqual(timeouts("body") - before, 1)
         self.assertEqual(self.solver.calls, [])
 
-    def test_anOversizedBodySentSlowlyIsCutOffToo(self):
-        request = postRequest(SOLVER_PATH, b"x" * (2 * 1024 * 1024))
-        for i in range(5):
-            self.client.send(request[i * 65536:(i + 1) * 65536])
+    def test_anOversizedChunkedBodySentSlowlyIsCutOffToo(self):
+        head = (b"POST " + SOLVER_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        self.client.send(head)
+        for _ in range(5):
+            self.client.send(b"10000\r\n" + b"x" * 65536 + b"\r\n")
             self.clock.advance(1)
         self.assertTimedOut("body", self.client.transport.value(), 5)
+
+    def test_aBodyAnnouncedOverTheLimitIsRefusedUnread(self):
+        """``Content-Length`` over ``--max-body-bytes``: 413 at once, not after the body
+        timeout, and what follows the head is never parsed as a request (issue 12)."""
+        smuggled = postRequest(SOLVER_PATH, BODY)
+        head = (b"POST " + SOLVER_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
+                % (10 ** 12))
+        response = parseResponse(self.client.send(head + smuggled))
+        self.assertEqual(response.code, 413)
+        self.assertEqual(json.loads(response.body)["reason"], "RequestEntityTooLarge")
+        self.assertEqual(response.headers[b"connection"], b"close")
+        self.assertTrue(self.client.transport.disconnecting)
+        self.assertEqual(self.solver.calls, [], "the bytes after the head were not a request")
+        self.assertEqual(self.client.send(smuggled), b"")
+
+    def test_largeAndChunkedBodiesStayInMemory(self):
+        """Twisted puts chunked bodies and bodies of 100,000 bytes or more in a temporary
+        file; the Deployment's /tmp is a 16 MiB emptyDir (issue 12's slow-clients drill)."""
+        import tempfile
+
+        def noTemporaryFiles(*args, **kw):
+            raise AssertionError("a request body was written to a temporary file")
+
+        self.patch(tempfile, "TemporaryFile", noTemporaryFiles)
+        big = json.loads(BODY)
+        big["request"]["config"] = {"uiHints": {"note": "x" * 200000}}
+        response = parseResponse(self.client.send(postRequest(SOLVER_PATH, json.dumps(
+            big).encode())))
+        self.assertEqual(response.code, 201, response.body)
+        chunked = (b"POST " + SOLVER_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                   b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   b"%x\r\n%s\r\n0\r\n\r\n" % (len(BODY), BODY))
+        self.assertEqual(parseResponse(self.client.send(chunked)).code, 201)
+        self.assertEqual(len(self.solver.calls), 2)
 
     def test_keptAliveConnectionsGetAFreshDeadlinePerRequest(self):
         for _ in range(3):
