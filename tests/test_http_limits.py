@@ -10,6 +10,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from kibaship_dns01 import metrics
+from kibaship_dns01.api.channel import ABORT_TIMEOUT
 from kibaship_dns01.api.connections import REFUSAL_LOG_INTERVAL, LimitedTLSFactory
 from kibaship_dns01.api.discovery import APIIdentity
 from kibaship_dns01.api.site import APIResource, APISite
@@ -83,20 +84,34 @@ class ReadDeadlineTests(SynchronousTestCase):
             self.clock.advance(1)
         self.assertTimedOut("body", self.client.transport.value(), 5)
 
-    def test_aBodyAnnouncedOverTheLimitIsRefusedUnread(self):
+    def oversizedHead(self, length):
+        return (b"POST " + SOLVER_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % length)
+
+    def test_aBodyAnnouncedOverTheLimitIsRefusedAtOnce(self):
         """``Content-Length`` over ``--max-body-bytes``: 413 at once, not after the body
-        timeout, and what follows the head is never parsed as a request (issue 12)."""
+        timeout; what follows the head is read and dropped, never parsed as a request,
+        and the connection closes once the body is over (issue 12)."""
         smuggled = postRequest(SOLVER_PATH, BODY)
-        head = (b"POST " + SOLVER_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n"
-                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n"
-                % (10 ** 12))
-        response = parseResponse(self.client.send(head + smuggled))
+        length = 2 * 1024 * 1024
+        response = parseResponse(self.client.send(self.oversizedHead(length) + smuggled))
         self.assertEqual(response.code, 413)
         self.assertEqual(json.loads(response.body)["reason"], "RequestEntityTooLarge")
         self.assertEqual(response.headers[b"connection"], b"close")
-        self.assertTrue(self.client.transport.disconnecting)
+        self.assertFalse(self.client.transport.disconnecting, "still reading the body")
+        self.client.send(b"x" * (length - len(smuggled) - 1))
+        self.assertFalse(self.client.transport.disconnecting)
+        self.assertEqual(self.client.send(b"x" + smuggled), b"", "nothing after the 413")
+        self.assertTrue(self.client.transport.disconnecting, "closed at the body's end")
         self.assertEqual(self.solver.calls, [], "the bytes after the head were not a request")
-        self.assertEqual(self.client.send(smuggled), b"")
+
+    def test_aRefusedBodyThatNeverEndsIsCutAtTheBodyDeadline(self):
+        self.client.send(self.oversizedHead(10 ** 12))
+        self.clock.advance(5)
+        self.assertTrue(self.client.transport.disconnecting)
+        self.assertEqual(self.client.transport.value(), b"", "no 408 after the 413")
+        self.clock.advance(ABORT_TIMEOUT)
+        self.assertTrue(self.client.transport.disconnected)
 
     def test_largeAndChunkedBodiesStayInMemory(self):
         """Twisted puts chunked bodies and bodies of 100,000 bytes or more in a temporary

@@ -40,11 +40,17 @@ ABORT_TIMEOUT = 2.0
 _IDLE, _HEAD, _BODY, _HANDLING = "idle", "header", "body", "handling"
 
 
+def _closingResponse(code, message, reason):
+    """A whole ``Status`` response that ends the connection, written by the channel
+    itself (the request never reaches the site)."""
+    body = json.dumps(statusBody(code, message, reason=reason)).encode()
+    return (b"HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nConnection: close\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (code, http.RESPONSES[code], len(body), body))
+
+
 def _timeoutResponse(phase, seconds):
-    body = json.dumps(statusBody(408, f"the request {phase} did not arrive within {seconds:g}s",
-                                 reason="Timeout")).encode()
-    return (b"HTTP/1.1 408 Request Timeout\r\nContent-Type: application/json\r\n"
-            b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+    return _closingResponse(408, f"the request {phase} did not arrive within {seconds:g}s",
+                            "Timeout")
 
 
 class GuardedHTTPChannel(http.HTTPChannel):
@@ -54,6 +60,7 @@ class GuardedHTTPChannel(http.HTTPChannel):
     abortTimeout = ABORT_TIMEOUT
     _phase = _IDLE
     _readTimer = None
+    _refused = False
 
     def connectionMade(self):
         super().connectionMade()
@@ -66,16 +73,32 @@ class GuardedHTTPChannel(http.HTTPChannel):
 
     def allHeadersReceived(self):
         super().allHeadersReceived()
-        if self.length and self.length > self.site.maxBodyBytes:
-            # a body announced over the limit is never read: the request is handled at
-            # once without it (answered 413 once authenticated) and the connection closes
-            # after the answer, so the bytes the client goes on sending are never parsed
-            self.length = 0
-            self.persistent = False
-            self.requests[-1].setHeader(b"connection", b"close")
         self._startPhase(_BODY)
+        if self.length and self.length > self.site.maxBodyBytes:
+            self._refuseBody()
+
+    def _refuseBody(self):
+        """A body announced over the limit: answer 413 now rather than after reading it.
+
+        The body is still read, and dropped (``BoundedRequest`` keeps none of it), until
+        it ends or the body deadline runs out, and only then is the connection closed:
+        closing on a client that is still sending makes the kernel reset the connection,
+        and the client would lose this answer with it (Go's server lingers the same way).
+        The request never reaches the site, so what follows it is never parsed.
+        """
+        self._refused = True
+        self.persistent = False
+        limit = self.site.maxBodyBytes
+        metrics.labelled(metrics.HTTP_REQUESTS, "solver" if self._command == b"POST"
+                         else "other", "413").inc()
+        self.transport.write(_closingResponse(
+            413, f"request body of {self.length} bytes is larger than the limit of {limit} "
+            f"bytes; a ChallengePayload is a few kilobytes", "RequestEntityTooLarge"))
 
     def allContentReceived(self):
+        if self._refused:  # the body of a request answered 413 is over
+            self._close()
+            return
         self._startPhase(_HANDLING)
         super().allContentReceived()
 
@@ -120,8 +143,8 @@ class GuardedHTTPChannel(http.HTTPChannel):
         limit = self._limit(phase)
         if not limit:
             return  # armed for a request that has since arrived
-        if self.transport.disconnecting:
-            # already closing (Twisted answered 400 to a malformed head): say nothing
+        if self.transport.disconnecting or self._refused:
+            # answered already (Twisted's 400 to a malformed head, our 413): say nothing
             # more, only make sure a client that does not read lets go
             self._close()
             return

@@ -36,7 +36,7 @@ class BoundedRequest(server.Request):
     Twisted reads the whole body before ``render``; without this a client
     could make us buffer any amount.  Bytes past the limit are discarded and
     the request is answered 413 without parsing (a body *announced* over the
-    limit is not even read: see :mod:`~kibaship_dns01.api.channel`).
+    limit is answered at once by the channel: see :mod:`~kibaship_dns01.api.channel`).
 
     The body is always buffered in memory: Twisted's default puts chunked
     bodies and bodies of 100,000 bytes or more in a temporary file, and in the
