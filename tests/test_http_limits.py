@@ -101,8 +101,10 @@ class ReadDeadlineTests(SynchronousTestCase):
         self.assertFalse(self.client.transport.disconnecting, "still reading the body")
         self.client.send(b"x" * (length - len(smuggled) - 1))
         self.assertFalse(self.client.transport.disconnecting)
+        # the last body byte, and a client that did not wait for the close
         self.assertEqual(self.client.send(b"x" + smuggled), b"", "nothing after the 413")
         self.assertTrue(self.client.transport.disconnecting, "closed at the body's end")
+        self.assertEqual(self.client.send(smuggled), b"")
         self.assertEqual(self.solver.calls, [], "the bytes after the head were not a request")
 
     def test_aRefusedBodyThatNeverEndsIsCutAtTheBodyDeadline(self):

@@ -38,6 +38,7 @@ DEFAULT_IDLE_TIMEOUT = 90.0
 ABORT_TIMEOUT = 2.0
 
 _IDLE, _HEAD, _BODY, _HANDLING = "idle", "header", "body", "handling"
+_OVER = "over"  # the body of a refused request has ended
 
 
 def _closingResponse(code, message, reason):
@@ -69,6 +70,8 @@ class GuardedHTTPChannel(http.HTTPChannel):
     def dataReceived(self, data):
         if self._phase == _IDLE and data:
             self._startPhase(_HEAD)
+        elif self._refused == _OVER:
+            return  # sent after a body we refused (a client that did not wait): never parsed
         super().dataReceived(data)
 
     def allHeadersReceived(self):
@@ -97,6 +100,7 @@ class GuardedHTTPChannel(http.HTTPChannel):
 
     def allContentReceived(self):
         if self._refused:  # the body of a request answered 413 is over
+            self._refused = _OVER
             self._close()
             return
         self._startPhase(_HANDLING)
