@@ -30,14 +30,11 @@ import collections
 import json
 import os
 import shlex
-import shutil
 import sys
-import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
-from twisted.internet import defer, task  # noqa: E402
 
 from bench.drills import ingress  # noqa: E402
 from bench.drills.ingress import say  # noqa: E402
@@ -380,25 +377,5 @@ async def _run(reactor, args, cluster, workdir):
     return passed
 
 
-def main(argv=None):
-    args = parseArgs(sys.argv[1:] if argv is None else argv)
-    workdir = os.path.abspath(args.workdir) if args.workdir else tempfile.mkdtemp(
-        prefix="kibaship-fuzz-")
-    os.makedirs(workdir, exist_ok=True)
-    cluster = ingress.startCluster()
-    outcome = []
-    try:
-        task.react(lambda reactor: defer.ensureDeferred(
-            _run(reactor, args, cluster, workdir)).addCallback(outcome.append))
-    except SystemExit as e:
-        if e.code:
-            raise
-    finally:
-        cluster.stop()
-        if not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
-    sys.exit(0 if outcome and outcome[0] else 1)
-
-
 if __name__ == "__main__":
-    main()
+    ingress.main(parseArgs, _run, "kibaship-fuzz-")

@@ -16,11 +16,13 @@ client processes or its own reactor, and then asks what the daemon did:
 import collections
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 
-from twisted.internet import task
+from twisted.internet import defer, task
 
 from bench.stack import Stack, rssMiB
 from kibaship_dns01.testing import pki
@@ -170,8 +172,9 @@ class Sampler:
     """The daemon's RSS, open fds and deleted-file bytes every ``interval`` seconds;
     :meth:`peak` and :attr:`samples` once stopped."""
 
-    def __init__(self, reactor, pid, interval=0.5):
+    def __init__(self, reactor, pid, interval=0.5, port=None):
         self.pid = pid
+        self.port = port  # the listener whose client connections are counted
         self.samples = []
         self._loop = task.LoopingCall(self._sample)
         self._loop.clock = reactor
@@ -184,7 +187,9 @@ class Sampler:
             self.samples.append({"t": time.monotonic() - self._t0, "rss": rssMiB(self.pid),
                                  "fds": files["total"], "sockets": files["sockets"],
                                  "deleted": files["deleted"],
-                                 "deleted_bytes": deletedBytes(self.pid)})
+                                 "deleted_bytes": deletedBytes(self.pid),
+                                 "clients": sockets(self.pid, self.port)["clients"]
+                                 if self.port else None})
         except (OSError, RuntimeError):
             self.stop()  # the process is gone
 
@@ -326,3 +331,24 @@ def printTally(title, sections, verdicts):
 
 def mib(value):
     return "%.1f MiB" % value if value is not None else "-"
+
+
+def main(parseArgs, run, prefix, argv=None):
+    """A drill's command: parse, start a Valkey cluster, ``run(reactor, args, cluster,
+    workdir)`` under the reactor, clean up; exit status 0 when every verdict passed."""
+    args = parseArgs(sys.argv[1:] if argv is None else argv)
+    workdir = os.path.abspath(args.workdir) if args.workdir else tempfile.mkdtemp(prefix=prefix)
+    os.makedirs(workdir, exist_ok=True)
+    cluster = startCluster()
+    outcome = []
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(
+            run(reactor, args, cluster, workdir)).addCallback(outcome.append))
+    except SystemExit as e:
+        if e.code:
+            raise
+    finally:
+        cluster.stop()
+        if not args.workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    sys.exit(0 if outcome and outcome[0] else 1)

@@ -88,7 +88,13 @@ class Exchange(protocol.Protocol):
         self._timers = []
         self._quietCall = None
 
+    track = onConnect = None
+
     def connectionMade(self):
+        if self.track is not None:
+            self.track.add(self)
+        if self.onConnect is not None:
+            self.onConnect()
         self._timers.append(self.clock.callLater(self.timeout, self._end, TIMEOUT))
         self._nextStep()
 
@@ -154,6 +160,8 @@ class Exchange(protocol.Protocol):
         self.transport.abortConnection()
 
     def _finish(self, how):
+        if self.track is not None:
+            self.track.discard(self)
         for call in self._timers + [self._quietCall]:
             if call is not None and call.active():
                 call.cancel()
@@ -174,9 +182,14 @@ class Dialer:
         tcp = TCP4ClientEndpoint(self.reactor, self.host, self.port, timeout=10)
         return wrapClientTLS(self.options, tcp) if self.options is not None else tcp
 
-    async def exchange(self, steps, timeout=15.0, quiet=0.5, expect=None):
-        """One connection, ``steps`` written on it; :return: ``(ending, [Answer])``."""
+    async def exchange(self, steps, timeout=15.0, quiet=0.5, expect=None, track=None,
+                       onConnect=None):
+        """One connection, ``steps`` written on it; :return: ``(ending, [Answer])``.
+
+        ``track``: a set holding the protocol while its connection is open (to abort
+        it from outside); ``onConnect``: called once the TCP connection is up."""
         proto = Exchange(self.reactor, steps, timeout, quiet, expect)
+        proto.track, proto.onConnect = track, onConnect
         try:
             await connectProtocol(self.endpoint(), proto)
         except ConnectionRefusedError:
