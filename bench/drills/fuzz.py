@@ -24,7 +24,6 @@ module).  Afterwards it checks what the daemon did:
 * the daemon's RSS and open fds: before, peak, right after, and after
   ``--pause`` seconds (back to the baseline within ``--rss-slack``).
 """
-import argparse
 import base64
 import collections
 import json
@@ -36,8 +35,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, ROOT)
 
 
-from bench.drills import ingress  # noqa: E402
-from bench.drills.ingress import say  # noqa: E402
+from bench.drills import common, ingress  # noqa: E402
+from bench.drills.common import say  # noqa: E402
 from bench.stack import cpuSeconds, rssMiB  # noqa: E402
 from kibaship_dns01.testing.certmanager import numberedChains, projectUUIDs  # noqa: E402
 from kibaship_dns01.testing.daemon import ChildOutput  # noqa: E402
@@ -49,7 +48,7 @@ MIX = {"payload": 60, "http": 25, "credentials": 15}
 
 
 def parseArgs(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = common.baseParser(__doc__.split("\n")[0])
     p.add_argument("--budget", type=int, help="inputs in all (default 100000, --quick 3000)")
     p.add_argument("--workers", type=int, default=4, help="client processes")
     p.add_argument("--slots", type=int, default=64, help="concurrent exchanges per worker")
@@ -70,8 +69,6 @@ def parseArgs(argv):
     p.add_argument("--daemon-flags", default="", help="extra flags for twistd kibaship-dns01 "
                    "(one string, e.g. \"--max-body-bytes 65536\")")
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--workdir")
-    p.add_argument("--json", help="write the whole result here")
     args = p.parse_args(argv)
     args.only = [c for c in args.only.split(",") if c]
     unknown = set(args.only) - set(CLASSES)
@@ -103,9 +100,7 @@ class FuzzDrill:
 
     async def run(self):
         stack, env = self.stack, self.stack.env
-        await stack.start()
-        identities = stack.writeIdentities()
-        await stack.startDaemon()
+        identities = ingress.writeIdentities(stack)
         canaryProject = projectUUIDs(1, namespace="kibaship-canary")[0]
         canary = numberedChains("canary", 0, 1, projects=(canaryProject,))[0]
         await stack.addChains([canary])
@@ -118,7 +113,6 @@ class FuzzDrill:
         self.cold = self.probe(pid)
         self.fdLimit = ingress.fdLimit(pid)
         self.before = await ingress.streamEntries(stack.cluster)
-        log = ingress.LogScan(stack.daemon.logPath)
         metricsBefore = await stack.metrics()
         specs = self.specs(identities, main, canary)
         sampler = ingress.Sampler(self.reactor, pid).start()
@@ -127,7 +121,6 @@ class FuzzDrill:
         self.peak = {"rss": sampler.peak("rss"), "fds": sampler.peak("fds"),
                      "deleted_bytes": sampler.peak("deleted_bytes")}
         self.after = await ingress.streamEntries(stack.cluster)
-        self.log = log.problems()
         self.metrics = (metricsBefore, await stack.metrics())
         self.streams = {"main": "{project:%s}:events" % _project(env.chain),
                         "canary": "{project:%s}:events" % canaryProject}
@@ -256,7 +249,6 @@ class FuzzDrill:
         violations = sum(kinds.values())
         fiveXX = {s: n for s, n in byStatus.items() if s[:1] == "5"}
         served = _requestsByCode(*self.metrics)
-        problems = self.log
         baseline, last = self.parts[0]["later"], self.parts[-1]["later"]
         rss0, rss1 = baseline["rss"], last["rss"]
         measured = sum(r["sent"] for r in self.results) - self.args.warmup
@@ -277,10 +269,6 @@ class FuzzDrill:
                 ("%d x %s %s" % (n, k, label), "%s; e.g. %s" % (problem, json.dumps(
                     samples[(k, label, problem)])[:300]))
                 for (k, label, problem), n in kinds.most_common(12)]),
-            ("daemon log during the run", [
-                ("tracebacks", problems["tracebacks"]), ("unhandled errors", problems["unhandled"]),
-                ("error lines", problems["error"]), ("critical lines", problems["critical"])]
-             + [("e.g.", line) for line in problems["samples"][:3]]),
             ("Valkey streams: entries appended during the run", [
                 ("main project (already presented)", mainNew),
                 ("canary project (never authorized)", canaryNew),
@@ -304,9 +292,7 @@ class FuzzDrill:
             ("no 5xx other than 503", not [s for s in fiveXX if s != "503"],
              ", ".join("%s: %d" % kv for kv in sorted(fiveXX.items()))),
             ("no violation seen by the clients", violations == 0, ""),
-            ("no traceback or error in the daemon's log",
-             not (problems["tracebacks"] or problems["unhandled"] or problems["error"]
-                  or problems["critical"]), ""),
+            ingress.logVerdict(self.stack.daemon.logPath),
             ("nothing appended for a refused or bent input", mainNew + canaryNew + sum(
                 otherNew.values()) == 0, ", ".join("%s: %d" % kv for kv in otherNew.items())),
             ("RSS after the last round's pause within %g %% of the baseline (after the "
@@ -360,22 +346,14 @@ def _requestsByCode(before, after):
     return {code: int(a[code] - b[code]) for code in a if a[code] - b[code]}
 
 
-async def _run(reactor, args, cluster, workdir):
-    stack = ingress.DrillStack(reactor, workdir, cluster, shlex.split(args.daemon_flags))
-    drill = FuzzDrill(reactor, args, stack)
-    try:
-        await drill.run()
-    finally:
-        await stack.stop()
-    sections, verdicts, tally = drill.report()
-    passed = ingress.printTally(ingress.header("bench/drills/fuzz.py", sys.argv[1:]), sections,
-                                verdicts)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"sections": sections, "verdicts": verdicts, "tally": tally,
-                       "results": drill.results}, f, indent=1, default=str)
-    return passed
+async def drill(reactor, args, stack):
+    fuzz = FuzzDrill(reactor, args, stack)
+    await fuzz.run()
+    sections, verdicts, tally = fuzz.report()
+    return ingress.tallyOf("fuzz", sections, verdicts, {"tally": tally, "results": fuzz.results})
 
 
 if __name__ == "__main__":
-    ingress.main(parseArgs, _run, "kibaship-fuzz-")
+    arguments = parseArgs(sys.argv[1:])
+    common.main(arguments, drill, daemonArgs=shlex.split(arguments.daemon_flags),
+                script="bench/drills/fuzz.py")

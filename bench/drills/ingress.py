@@ -1,83 +1,45 @@
-"""The daemon's side of the ingress drills (fuzz, slow clients, shutdown).
+"""What the ingress drills (fuzz, slow clients, shutdown) share beyond ``common``.
 
-Each drill starts :class:`DrillStack` (``bench/stack.py``'s environment and
-real ``twistd`` daemon, with the flags the drill needs), attacks it from
-client processes or its own reactor, and then asks what the daemon did:
+Each drill runs through :func:`bench.drills.common.main` (a fresh Valkey
+cluster, ``bench/stack.py``'s environment and real ``twistd`` daemon), attacks
+the daemon from client processes or its own reactor, and then asks what the
+daemon did:
 
+* client certificates a drill presents (:func:`writeIdentities`);
 * ``/proc`` probes: open file descriptors by kind (sockets, files, deleted
-  temporary files) and the process's fd limit, beside ``bench/stack.py``'s
-  RSS; :class:`Sampler` records their peaks while a drill runs;
-* :class:`LogScan`: the daemon's JSON log read from an offset, with every
-  traceback, ``error``/``critical`` line and unhandled-error report;
+  temporary files), the TCP connections accepted on the daemon's port, the
+  process's fd limit, beside ``bench/stack.py``'s RSS; :class:`Sampler`
+  records their peaks while a drill runs;
 * :func:`streamEntries`: every stream on every Valkey primary, for "nothing
   was appended for anything refused";
-* :func:`printTally`: the one tally each drill prints.
+* :func:`section`: a heading and aligned rows in a :class:`~bench.drills.common.Tally`.
 """
 import collections
-import json
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
 import time
 
-from twisted.internet import defer, task
+from twisted.internet import task
 
-from bench.stack import Stack, rssMiB
+from bench.drills.common import Tally
+from bench.drills.wire import identityFiles
+from bench.stack import logProblems, rssMiB
 from kibaship_dns01.testing import pki
-from kibaship_dns01.testing.environment import LocalEnvironment
-from kibaship_dns01.testing.valkeycluster import ValkeyCluster, inThread, requireValkey, \
-    streamEntries as _parseXRange
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from kibaship_dns01.testing.valkeycluster import inThread, streamEntries as _parseXRange
 
 
-def say(text=""):
-    print(text, file=sys.stderr, flush=True)
+# --- identities ----------------------------------------------------------------
 
-
-# --- the stack -------------------------------------------------------------------
-
-class _FlaggedEnvironment(LocalEnvironment):
-    """The local environment, starting the daemon with extra flags."""
-
-    def __init__(self, reactor, workdir, cluster, flags):
-        super().__init__(reactor, workdir, cluster)
-        self.flags = tuple(flags)
-
-    def daemonArgs(self, port, metricsPort=0, extra=()):
-        return super().daemonArgs(port, metricsPort, (*self.flags, *extra))
-
-
-class DrillStack(Stack):
-    """``bench/stack.py``'s stack with daemon ``flags`` (e.g. ``--shutdown-delay 2s``)."""
-
-    def __init__(self, reactor, workdir, cluster, flags=()):
-        super().__init__(reactor, workdir, cluster)
-        self.env = _FlaggedEnvironment(reactor, workdir, cluster, flags)
-
-    def writeIdentities(self):
-        """Client certificates the drills present, as PEM files in the work directory:
-        ``front-proxy`` (the kube-aggregator's), ``wrong-cn`` (the front-proxy CA, a CN
-        not in allowed-names) and ``unknown-ca`` (the right CN from a CA nobody trusts)."""
-        stranger = pki.makeCA("intruder-ca")
-        pairs = {"wrong-cn": pki.clientPair(self.env.frontProxyCA, "not-the-front-proxy"),
-                 "unknown-ca": pki.clientPair(stranger, "front-proxy-client")}
-        for name, pair in pairs.items():
-            pair.writeTo(*self.identityFiles(name))
-        return {"front-proxy": self.identityFiles("front-proxy"),
-                **{name: self.identityFiles(name) for name in pairs}}
-
-    def identityFiles(self, name):
-        return (os.path.join(self.workdir, name + ".crt"),
-                os.path.join(self.workdir, name + ".key"))
-
-
-def startCluster():
-    requireValkey()
-    say("starting a 6-node Valkey cluster ...")
-    return ValkeyCluster(password="drill-" + os.urandom(6).hex()).start()
+def writeIdentities(stack):
+    """Client certificates the drills present, as PEM files in the work directory:
+    ``front-proxy`` (the kube-aggregator's, written by the environment), ``wrong-cn``
+    (the front-proxy CA, a CN not in allowed-names) and ``unknown-ca`` (the right CN
+    from a CA nobody trusts); :return: ``{name: (cert file, key file)}``."""
+    stranger = pki.makeCA("intruder-ca")
+    pairs = {"wrong-cn": pki.clientPair(stack.env.frontProxyCA, "not-the-front-proxy"),
+             "unknown-ca": pki.clientPair(stranger, "front-proxy-client")}
+    for name, pair in pairs.items():
+        pair.writeTo(*identityFiles(stack.workdir, name))
+    return {name: identityFiles(stack.workdir, name) for name in ("front-proxy", *pairs)}
 
 
 # --- /proc probes ----------------------------------------------------------------
@@ -215,52 +177,21 @@ def countsBy(metrics, name, label):
     return out
 
 
-# --- the daemon's log --------------------------------------------------------------
+# --- the daemon's log ---------------------------------------------------------------
 
-class LogScan:
-    """The daemon's JSON log from the byte offset it had when created."""
-
-    def __init__(self, path):
-        self.path = path
-        self.offset = os.path.getsize(path) if os.path.exists(path) else 0
-
-    def lines(self):
-        with open(self.path, "rb") as f:
-            f.seek(self.offset)
-            return f.read().decode("utf-8", "replace").splitlines()
-
-    def problems(self):
-        """``{"tracebacks": n, "error": n, "critical": n, "unhandled": n, "samples": [...]}``:
-        every line that is a traceback, carries a failure, or is logged at
-        error/critical level."""
-        found = {"tracebacks": 0, "error": 0, "critical": 0, "unhandled": 0, "samples": []}
-        for line in self.lines():
-            event = _event(line)
-            level = event.get("level") or event.get("log_level") or ""
-            traceback = "Traceback (most recent call last)" in line
-            unhandled = "Unhandled" in line or "unhandled error" in line
-            if traceback:
-                found["tracebacks"] += 1
-            if unhandled:
-                found["unhandled"] += 1
-            if level in ("error", "critical"):
-                found[level] += 1
-            if (traceback or unhandled or level in ("error", "critical")) \
-                    and len(found["samples"]) < 5:
-                found["samples"].append(line[:600])
-        return found
-
-    def count(self, needle):
-        return sum(needle in line for line in self.lines())
+def logVerdict(path, what="the daemon's log"):
+    """``(what, passed, detail)``: ``logProblems`` (errors, tracebacks, unhandled
+    failures) found nothing in ``path``."""
+    problems = logProblems(path)
+    return ("no error, traceback or unhandled failure in %s" % what, not problems,
+            "%d line(s), first: %s" % (len(problems), problems[0][:300]) if problems
+            else "clean")
 
 
-def _event(line):
-    if line.startswith("{"):
-        try:
-            return json.loads(line)
-        except ValueError:
-            pass
-    return {}
+def logCount(path, needle):
+    """Lines of a log holding ``needle``."""
+    with open(path, "rb") as f:
+        return sum(needle.encode() in line for line in f)
 
 
 # --- Valkey streams ------------------------------------------------------------------
@@ -301,54 +232,26 @@ def newEntries(before, after):
 
 # --- reporting ------------------------------------------------------------------------
 
-def header(name, argv):
-    commit = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
-                           capture_output=True, text=True).stdout.strip()
-    return ("%s %s | %s | commit %s%s | %d cores, load average %.2f" % (
-        name, " ".join(argv) or "(defaults)",
-        time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), commit,
-        "+uncommitted changes" if dirty else "", os.cpu_count(), os.getloadavg()[0]))
+def section(tally, heading, rows):
+    """``heading``, then ``(label, value)`` rows aligned under it."""
+    tally.line()
+    tally.line(heading)
+    width = max((len(label) for label, _ in rows), default=0)
+    for label, value in rows:
+        tally.line("  %-*s  %s" % (width, label, value))
 
 
-def printTally(title, sections, verdicts):
-    """Print ``sections`` (``[(heading, [(label, value)])]``) and the verdicts
-    (``[(what, passed, detail)]``); :return: whether every verdict passed."""
-    print(title)
+def tallyOf(name, sections, verdicts, figures=None):
+    """A :class:`~bench.drills.common.Tally` of ``sections`` (``[(heading, rows)]``) and
+    ``verdicts`` (``[(what, passed, detail)]``)."""
+    tally = Tally(name)
     for heading, rows in sections:
-        print()
-        print(heading)
-        width = max((len(label) for label, _ in rows), default=0)
-        for label, value in rows:
-            print("  %-*s  %s" % (width, label, value))
-    print()
-    print("verdict")
+        section(tally, heading, rows)
     for what, passed, detail in verdicts:
-        print("  %-4s %s%s" % ("PASS" if passed else "FAIL", what, (": " + detail) if detail else ""))
-    return all(passed for _, passed, _ in verdicts)
+        tally.check(what, passed, detail)
+    tally.figures.update(figures or {})
+    return tally
 
 
 def mib(value):
     return "%.1f MiB" % value if value is not None else "-"
-
-
-def main(parseArgs, run, prefix, argv=None):
-    """A drill's command: parse, start a Valkey cluster, ``run(reactor, args, cluster,
-    workdir)`` under the reactor, clean up; exit status 0 when every verdict passed."""
-    args = parseArgs(sys.argv[1:] if argv is None else argv)
-    workdir = os.path.abspath(args.workdir) if args.workdir else tempfile.mkdtemp(prefix=prefix)
-    os.makedirs(workdir, exist_ok=True)
-    cluster = startCluster()
-    outcome = []
-    try:
-        task.react(lambda reactor: defer.ensureDeferred(
-            run(reactor, args, cluster, workdir)).addCallback(outcome.append))
-    except SystemExit as e:
-        if e.code:
-            raise
-    finally:
-        cluster.stop()
-        if not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
-    sys.exit(0 if outcome and outcome[0] else 1)

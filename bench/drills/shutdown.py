@@ -23,7 +23,6 @@ in flight at SIGTERM, answered ok, answered "shutting down", answered with
 another failure, unanswered (must be 0), when ``/readyz`` failed and the
 listener closed, exit status and time to exit.
 """
-import argparse
 import json
 import os
 import sys
@@ -34,8 +33,9 @@ sys.path.insert(0, ROOT)
 
 from twisted.internet import defer, task  # noqa: E402
 
-from bench.drills import ingress, wire  # noqa: E402
-from bench.drills.ingress import say  # noqa: E402
+from bench.drills import common, ingress, wire  # noqa: E402
+from bench.drills.common import say  # noqa: E402
+from bench.stack import logProblems  # noqa: E402
 from kibaship_dns01.api.connections import CLOSE_SETTLE  # noqa: E402
 from kibaship_dns01.api.lifecycle import CANCEL_SETTLE  # noqa: E402
 from kibaship_dns01.testing.certmanager import numberedChains, projectUUIDs  # noqa: E402
@@ -48,7 +48,7 @@ HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: localhost\r\n\r\n"
 
 
 def parseArgs(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = common.baseParser(__doc__.split("\n")[0])
     p.add_argument("--in-flight", type=int, help="Presents in flight at SIGTERM "
                    "(default 200, --quick 40)")
     p.add_argument("--idle", type=int, default=5,
@@ -60,8 +60,6 @@ def parseArgs(argv):
                    help="seconds after the listener closed when one primary is released")
     p.add_argument("--only", choices=("grace", "deployment"), help="one scenario only")
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--workdir")
-    p.add_argument("--json", help="write every figure here")
     args = p.parse_args(argv)
     if args.in_flight is None:
         args.in_flight = 40 if args.quick else 200
@@ -80,14 +78,13 @@ class Scenario:
 
     async def run(self, chains):
         stack, cluster = self.stack, self.stack.cluster
-        stack.env.flags = ("--shutdown-delay", "%gs" % self.delay,
-                           "--shutdown-grace-period", "%gs" % self.grace)
+        stack.daemonArgs = ("--shutdown-delay", "%gs" % self.delay,
+                            "--shutdown-grace-period", "%gs" % self.grace)
         await stack.startDaemon()
         await stack.addChains(chains)
-        log = ingress.LogScan(stack.daemon.logPath)
         with open(os.path.join(stack.workdir, "ca.crt"), "rb") as f:
             caPEM = f.read()
-        pair = wire.loadPair(*stack.identityFiles("front-proxy"))
+        pair = wire.loadPair(*wire.identityFiles(stack.workdir, "front-proxy"))
         self.dialer = wire.Dialer(self.reactor, "127.0.0.1", stack.port, caPEM, pair)
         self.anonymous = wire.Dialer(self.reactor, "127.0.0.1", stack.port, caPEM)
         idle = [await wire.openSession(self.dialer) for _ in range(self.args.idle)]
@@ -102,8 +99,8 @@ class Scenario:
         finally:
             for node in primaries:
                 cluster.cli(node, "CLIENT", "UNPAUSE")
-        self.figures["log"] = log.problems()
-        self.figures["drained"] = log.count("listener drained")
+        self.figures["log"] = logProblems(stack.daemon.logPath)
+        self.figures["drained"] = ingress.logCount(stack.daemon.logPath, "listener drained")
         await stack.stopDaemon()
 
     async def shutdown(self, chains, idle, primaries):
@@ -229,7 +226,7 @@ class ShutdownDrill:
         return chains
 
     async def run(self):
-        await self.stack.start()
+        await self.stack.stopDaemon()  # each scenario starts its own, with its flags
         args = self.args
         plans = [("grace runs out", args.delay, args.grace, [(args.delay + args.release, 1)]),
                  ("deployment", 5.0, 45.0, [(3.0, 3)])]
@@ -269,9 +266,8 @@ class ShutdownDrill:
                 ("exit", "status %s, %.2f s after SIGTERM (budget %.0f s, "
                  "terminationGracePeriodSeconds %.0f s)" % (
                      f["exit_code"], f["exit_after"], budget, TERMINATION_GRACE)),
-                ("daemon log", "%d tracebacks, %d error / %d critical lines, 'listener drained' "
-                 "%d" % (f["log"]["tracebacks"], f["log"]["error"], f["log"]["critical"],
-                         f["drained"]))]))
+                ("daemon log", "%d error, traceback or unhandled-failure line(s), "
+                 "'listener drained' %d" % (len(f["log"]), f["drained"]))]))
             tag = f["scenario"] + ": "
             notReady = readyz["first_not_ready"]
             verdicts += [
@@ -286,8 +282,8 @@ class ShutdownDrill:
                 (tag + "exit status 0 within the grace budget and terminationGracePeriodSeconds",
                  f["exit_code"] == 0 and f["exit_after"] <= min(budget, TERMINATION_GRACE),
                  "%.2f s" % f["exit_after"]),
-                (tag + "no traceback or error in the log", not any(
-                    f["log"][k] for k in ("tracebacks", "unhandled", "error", "critical")), ""),
+                (tag + "no error, traceback or unhandled failure in the log", not f["log"],
+                 f["log"][0][:300] if f["log"] else "clean"),
             ]
         return sections, verdicts
 
@@ -296,22 +292,12 @@ def _s(seconds):
     return "-" if seconds is None else "%.2f s" % seconds
 
 
-async def _run(reactor, args, cluster, workdir):
-    stack = ingress.DrillStack(reactor, workdir, cluster)
-    drill = ShutdownDrill(reactor, args, stack)
-    try:
-        await drill.run()
-    finally:
-        await stack.stop()
-    sections, verdicts = drill.report()
-    passed = ingress.printTally(ingress.header("bench/drills/shutdown.py", sys.argv[1:]),
-                                sections, verdicts)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"scenarios": drill.scenarios, "verdicts": verdicts}, f, indent=1,
-                      default=str)
-    return passed
+async def drill(reactor, args, stack):
+    shutdown = ShutdownDrill(reactor, args, stack)
+    await shutdown.run()
+    sections, verdicts = shutdown.report()
+    return ingress.tallyOf("shutdown", sections, verdicts, {"scenarios": shutdown.scenarios})
 
 
 if __name__ == "__main__":
-    ingress.main(parseArgs, _run, "kibaship-shutdown-")
+    common.main(parseArgs(sys.argv[1:]), drill, script="bench/drills/shutdown.py")

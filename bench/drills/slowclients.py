@@ -26,7 +26,6 @@ default flags, then:
 Prints one tally with the verdicts: the normal client's p99 under 50 ms and no
 failed request, descriptors and memory bounded and back afterwards.
 """
-import argparse
 import base64
 import json
 import os
@@ -37,8 +36,9 @@ sys.path.insert(0, ROOT)
 
 from twisted.internet import defer  # noqa: E402
 
-from bench.drills import ingress  # noqa: E402
-from bench.drills.ingress import mib, say  # noqa: E402
+from bench.drills import common, ingress  # noqa: E402
+from bench.drills.common import say  # noqa: E402
+from bench.drills.ingress import mib  # noqa: E402
 from bench.stack import rssMiB  # noqa: E402
 from kibaship_dns01.api.connections import DEFAULT_MAX_CONNECTIONS  # noqa: E402
 from kibaship_dns01.testing.certmanager import numberedChains, projectUUIDs  # noqa: E402
@@ -56,7 +56,7 @@ GREEDY = ("body-over", "body-chunked", "body-under")
 
 
 def parseArgs(argv):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = common.baseParser(__doc__.split("\n")[0])
     p.add_argument("--slowloris", type=int, help="slow connections (default 1000, quick 200)")
     p.add_argument("--greedy", type=int, help="slow-body connections (default 60, quick 12)")
     p.add_argument("--idle", type=int, help="idle kept-alive connections measured (default "
@@ -69,8 +69,6 @@ def parseArgs(argv):
                    help="seconds between the bytes (or body chunks) a slow client sends")
     p.add_argument("--no-cap", action="store_true", help="skip the over-the-cap phase")
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--workdir")
-    p.add_argument("--json", help="write every figure here")
     args = p.parse_args(argv)
     for name, full, quick in (("slowloris", 1000, 200), ("greedy", 60, 12), ("idle", 1000, 200),
                               ("baseline", 15.0, 5.0), ("attack", 60.0, 15.0)):
@@ -95,13 +93,10 @@ class SlowClientsDrill:
 
     async def run(self):
         stack = self.stack
-        await stack.start()
-        await stack.startDaemon()
         self.pid = stack.daemon.pid
         chains = numberedChains("steady", 0, 200, projects=projectUUIDs(10))
         await stack.addChains(chains)
         self.normal = stack.requests(chains)
-        self.log = ingress.LogScan(stack.daemon.logPath)
         self.fdLimit = ingress.fdLimit(self.pid)
         await self.drive(self.args.baseline)  # first Presents: appends, chains cached
         await stack.settle(1.0)
@@ -112,8 +107,8 @@ class SlowClientsDrill:
         await self.attack()
         if not self.args.no_cap:
             await self.overTheCap()
-        self.figures["log"] = self.log.problems()
-        self.figures["limit_lines"] = self.log.count('"log_kind":"connection_limit"')
+        self.figures["limit_lines"] = ingress.logCount(stack.daemon.logPath,
+                                                       '"log_kind":"connection_limit"')
         metrics = await stack.metrics()
         self.figures["timeouts"] = dict(ingress.countsBy(
             metrics, "kibaship_dns01_http_timeouts_total", "phase"))
@@ -259,11 +254,6 @@ class SlowClientsDrill:
                 ("refused (kibaship_dns01_http_connections_refused_total)", "%d" % f["refused"]),
                 ("'connection limit reached' log lines", f["limit_lines"]),
                 ("the attackers saw", _mode(cap["tally"].get("idle", {})))]))
-        problems = f["log"]
-        sections.append(("daemon log", [("tracebacks", problems["tracebacks"]),
-                                        ("unhandled errors", problems["unhandled"]),
-                                        ("error / critical lines", "%d / %d" % (
-                                            problems["error"], problems["critical"]))]))
         return sections, self.verdicts()
 
     def capRSS(self):
@@ -295,8 +285,7 @@ class SlowClientsDrill:
              "%s -> %s" % (mib(attack["before"]["rss"]), mib(attack["after"]["rss"]))),
             ("--max-connections idle connections fit the Deployment's %d MiB" %
              DEPLOYMENT_LIMIT_MIB, self.capRSS() < DEPLOYMENT_LIMIT_MIB, mib(self.capRSS())),
-            ("no traceback or error in the daemon's log", not any(
-                f["log"][k] for k in ("tracebacks", "unhandled", "error", "critical")), ""),
+            ingress.logVerdict(self.stack.daemon.logPath),
         ]
         if "cap" in f:
             cap = f["cap"]
@@ -330,21 +319,12 @@ def _counts(counter):
     return ", ".join("%s %d" % kv for kv in sorted(counter.items()))
 
 
-async def _run(reactor, args, cluster, workdir):
-    stack = ingress.DrillStack(reactor, workdir, cluster)
-    drill = SlowClientsDrill(reactor, args, stack)
-    try:
-        await drill.run()
-    finally:
-        await stack.stop()
-    sections, verdicts = drill.report()
-    passed = ingress.printTally(ingress.header("bench/drills/slowclients.py", sys.argv[1:]) +
-                                " | machine shared with other sessions", sections, verdicts)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"figures": drill.figures, "verdicts": verdicts}, f, indent=1, default=str)
-    return passed
+async def drill(reactor, args, stack):
+    slow = SlowClientsDrill(reactor, args, stack)
+    await slow.run()
+    sections, verdicts = slow.report()
+    return ingress.tallyOf("slow clients", sections, verdicts, slow.figures)
 
 
 if __name__ == "__main__":
-    ingress.main(parseArgs, _run, "kibaship-slowclients-")
+    common.main(parseArgs(sys.argv[1:]), drill, script="bench/drills/slowclients.py")
