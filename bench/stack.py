@@ -123,15 +123,20 @@ class Stack:
     async def start(self):
         await self.env.start()
 
-    async def startDaemon(self):
+    async def startDaemon(self, onSpawn=None):
         """Start ``twistd kibaship-dns01``; :return: (seconds from spawn to ``/readyz``
         200, the daemon's CPU seconds by then, this process's CPU seconds meanwhile:
-        the stand-in serving the daemon's LISTs plus the ``/readyz`` polling)."""
+        the stand-in serving the daemon's LISTs plus the ``/readyz`` polling).
+
+        :param onSpawn: called with the daemon's pid right after it is spawned
+            (a profiler attaching)."""
         self.daemon = DaemonProcess(self.reactor, self.env.daemonArgs(self.port, self.metricsPort),
                                     cwd=self.workdir,
                                     logPath=os.path.join(self.workdir, "daemon.log"))
         started, ownBefore = time.monotonic(), ownCPU()
         self.daemon.start()
+        if onSpawn is not None:
+            onSpawn(self.daemon.pid)
         await self.daemon.waitReady("https://localhost:%d" % self.port,
                                     self.env.servingCA.certPEM, timeout=60, interval=0.02)
         return (time.monotonic() - started, cpuSeconds(self.daemon.pid), ownCPU() - ownBefore)

@@ -75,12 +75,12 @@ class RequestTests(ClientTestsBase):
         real = self.store.listPath
         state = {"expired": False}
 
-        def listPath(path, params=None):
+        def listPath(path, params=None, **kw):
             if params and params.get("continue") and not state["expired"]:
                 state["expired"] = True
                 self.store.add(challenge("late"))
                 self.store.compact()
-            return real(path, params)
+            return real(path, params, **kw)
         self.patch(self.store, "listPath", listPath)
         result = yield self.client(pageSize=2).list(CHALLENGES)
         self.assertEqual(len(result["items"]), 5)
