@@ -105,6 +105,39 @@ class RequestTests(ClientTestsBase):
         self.assertEqual(self.server.connectionsMade, 1)
 
     @defer.inlineCallbacks
+    def test_burstReusesABoundedSetOfConnections(self):
+        """Twisted's pool opens a connection whenever none is idle: a burst of
+        GETs queues for ``maxConcurrentRequests`` connections instead, and
+        the next burst finds them all still open."""
+        self.store.add(challenge("a"))
+        c = self.client(maxConcurrentRequests=4)
+        path = "/apis/acme.cert-manager.io/v1/namespaces/ns/challenges/a"
+        for burst in range(2):
+            results = yield defer.gatherResults([c.get(path) for _ in range(30)])
+            self.assertEqual(len(results), 30)
+            self.assertEqual(self.server.connectionsMade, 4)
+        self.assertEqual(self.server.connectionCount, 4)
+
+    @defer.inlineCallbacks
+    def test_queuedRequestBoundedAndSlotKept(self):
+        """A request waiting for a slot times out within its own bound, and a
+        cancelled wait neither takes nor frees a slot."""
+        self.store.add(challenge("a"))
+        c = self.client(maxConcurrentRequests=1, requestTimeout=0.5)
+        path = "/apis/acme.cert-manager.io/v1/namespaces/ns/challenges/a"
+        self.server.hang = True
+        first, queued, cancelled = c.get(path), c.get(path), c.get(path)
+        cancelled.cancel()
+        yield self.failsWith(cancelled, defer.CancelledError)
+        yield self.failsWith(first, errors.APITimeout)
+        e = yield self.failsWith(queued, errors.APITimeout)
+        self.assertIn("GET " + path, e.message)
+        self.assertEqual(len(self.server.hungRequests), 2)
+        self.server.hang = False
+        obj = yield c.get(path)
+        self.assertEqual(obj["metadata"]["name"], "a")
+
+    @defer.inlineCallbacks
     def test_countsRequests(self):
         before = metrics.REGISTRY.get_sample_value(
             "kibaship_dns01_kube_api_requests_total", {"verb": "get", "code": "404"}) or 0
