@@ -159,12 +159,17 @@ class Chain:
 class ChainWalker:
     """Walks Challenge -> Order -> CertificateRequest -> Certificate.
 
-    Stateless apart from the client: :class:`ChallengeResolver` owns caching
-    and the overall deadline.
+    Stateless apart from the client and the Order cache: :class:`ChallengeResolver`
+    owns caching and the overall deadline.
+
+    :param orders: an :class:`~kibaship_dns01.resolve.orders.OrderCache` (or
+        ``None``): the Order comes from it when it holds the one the
+        Challenge names, so a labelled chain costs no API round trip.
     """
 
-    def __init__(self, client):
+    def __init__(self, client, orders=None):
         self._client = client
+        self._orders = orders
 
     async def walk(self, challenge):
         """:return: the :class:`Chain` of ``challenge`` (a Challenge object)."""
@@ -173,7 +178,8 @@ class ChainWalker:
             raise self._broken(challenge, describe("Challenge", challenge),
                                "controller ownerReference to an Order")
         kind, child = ORDER, describe("Challenge", challenge)
-        obj = await self._fetch(challenge, child, _Hop(ORDER, orderRef["name"], orderRef.get("uid")))
+        hop = _Hop(ORDER, orderRef["name"], orderRef.get("uid"))
+        obj = self._cachedOrder(challenge, hop) or await self._fetch(challenge, child, hop)
         orderName, certificateName, revision = obj["metadata"]["name"], None, None
         while True:
             certificateName = certificateNameOf(kind, obj) or certificateName
@@ -213,6 +219,11 @@ class ChainWalker:
             certificateName=certificateName, issuerRef=IssuerRef.fromSpec(spec.get("issuerRef")),
             wildcard=bool(spec.get("wildcard")), followsCNAME=followsCNAME(challenge),
             labelsFrom=labelsFrom, project=project, certificateRevision=revision)
+
+    def _cachedOrder(self, challenge, hop):
+        if self._orders is None:
+            return None
+        return self._orders.lookup(challenge["metadata"]["namespace"], hop.name, hop.uid)
 
     async def _fetch(self, challenge, child, hop):
         """GET the next object; a deleted or replaced owner means the chain is gone."""

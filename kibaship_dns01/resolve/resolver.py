@@ -14,6 +14,7 @@ from kibaship_dns01.kube.informer import Informer
 from kibaship_dns01.resolve.challenges import (
     CHALLENGES_PATH, KEY_INDEX, ChallengeQuery, _get, challengeKeys, trimChallenge)
 from kibaship_dns01.resolve.errors import ChallengeGone, ResolutionError, TransientResolutionError
+from kibaship_dns01.resolve.orders import OrderCache
 from kibaship_dns01.resolve.ownerchain import ChainWalker
 
 #: Upper bound on cached chains; entries normally leave on the Challenge's
@@ -82,8 +83,9 @@ class KeyWaiters:
 class ChallengeResolver(service.Service):
     """Resolves challenge requests to :class:`~kibaship_dns01.project.ProjectContext`.
 
-    Owns the cluster-wide Challenge :class:`~kibaship_dns01.kube.informer.Informer`;
-    ready once that cache has synced.
+    Owns the cluster-wide Challenge :class:`~kibaship_dns01.kube.informer.Informer`
+    and the cache of Kibaship Orders (:mod:`~kibaship_dns01.resolve.orders`);
+    ready once both have synced.
     """
 
     name = "challenge-cache"
@@ -96,7 +98,8 @@ class ChallengeResolver(service.Service):
         self.solverName = solverName
         self.lookupTimeout = lookupTimeout
         self._maxChains = maxCachedChains
-        self._walker = ChainWalker(client)
+        self.orders = OrderCache(client, clock)
+        self._walker = ChainWalker(client, self.orders)
         self._chains = collections.OrderedDict()
         self._lists = SharedCalls()
         self._walks = SharedCalls()
@@ -111,17 +114,21 @@ class ChallengeResolver(service.Service):
     def startService(self):
         super().startService()
         self.informer.startService()
+        self.orders.informer.startService()
 
     def stopService(self):
-        """Stop the cache and abandon pending lookups (their timers and fallback LISTs)."""
+        """Stop the caches and abandon pending lookups (their timers and fallback LISTs)."""
         super().stopService()
         self._keyWaiters.cancelAll()
         self._lists.cancelAll()
         self._walks.cancelAll()
-        return self.informer.stopService()
+        return defer.gatherResults([self.informer.stopService(),
+                                    self.orders.informer.stopService()]).addCallback(
+            lambda _: None)
 
     def isReady(self):
-        return bool(self.informer.hasSynced)
+        """Both caches synced: before that every first Present would GET its Order."""
+        return bool(self.informer.hasSynced and self.orders.informer.hasSynced)
 
     # cache of walked chains
 
