@@ -110,10 +110,11 @@ def fillStore(store, count, namespaces=50):
 
 
 class _WireClient(FakeKubernetesClient):
-    """Results pass through JSON, like objects decoded from the wire."""
+    """Pages pass through JSON, like objects decoded from the wire."""
 
-    def list(self, path, params=None):
-        return super().list(path, params).addCallback(lambda r: json.loads(json.dumps(r)))
+    def list(self, path, params=None, pageItems=None):
+        keep = pageItems or (lambda page: page["items"])
+        return super().list(path, params, lambda page: keep(json.loads(json.dumps(page))))
 
 
 def _retained(store, makeInformer, count):

@@ -355,6 +355,15 @@ class FakeClientTests(SynchronousTestCase):
         self.assertNotIn("continue", result["metadata"])
         self.assertEqual(self.fake.countCalls("list"), 3)
 
+    def test_pageItemsSeesEachPage(self):
+        for i in range(5):
+            self.store.add(challenge("c%d" % i))
+        pages = []
+        result = self.successResultOf(self.fake.list(CHALLENGES, {"limit": "2"}, lambda page: (
+            pages.append(names(page)) or [o["metadata"]["name"] for o in page["items"]])))
+        self.assertEqual(pages, [["c0", "c1"], ["c2", "c3"], ["c4"]])
+        self.assertEqual(result["items"], ["c0", "c1", "c2", "c3", "c4"])
+
     def test_errorsNameTheRequest(self):
         f = self.failureResultOf(self.fake.get(CHALLENGES.replace("/challenges", "/namespaces/n/challenges/x")),
                                  errors.NotFound)

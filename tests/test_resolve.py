@@ -41,8 +41,8 @@ class LaggingClient:
     def get(self, path, params=None):
         return self.inner.get(path, params)
 
-    def list(self, path, params=None):
-        return self.inner.list(path, params)
+    def list(self, path, params=None, pageItems=None):
+        return self.inner.list(path, params, pageItems)
 
     def post(self, path, body):
         return self.inner.post(path, body)
@@ -91,8 +91,8 @@ class HangingClient(LaggingClient):
     def get(self, path, params=None):
         return self._maybeHang("get", path, lambda: self.inner.get(path, params))
 
-    def list(self, path, params=None):
-        return self._maybeHang("list", path, lambda: self.inner.list(path, params))
+    def list(self, path, params=None, pageItems=None):
+        return self._maybeHang("list", path, lambda: self.inner.list(path, params, pageItems))
 
 
 def failureCount(reason):
@@ -494,6 +494,19 @@ class OwnerChainTests(ResolverCase):
         self.assertEqual(metrics.REGISTRY.get_sample_value(
             "kibaship_dns01_cache_objects", {"cache": "challenge_chains"}), 0)
         self.fails(chain.request(), ChallengeGone)
+
+    def test_cachedChainsShareWhatTheyCan(self):
+        """A cached chain keeps its own only what differs per Challenge: the
+        issuer is one shared object, names are the cached objects' strings."""
+        a, b = buildChain(namespace="a"), buildChain(namespace="b")
+        self.start(a, b)
+        self.resolve(a.request())
+        self.resolve(b.request())
+        chainA, chainB = (self.resolver._chains[c.challenges[0]["metadata"]["uid"]] for c in (a, b))
+        self.assertIs(chainA.issuerRef, chainB.issuerRef)
+        cachedOrder = self.resolver.orders.informer.get("a", a.order["metadata"]["name"])
+        self.assertIs(chainA.labelsName, cachedOrder["metadata"]["name"])
+        self.assertEqual(chainA.labelsFrom, "Order a/%s" % a.order["metadata"]["name"])
 
     def test_chainCacheBounded(self):
         self.resolver = ChallengeResolver(self.client, self.clock, GROUP, SOLVER,

@@ -195,6 +195,10 @@ class _WatchReader(_StreamReader):
         self.done.callback(None)
 
 
+def _allItems(page):
+    return page.get("items") or ()
+
+
 def _decodeJSON(body, what):
     try:
         return json.loads(body)
@@ -399,18 +403,19 @@ class KubeClient:
         return self._bounded(self._request("post", "POST", path, None, body),
                              2 * self._requestTimeout, "POST " + path)
 
-    def list(self, path, params=None):
-        return defer.ensureDeferred(self._listAll(path, dict(params or {})))
+    def list(self, path, params=None, pageItems=None):
+        return defer.ensureDeferred(self._listAll(path, dict(params or {}),
+                                                  pageItems or _allItems))
 
     async def _page(self, path, params):
         return await self._bounded(self._request("list", "GET", path, params),
                                    2 * self._requestTimeout, "LIST " + path)
 
-    async def _listAll(self, path, params):
+    async def _listAll(self, path, params, pageItems):
         """Merge ``continue`` pages; an expired token falls back to one unpaged LIST."""
         params.setdefault("limit", str(self._pageSize))
         first = await self._page(path, params)
-        items = list(first.get("items") or [])
+        items = list(pageItems(first))
         token, pages = first.get("metadata", {}).get("continue"), 1
         while token:
             if pages >= self._maxPages:
@@ -420,8 +425,10 @@ class KubeClient:
             except Gone:
                 unpaged = dict(params)
                 unpaged.pop("limit", None)
-                return await self._page(path, unpaged)
-            items.extend(page.get("items") or [])
+                whole = await self._page(path, unpaged)
+                whole["items"] = list(pageItems(whole))
+                return whole
+            items.extend(pageItems(page))
             token, pages = page.get("metadata", {}).get("continue"), pages + 1
         first["items"] = items
         first.setdefault("metadata", {}).pop("continue", None)

@@ -197,7 +197,8 @@ class Informer(service.Service):
         self._timer = None
         if not self.running:
             return
-        d = self._track(self.client.list(self.path, dict(self._params)))
+        d = self._track(self.client.list(self.path, dict(self._params),
+                                         pageItems=self._trimPage))
         d.addTimeout(self._listTimeout, self.clock)
         d.addCallbacks(self._listed, self._failed, errbackArgs=("LIST",))
 
@@ -314,18 +315,27 @@ class Informer(service.Service):
         if old is not None:
             self._changed("DELETED", self._trim(obj) if obj.get("metadata") else old)
 
-    def _replace(self, listResult):
-        """Swap in a fresh LIST, emitting the difference as events."""
-        kind = (listResult.get("kind") or "")[:-4] if str(listResult.get("kind", "")).endswith(
+    def _trimPage(self, page):
+        """One LIST page's items, trimmed as the page arrives (see
+        :meth:`~kibaship_dns01.interfaces.IKubernetesClient.list`); items of
+        typed lists (``ConfigMapList``) get the kind and apiVersion they lack."""
+        kind = (page.get("kind") or "")[:-4] if str(page.get("kind", "")).endswith(
             "List") else None
-        apiVersion = listResult.get("apiVersion")
-        fresh = {}
-        for item in listResult.get("items") or []:
+        apiVersion = page.get("apiVersion")
+        trimmed = []
+        for item in page.get("items") or ():
             if kind:
                 item.setdefault("kind", kind)
             if apiVersion:
                 item.setdefault("apiVersion", apiVersion)
-            obj = self._trim(item)
+            trimmed.append(self._trim(item))
+        return trimmed
+
+    def _replace(self, listResult):
+        """Swap in a fresh LIST (its items already trimmed), emitting the
+        difference as events."""
+        fresh = {}
+        for obj in listResult.get("items") or ():
             fresh[_key(obj)] = obj
         old = self._objects
         for key in [k for k in old if k not in fresh]:

@@ -1,6 +1,4 @@
 """The resolver service: cache lookup, bounded fallback LISTs, cached chains."""
-import collections
-
 from twisted.application import service
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -23,6 +21,11 @@ MAX_CACHED_CHAINS = 20000
 
 
 # --- the resolver service ------------------------------------------------------
+
+def _trimmedItems(page):
+    """A fallback LIST keeps only the trimmed Challenges of each page as it arrives."""
+    return [trimChallenge(obj) for obj in page.get("items") or ()]
+
 
 class KeyWaiters:
     """Lookups waiting for the watch to deliver a Challenge with their key.
@@ -100,7 +103,7 @@ class ChallengeResolver(service.Service):
         self._maxChains = maxCachedChains
         self.orders = OrderCache(client, clock)
         self._walker = ChainWalker(client, self.orders)
-        self._chains = collections.OrderedDict()
+        self._chains = {}  # uid -> Chain, least recently used first (insertion order)
         self._lists = SharedCalls()
         self._walks = SharedCalls()
         self._keyWaiters = KeyWaiters(clock)
@@ -147,12 +150,15 @@ class ChallengeResolver(service.Service):
             self._keyWaiters.notify(obj)
 
     def _remember(self, uid, chain):
+        """Cache ``chain``, dropping the least recently walked beyond the bound
+        (a plain dict in insertion order: an ``OrderedDict`` node per chain
+        would cost more than the rest of what a chain keeps of its own)."""
         if not uid:
             return
+        self._chains.pop(uid, None)
         self._chains[uid] = chain
-        self._chains.move_to_end(uid)
         while len(self._chains) > self._maxChains:
-            self._chains.popitem(last=False)
+            del self._chains[next(iter(self._chains))]
         self._countChains()
 
     def _countChains(self):
@@ -257,8 +263,8 @@ class ChallengeResolver(service.Service):
                 "/apis/acme.cert-manager.io/v1/namespaces/%s/challenges" % (namespace,))
         where = "in namespace %s" % (namespace,) if namespace else "in all namespaces"
         try:
-            return await self._lists.call(path, lambda: self._client.list(path).addCallback(
-                lambda result: [trimChallenge(obj) for obj in result.get("items") or ()]))
+            return await self._lists.call(path, lambda: self._client.list(
+                path, pageItems=_trimmedItems).addCallback(lambda result: result["items"]))
         except errors.Forbidden as e:
             raise ResolutionError(
                 "cannot list Challenges %s: %s; the daemon's ClusterRole needs list on"
