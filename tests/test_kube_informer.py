@@ -157,6 +157,20 @@ class WatchTests(InformerTestsBase):
             self.assertNotIn("annotations", obj["metadata"])
             self.assertEqual(obj["spec"]["dnsName"], name + ".example.com")
 
+    def test_trimNoneLeavesObjectsOut(self):
+        """A trim answering ``None`` keeps only objects in some state: left out at
+        the LIST and on ADDED, dropped (``DELETED``) when one leaves that state."""
+        self.store.add(challenge("done", state="valid"))
+        self.store.add(challenge("open"))
+        inf = self.informer(trim=lambda obj: None if obj["spec"].get("state") == "valid" else obj)
+        self.assertEqual(self.names(inf), ["open"])
+        self.store.add(challenge("late", state="valid"))
+        self.assertIsNone(inf.get("ns", "late"))
+        self.store.put(challenge("open", state="valid"))
+        self.assertEqual((self.names(inf), inf.byIndex("byKey", "key-open")), ([], []))
+        self.store.delete(challenge("done"))
+        self.assertEqual(self.events, [("ADDED", "open"), ("DELETED", "open")])
+
     def test_keepFields(self):
         inf = self.informer(trim=keepFields("spec.key", "metadata.ownerReferences"))
         obj = challenge("a")

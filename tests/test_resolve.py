@@ -21,6 +21,7 @@ from kibaship_dns01.resolve import (
 from kibaship_dns01.testing.certmanager import (
     CERTIFICATE_NAME_ANNOTATION, PROJECT_UUID, WORKSPACE_UUID, buildChain, kibashipLabels,
     requestFor)
+from kibaship_dns01.resolve.orders import trimOrder
 from kibaship_dns01.testing.fakekube import FakeKubernetesClient
 
 GROUP, SOLVER = "dns.kibaship.com", "kibaship"
@@ -433,6 +434,41 @@ class OwnerChainTests(ResolverCase):
         self.assertEqual(ctx.projectUUID, DEFAULT_PROJECT)
         self.assertEqual([c.path.split("/")[-2] for c in self.calls("get")],
                          ["orders", "certificaterequests", "certificates"])
+
+    def test_finishedOrdersAreNotCached(self):
+        """Only Orders being issued are cached; a CleanUp for a finished one GETs it."""
+        done = buildChain(namespace="done")
+        done.order["status"]["state"] = "valid"
+        pending = buildChain(namespace="pending")
+        self.start(done, pending)
+        self.assertEqual([o["metadata"]["namespace"] for o in self.resolver.orders.informer.list()],
+                         ["pending"])
+        self.store.updateStatus("acme.cert-manager.io/v1", "Order", "pending",
+                                pending.order["metadata"]["name"], {"state": "valid"})
+        self.assertEqual(len(self.resolver.orders.informer), 0)
+        self.assertEqual(self.resolve(done.request(action=CLEANUP)).projectUUID, PROJECT_UUID)
+        self.assertEqual([c.path for c in self.calls("get")], [self.orderPath(done)])
+
+    def test_trimOrderKeepsWhatTheWalkReads(self):
+        chain = buildChain()
+        meta = chain.order["metadata"]
+        meta["labels"]["app.kubernetes.io/name"] = "shop"
+        meta["managedFields"] = [{"manager": "cert-manager"}]
+        trimmed = trimOrder(chain.order)
+        self.assertEqual(set(trimmed), {"metadata"})
+        self.assertEqual(set(trimmed["metadata"]), {"name", "namespace", "uid", "resourceVersion",
+                                                     "labels", "annotations"})
+        self.assertEqual(trimmed["metadata"]["labels"], kibashipLabels())
+        self.assertEqual(trimmed["metadata"]["annotations"], {
+            CERTIFICATE_NAME_ANNOTATION: "ad-shop-example-com",
+            "cert-manager.io/certificate-revision": "1", "platform.kibaship.com/name": "Shop"})
+        meta["labels"][PROJECT_LABEL] = "broken"  # the walk goes on to the request
+        self.assertEqual(trimOrder(chain.order)["metadata"]["ownerReferences"], [{
+            "apiVersion": "cert-manager.io/v1", "kind": "CertificateRequest",
+            "name": chain.certificateRequest["metadata"]["name"],
+            "uid": chain.certificateRequest["metadata"]["uid"], "controller": True}])
+        chain.order["status"]["state"] = "errored"
+        self.assertIsNone(trimOrder(chain.order))
 
     def test_cachedOrderWithOtherUIDIsFetched(self):
         """The cache holds an Order of that name but not the Challenge's: the GET

@@ -99,7 +99,9 @@ class Informer(service.Service):
         (cluster-wide) or ``/api/v1/namespaces/kube-system/configmaps``.
     :param clock: ``IReactorTime`` for backoff timers.
     :param name: cache name for metrics, logs and readiness.
-    :param trim: ``fn(obj) -> obj`` applied to every object before it is stored.
+    :param trim: ``fn(obj) -> obj`` applied to every object before it is stored;
+        ``None`` leaves the object out, as if deleted (a cache of the objects in
+        some state only: one that leaves it is dropped with a ``DELETED``).
     :param indexers: ``{"indexName": fn(obj) -> list[str]}``.
     :param params: extra query parameters for LIST and WATCH (selectors).
     """
@@ -302,18 +304,24 @@ class Informer(service.Service):
             index.remove(key)
 
     def _upsert(self, obj):
-        obj = self._trim(obj)
-        key = _key(obj)
+        trimmed = self._trim(obj)
+        if trimmed is None:  # left out of the cache (now)
+            self._drop(_key(obj), None)
+            return
+        key = _key(trimmed)
         kind = "MODIFIED" if key in self._objects else "ADDED"
-        self._store(key, obj)
-        self._changed(kind, obj)
+        self._store(key, trimmed)
+        self._changed(kind, trimmed)
 
     def _delete(self, obj):
-        key = _key(obj)
+        self._drop(_key(obj), self._trim(obj) if obj.get("metadata") else None)
+
+    def _drop(self, key, last):
+        """Forget ``key``; listeners see its ``last`` (trimmed) state, else the cached one."""
         old = self._objects.pop(key, None)
         self._unindex(key)
         if old is not None:
-            self._changed("DELETED", self._trim(obj) if obj.get("metadata") else old)
+            self._changed("DELETED", last if last is not None else old)
 
     def _trimPage(self, page):
         """One LIST page's items, trimmed as the page arrives (see
@@ -328,7 +336,9 @@ class Informer(service.Service):
                 item.setdefault("kind", kind)
             if apiVersion:
                 item.setdefault("apiVersion", apiVersion)
-            trimmed.append(self._trim(item))
+            kept = self._trim(item)
+            if kept is not None:
+                trimmed.append(kept)
         return trimmed
 
     def _replace(self, listResult):

@@ -18,44 +18,56 @@ the caller.
 import sys
 
 from kibaship_dns01.kube.informer import Informer
-from kibaship_dns01.project import LABEL_PREFIX, NAME_ANNOTATION, PROJECT_LABEL
+from kibaship_dns01.project import LABEL_PREFIX, NAME_ANNOTATION, PROJECT_LABEL, hasProjectLabel
 from kibaship_dns01.resolve.challenges import _get, _sharedStr, _trimOwner
 from kibaship_dns01.resolve.ownerchain import CERTIFICATE_NAME_ANNOTATION, REVISION_ANNOTATION
 
 ORDERS_PATH = "/apis/acme.cert-manager.io/v1/orders"
 #: the annotations the walk reads on an Order (copied there from the CertificateRequest)
-ORDER_ANNOTATIONS = (CERTIFICATE_NAME_ANNOTATION, REVISION_ANNOTATION, NAME_ANNOTATION)
+ORDER_ANNOTATIONS = tuple(sys.intern(key) for key in (
+    CERTIFICATE_NAME_ANNOTATION, REVISION_ANNOTATION, NAME_ANNOTATION))
+#: cert-manager's final Order states.  Such an Order's Challenges are finished (a
+#: CleanUp may still come, usually answered from the chain cache); the cache
+#: leaves them out, so it holds the Orders being issued rather than every Order
+#: the CertificateRequests' revision history keeps.
+FINAL_STATES = frozenset(("valid", "invalid", "expired", "errored"))
 
 
-def _interned(mapping):
-    """Label and annotation keys repeat in every Order, and so do the project,
-    workspace and application UUIDs of one project."""
-    return {sys.intern(k): sys.intern(v) if isinstance(v, str) else v
-            for k, v in mapping.items()}
+def _keptString(value):
+    return sys.intern(value) if isinstance(value, str) else value
 
 
 def trimOrder(obj):
     """Keep what :class:`~kibaship_dns01.resolve.ownerchain.ChainWalker` reads on
-    an Order: identity, the Kibaship labels, the certificate-name, revision and
-    display-name annotations, and the controller ownerReference (to walk on
-    when the Order's project label is invalid).  ``bench/bench_kube_cache.py``
-    prints the bytes per Order."""
+    an Order being issued, or ``None`` for one in a final state.
+
+    Kept: identity, the Kibaship labels, the certificate-name, revision and
+    display-name annotations, and the controller ownerReference only when the
+    walk may go on past the Order (no valid project label or no
+    certificate-name annotation).  Label and annotation keys, and the UUIDs
+    one project's Orders share, are interned.  ``bench/bench_kube_cache.py``
+    prints the bytes per Order.
+    """
+    if (obj.get("status") or {}).get("state") in FINAL_STATES:
+        return None
     meta = obj.get("metadata") or {}
-    trimmed = {key: meta[key] for key in ("name", "uid", "resourceVersion") if key in meta}
-    if "namespace" in meta:
-        trimmed["namespace"] = _sharedStr(meta["namespace"])
-    labels = {k: v for k, v in (meta.get("labels") or {}).items()
-              if isinstance(k, str) and k.startswith(LABEL_PREFIX)}
+    trimmed = {"name": meta.get("name"), "namespace": _sharedStr(meta.get("namespace")),
+               "uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion")}
+    labels = {sys.intern(k): _keptString(v) for k, v in (meta.get("labels") or {}).items()
+              if k.startswith(LABEL_PREFIX)}
     if labels:
-        trimmed["labels"] = _interned(labels)
+        trimmed["labels"] = labels
     annotations = meta.get("annotations") or {}
-    kept = {k: annotations[k] for k in ORDER_ANNOTATIONS if k in annotations}
+    kept = {key: _keptString(annotations[key]) for key in ORDER_ANNOTATIONS
+            if key in annotations}
     if kept:
-        trimmed["annotations"] = _interned(kept)
-    owners = [_trimOwner(ref) for ref in meta.get("ownerReferences") or ()
-              if isinstance(ref, dict) and ref.get("controller")]
-    if owners:
-        trimmed["ownerReferences"] = owners
+        trimmed["annotations"] = kept
+    certificateName = kept.get(CERTIFICATE_NAME_ANNOTATION)
+    if not (hasProjectLabel(labels) and isinstance(certificateName, str) and certificateName):
+        owners = [_trimOwner(ref) for ref in meta.get("ownerReferences") or ()
+                  if isinstance(ref, dict) and ref.get("controller")]
+        if owners:
+            trimmed["ownerReferences"] = owners
     return {"metadata": trimmed}
 
 
