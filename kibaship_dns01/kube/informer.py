@@ -121,6 +121,7 @@ class Informer(service.Service):
         self._listTimeout = listTimeout
         self._watchGrace = watchGrace
         self._objects = {}
+        self._size = metrics.CACHE_OBJECTS.labels(cache=name)
         self._listeners = []
         self._waiters = []
         self._rv = None
@@ -351,16 +352,20 @@ class Informer(service.Service):
         for key in [k for k in old if k not in fresh]:
             gone = self._objects.pop(key)
             self._unindex(key)
-            self._changed("DELETED", gone)
+            self._changed("DELETED", gone, count=False)
         for key, obj in fresh.items():
             before = old.get(key)
             if before is not None and _rvOf(before) == _rvOf(obj):
                 continue
             self._store(key, obj)
-            self._changed("ADDED" if before is None else "MODIFIED", obj)
+            self._changed("ADDED" if before is None else "MODIFIED", obj, count=False)
+        self._size.set(len(self._objects))
 
-    def _changed(self, kind, obj):
-        metrics.CACHE_OBJECTS.labels(cache=self.name).set(len(self._objects))
+    def _changed(self, kind, obj, count=True):
+        """Tell the listeners; ``count=False`` within a relist, which sets the
+        size gauge once at its end."""
+        if count:
+            self._size.set(len(self._objects))
         for fn in list(self._listeners):
             try:
                 fn(kind, obj)
@@ -369,7 +374,7 @@ class Informer(service.Service):
                                  kind=kind)
 
     def _markSynced(self):
-        metrics.CACHE_OBJECTS.labels(cache=self.name).set(len(self._objects))
+        self._size.set(len(self._objects))
         if self.hasSynced:
             return
         self.hasSynced = True
