@@ -31,7 +31,8 @@ from twisted.internet.task import Clock
 from kibaship_dns01.kube.client import KubeClient
 from kibaship_dns01.kube.informer import Informer
 from kibaship_dns01.kube.trim import keepFields
-from kibaship_dns01.resolve.orders import OrderCache, trimOrder
+from kibaship_dns01.project import PROJECT_LABEL
+from kibaship_dns01.resolve.orders import ORDERS_PATH, OrderCache, trimOrder
 from kibaship_dns01.testing.certmanager import buildChain
 from kibaship_dns01.testing.fakekube import FakeKubernetesClient
 from kibaship_dns01.testing.kubeapi import StandInAPIServer
@@ -143,10 +144,10 @@ def measureCache(store, count, trim):
 def measureOrders(store, count, trimmed=True):
     """The resolver's Order cache (label selector, trim), or the same Orders untrimmed."""
     def make(client):
-        cache = OrderCache(client, Clock()).informer
-        if not trimmed:
-            cache._trim = lambda obj: obj
-        return cache
+        if trimmed:
+            return OrderCache(client, Clock()).informer
+        return Informer(client, ORDERS_PATH, Clock(), "bench", params={
+            "labelSelector": PROJECT_LABEL})
     return _retained(store, make, count)
 
 
@@ -193,7 +194,7 @@ def main(argv):
           % (len(json.dumps(sample.challenges[0])),
              len(json.dumps(RESOLVER_TRIM(sample.challenges[0])))))
     print("one Order as JSON: %d bytes untrimmed, %d bytes trimmed"
-          % (len(json.dumps(sample.order)), len(json.dumps(trimOrder(sample.order)))))
+          % (len(json.dumps(sample.order)), len(json.dumps(trimOrder(sample.order).asObject()))))
     for count in counts:
         store = KubeStore(historyLimit=10)
         fillStore(store, count)

@@ -151,7 +151,7 @@ class ResolveOverTheWireTests(StandInCase):
         """The Order cache's watch is restricted to labelled Orders on the server."""
         chain = buildChain()
         await self.start(chain, buildChain(namespace="plain", labels={}))
-        self.assertEqual([o["metadata"]["namespace"] for o in self.resolver.orders.informer.list()],
+        self.assertEqual([o.namespace for o in self.resolver.orders.informer.list()],
                          ["certificates"])
         self.assertEqual({p.get("labelSelector") for v, path, p in self.store.requests
                           if "/orders" in path}, {"platform.kibaship.com/project-uuid"})

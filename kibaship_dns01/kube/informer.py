@@ -102,6 +102,11 @@ class Informer(service.Service):
     :param trim: ``fn(obj) -> obj`` applied to every object before it is stored;
         ``None`` leaves the object out, as if deleted (a cache of the objects in
         some state only: one that leaves it is dropped with a ``DELETED``).
+        Objects are keyed by the whole object's namespace and name, so the
+        trimmed form may be anything ``version`` can read.
+    :param version: ``fn(trimmed) -> resourceVersion`` (default: its
+        ``metadata.resourceVersion``); a relist skips objects whose version
+        did not change.
     :param indexers: ``{"indexName": fn(obj) -> list[str]}``.
     :param params: extra query parameters for LIST and WATCH (selectors).
     """
@@ -110,9 +115,10 @@ class Informer(service.Service):
 
     def __init__(self, client, path, clock, name, trim=None, indexers=None, params=None,
                  backoff=None, healthyWatchSeconds=10.0, rng=None, listTimeout=300.0,
-                 watchGrace=60.0):
+                 watchGrace=60.0, version=None):
         self.client, self.path, self.clock, self.name = client, path, clock, name
         self._trim = trim or (lambda obj: obj)
+        self._version = version or _rvOf
         self._indexes = {n: _Index(fn) for n, fn in (indexers or {}).items()}
         self._params = dict(params or {})
         self._rng = rng or random.Random()
@@ -305,11 +311,10 @@ class Informer(service.Service):
             index.remove(key)
 
     def _upsert(self, obj):
-        trimmed = self._trim(obj)
+        key, trimmed = _key(obj), self._trim(obj)
         if trimmed is None:  # left out of the cache (now)
-            self._drop(_key(obj), None)
+            self._drop(key, None)
             return
-        key = _key(trimmed)
         kind = "MODIFIED" if key in self._objects else "ADDED"
         self._store(key, trimmed)
         self._changed(kind, trimmed)
@@ -325,9 +330,10 @@ class Informer(service.Service):
             self._changed("DELETED", last if last is not None else old)
 
     def _trimPage(self, page):
-        """One LIST page's items, trimmed as the page arrives (see
-        :meth:`~kibaship_dns01.interfaces.IKubernetesClient.list`); items of
-        typed lists (``ConfigMapList``) get the kind and apiVersion they lack."""
+        """One LIST page's items as ``(key, trimmed)``, trimmed as the page
+        arrives (see :meth:`~kibaship_dns01.interfaces.IKubernetesClient.list`);
+        items of typed lists (``ConfigMapList``) get the kind and apiVersion
+        they lack."""
         kind = (page.get("kind") or "")[:-4] if str(page.get("kind", "")).endswith(
             "List") else None
         apiVersion = page.get("apiVersion")
@@ -339,15 +345,13 @@ class Informer(service.Service):
                 item.setdefault("apiVersion", apiVersion)
             kept = self._trim(item)
             if kept is not None:
-                trimmed.append(kept)
+                trimmed.append((_key(item), kept))
         return trimmed
 
     def _replace(self, listResult):
-        """Swap in a fresh LIST (its items already trimmed), emitting the
-        difference as events."""
-        fresh = {}
-        for obj in listResult.get("items") or ():
-            fresh[_key(obj)] = obj
+        """Swap in a fresh LIST (its items ``(key, trimmed)`` pairs, see
+        :meth:`_trimPage`), emitting the difference as events."""
+        fresh = dict(listResult.get("items") or ())
         old = self._objects
         for key in [k for k in old if k not in fresh]:
             gone = self._objects.pop(key)
@@ -355,7 +359,7 @@ class Informer(service.Service):
             self._changed("DELETED", gone, count=False)
         for key, obj in fresh.items():
             before = old.get(key)
-            if before is not None and _rvOf(before) == _rvOf(obj):
+            if before is not None and self._version(before) == self._version(obj):
                 continue
             self._store(key, obj)
             self._changed("ADDED" if before is None else "MODIFIED", obj, count=False)

@@ -17,9 +17,13 @@ the caller.
 """
 import sys
 
+import attr
+
 from kibaship_dns01.kube.informer import Informer
-from kibaship_dns01.project import LABEL_PREFIX, NAME_ANNOTATION, PROJECT_LABEL, hasProjectLabel
-from kibaship_dns01.resolve.challenges import _get, _sharedStr, _trimOwner
+from kibaship_dns01.project import (
+    APPLICATION_LABEL, DOMAIN_LABEL, NAME_ANNOTATION, PROJECT_LABEL, SLUG_LABEL, WORKSPACE_LABEL,
+    isProjectUUID)
+from kibaship_dns01.resolve.challenges import _sharedStr, _trimOwner
 from kibaship_dns01.resolve.ownerchain import CERTIFICATE_NAME_ANNOTATION, REVISION_ANNOTATION
 
 ORDERS_PATH = "/apis/acme.cert-manager.io/v1/orders"
@@ -37,58 +41,97 @@ def _keptString(value):
     return sys.intern(value) if isinstance(value, str) else value
 
 
-def trimOrder(obj):
-    """Keep what :class:`~kibaship_dns01.resolve.ownerchain.ChainWalker` reads on
-    an Order being issued, or ``None`` for one in a final state.
+#: the labels the walk reads (see :func:`~kibaship_dns01.project.parseProjectLabels`)
+WALKED_LABELS = (PROJECT_LABEL, WORKSPACE_LABEL, APPLICATION_LABEL, DOMAIN_LABEL, SLUG_LABEL)
 
-    Kept: identity, the Kibaship labels, the certificate-name, revision and
-    display-name annotations, and the controller ownerReference only when the
-    walk may go on past the Order (no valid project label or no
-    certificate-name annotation).  Label and annotation keys, and the UUIDs
-    one project's Orders share, are interned.  ``bench/bench_kube_cache.py``
-    prints the bytes per Order.
+
+@attr.s(slots=True, frozen=True, auto_attribs=True, kw_only=True)
+class CachedOrder:
+    """An Order being issued, as the cache keeps it.
+
+    One slotted object per Order and only the strings that differ between
+    Orders (the label and annotation values are interned: a project's UUIDs
+    and an issuer's names repeat): a dict per Order and per label set cost
+    twice as much, for as many Orders as there are Challenges.
+    """
+
+    name: str
+    namespace: str
+    uid: str
+    resourceVersion: str
+    #: the values of :data:`WALKED_LABELS` (``None``: no such label)
+    labels: tuple
+    #: the values of :data:`ORDER_ANNOTATIONS` (``None``: no such annotation)
+    annotations: tuple
+    #: the trimmed controller ownerReferences, only when the walk may need them
+    owners: tuple = ()
+
+    def asObject(self):
+        """The Order as the walk reads it (built per lookup, not kept)."""
+        meta = {"name": self.name, "namespace": self.namespace, "uid": self.uid,
+                "resourceVersion": self.resourceVersion}
+        labels = {k: v for k, v in zip(WALKED_LABELS, self.labels) if v is not None}
+        if labels:
+            meta["labels"] = labels
+        annotations = {k: v for k, v in zip(ORDER_ANNOTATIONS, self.annotations)
+                       if v is not None}
+        if annotations:
+            meta["annotations"] = annotations
+        if self.owners:
+            meta["ownerReferences"] = [dict(owner) for owner in self.owners]
+        return {"metadata": meta}
+
+
+def trimOrder(obj):
+    """The :class:`CachedOrder` of an Order being issued, or ``None`` for one in
+    a final state.
+
+    Kept: identity, what :class:`~kibaship_dns01.resolve.ownerchain.ChainWalker`
+    reads (the Kibaship labels, the certificate-name, revision and display-name
+    annotations), and the controller ownerReference only when the walk may go
+    on past the Order (no valid project label or no certificate-name
+    annotation).  ``bench/bench_kube_cache.py`` prints the bytes per Order.
     """
     if (obj.get("status") or {}).get("state") in FINAL_STATES:
         return None
     meta = obj.get("metadata") or {}
-    trimmed = {"name": meta.get("name"), "namespace": _sharedStr(meta.get("namespace")),
-               "uid": meta.get("uid"), "resourceVersion": meta.get("resourceVersion")}
-    labels = {sys.intern(k): _keptString(v) for k, v in (meta.get("labels") or {}).items()
-              if k.startswith(LABEL_PREFIX)}
-    if labels:
-        trimmed["labels"] = labels
+    labels = meta.get("labels") or {}
     annotations = meta.get("annotations") or {}
-    kept = {key: _keptString(annotations[key]) for key in ORDER_ANNOTATIONS
-            if key in annotations}
-    if kept:
-        trimmed["annotations"] = kept
-    certificateName = kept.get(CERTIFICATE_NAME_ANNOTATION)
-    if not (hasProjectLabel(labels) and isinstance(certificateName, str) and certificateName):
-        owners = [_trimOwner(ref) for ref in meta.get("ownerReferences") or ()
-                  if isinstance(ref, dict) and ref.get("controller")]
-        if owners:
-            trimmed["ownerReferences"] = owners
-    return {"metadata": trimmed}
+    project = labels.get(PROJECT_LABEL)
+    certificateName = annotations.get(CERTIFICATE_NAME_ANNOTATION)
+    owners = ()
+    if not (isProjectUUID(project) and isinstance(certificateName, str) and certificateName):
+        owners = tuple(_trimOwner(ref) for ref in meta.get("ownerReferences") or ()
+                       if isinstance(ref, dict) and ref.get("controller"))
+    return CachedOrder(
+        name=meta.get("name"), namespace=_sharedStr(meta.get("namespace")), uid=meta.get("uid"),
+        resourceVersion=meta.get("resourceVersion"),
+        labels=tuple(_keptString(labels.get(key)) for key in WALKED_LABELS),
+        annotations=tuple(_keptString(annotations.get(key)) for key in ORDER_ANNOTATIONS),
+        owners=owners)
 
 
 class OrderCache:
     """The Informer of labelled Orders and the one lookup the walk makes.
 
     :ivar informer: the :class:`~kibaship_dns01.kube.informer.Informer`
-        (cache name ``orders``), started and stopped by its owner.
+        (cache name ``orders``) of :class:`CachedOrder`, started and stopped by
+        its owner.
     """
 
     def __init__(self, client, clock):
         self.informer = Informer(client, ORDERS_PATH, clock, "orders", trim=trimOrder,
-                                 params={"labelSelector": PROJECT_LABEL})
+                                 params={"labelSelector": PROJECT_LABEL},
+                                 version=lambda order: order.resourceVersion)
 
     def lookup(self, namespace, name, uid):
-        """The cached Order ``namespace/name`` if it is the one with ``uid``, else ``None``.
+        """The cached Order ``namespace/name`` (as the walk reads it) if it is the
+        one with ``uid``, else ``None``.
 
         Without a UID to compare (ownerReferences always carry one) the
         cache is not trusted: the GET decides.
         """
-        obj = self.informer.get(namespace, name)
-        if obj is None or not uid or _get(obj, "metadata", "uid") != uid:
+        order = self.informer.get(namespace, name)
+        if order is None or not uid or order.uid != uid:
             return None
-        return obj
+        return order.asObject()
