@@ -156,10 +156,13 @@ class InterfaceTests(ResolverCase):
         """Both caches count: until the Order cache syncs every first Present GETs."""
         self.fake.injectError(503, verb="list", path="/apis/acme.cert-manager.io/v1/orders")
         self.start()
+        ready = self.resolver.whenReady()
         self.assertTrue(self.resolver.informer.hasSynced)
         self.assertFalse(self.resolver.isReady())
+        self.assertNoResult(ready)
         self.clock.advance(60)  # the Order cache's retry (backoff) succeeds
         self.assertTrue(self.resolver.isReady())
+        self.assertIsNone(self.successResultOf(ready))
 
 
 class FindChallengeTests(ResolverCase):

@@ -133,6 +133,12 @@ class ChallengeResolver(service.Service):
         """Both caches synced: before that every first Present would GET its Order."""
         return bool(self.informer.hasSynced and self.orders.informer.hasSynced)
 
+    def whenReady(self):
+        """A new Deferred firing ``None`` once :meth:`isReady` (never fails)."""
+        return defer.gatherResults([self.informer.whenSynced(),
+                                    self.orders.informer.whenSynced()]).addCallback(
+            lambda _: None)
+
     # cache of walked chains
 
     @property
