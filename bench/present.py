@@ -186,7 +186,7 @@ class PresentBench:
         api, samples = self.stack.env.api, []
         for _ in range(self.args.cold):
             chain = self.chains("cold", 1)
-            before = await self.stack.cachedChallenges()
+            before, orders = await self.stack.cachedChallenges(), await self.stack.cachedOrders()
             metric = "kibaship_dns01_kube_api_requests_total"
             api.holdWatchEvents()
             try:
@@ -198,7 +198,7 @@ class PresentBench:
                 counted = (await self.stack.metrics()).total(metric) - counted
             finally:
                 api.releaseWatchEvents()
-            await self.stack.waitCachedChallenges(before + 1)
+            await self.stack.waitCachedChallenges(before + 1, orders=orders + 1)
             await self.stack.removeChains(chain)
             if result["ok"] != 1:
                 raise RuntimeError("cold Present failed: %s" % (result["sample"],))

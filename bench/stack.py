@@ -27,6 +27,7 @@ from kibaship_dns01.testing.ports import freePort
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CHALLENGES = {"cache": "challenges"}
+ORDERS = {"cache": "orders"}
 SUCCESS = '"success":true'
 
 
@@ -166,16 +167,23 @@ class Stack:
     async def cachedChallenges(self):
         return (await self.metrics()).value("kibaship_dns01_cache_objects", **CHALLENGES)
 
-    async def waitCachedChallenges(self, expected, timeout=120.0):
-        """Until the daemon's Challenge cache holds ``expected`` objects (bounded)."""
+    async def cachedOrders(self):
+        return (await self.metrics()).value("kibaship_dns01_cache_objects", **ORDERS)
+
+    async def waitCachedChallenges(self, expected, timeout=120.0, orders=None):
+        """Until the daemon's Challenge cache holds ``expected`` objects (and its
+        Order cache ``orders``, when given), bounded."""
         deadline = time.monotonic() + timeout
         while True:
-            have = await self.cachedChallenges()
-            if have == expected:
+            metrics = await self.metrics()
+            have = metrics.value("kibaship_dns01_cache_objects", **CHALLENGES)
+            haveOrders = metrics.value("kibaship_dns01_cache_objects", **ORDERS)
+            if have == expected and orders in (None, haveOrders):
                 return
             if time.monotonic() > deadline:
-                raise RuntimeError("the daemon's Challenge cache holds %s objects after %gs,"
-                                   " expected %d" % (have, timeout, expected))
+                raise RuntimeError("the daemon's Challenge cache holds %s objects and its Order"
+                                   " cache %s after %gs, expected %d and %s"
+                                   % (have, haveOrders, timeout, expected, orders))
             await deferLater(self.reactor, 0.05, lambda: None)
 
     async def settle(self, seconds=1.0):
@@ -183,15 +191,20 @@ class Stack:
 
     # -- Challenges ---------------------------------------------------------
     async def addChains(self, chains):
-        """Create ``chains`` in the stand-in and wait until the daemon's cache has them."""
-        before = await self.cachedChallenges()
+        """Create ``chains`` in the stand-in and wait until the daemon's caches have
+        them: cert-manager creates an Order well before its Challenges (it asks
+        the ACME server for the authorizations in between), so a Present finds
+        both in a real cluster."""
+        before, orders = await self.cachedChallenges(), await self.cachedOrders()
         self.env.addChains(chains)
-        await self.waitCachedChallenges(before + sum(len(c.challenges) for c in chains))
+        await self.waitCachedChallenges(before + sum(len(c.challenges) for c in chains),
+                                        orders=orders + len(chains))
 
     async def removeChains(self, chains):
-        before = await self.cachedChallenges()
+        before, orders = await self.cachedChallenges(), await self.cachedOrders()
         self.env.removeChains(chains)
-        await self.waitCachedChallenges(before - sum(len(c.challenges) for c in chains))
+        await self.waitCachedChallenges(before - sum(len(c.challenges) for c in chains),
+                                        orders=orders - len(chains))
 
     def requests(self, chains, action=PRESENT):
         return [self.env.aggregatorRequest(self.host, action, c.challenges[0]) for c in chains]
