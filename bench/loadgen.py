@@ -27,18 +27,34 @@ in order, cycling through the file), ``connections``, ``rate`` (optional),
 ``expectStatus`` (default 201), ``expectBody`` (a substring every good answer
 holds, optional), ``timeout`` (per request, seconds), ``deadline`` (whole run),
 ``gate`` (once connected, print ``{"connected": N}`` and wait for ``go`` on
-stdin, so the caller can start measuring the server's CPU exactly then).
+stdin, so the caller can start measuring the server's CPU exactly then),
+``retry`` and ``timeline`` (below).
+
+**Retry mode** (``retry: {"base": s, "max": s}``, closed loop only) plays
+cert-manager: each of the first ``count`` requests must succeed once; a failed
+attempt (wrong status or body, connection trouble, no answer within
+``timeout``) is sent again after an exponential backoff with equal jitter
+(``base * 2**(failures-1)`` capped at ``max``, then a random point in its
+upper half).  The run ends when every request has succeeded, or at
+``deadline`` (the rest are ``gave_up``).
+
+**Timeline** (``timeline``: a path): one JSON line per attempt,
+``[index, since, sent, done, ok, code, why]`` (see :class:`Attempt`, read back
+with :func:`readTimeline`), times on the system-wide ``time.monotonic()``
+clock so a caller can line them up with what it did meanwhile.
 
 The result: ``sent``, ``ok``, ``bad`` (wrong status or body), ``errors``
 (connection trouble, timeouts), ``elapsed`` (first send to last answer),
 ``rate``, latency percentiles in milliseconds, ``cpu`` (this process's user +
 system seconds during the measured window) and a sample of the first bad
-answer.
+answer; in retry mode also ``succeeded`` and ``gave_up`` (distinct requests).
 """
 import array
 import collections
+import heapq
 import json
 import math
+import random
 import resource
 import selectors
 import socket
@@ -48,6 +64,34 @@ import sys
 import time
 
 _LEN = struct.Struct(">I")
+#: how much of a failed answer's message the timeline keeps
+_WHY_CHARS = 300
+
+#: one attempt of the timeline: request ``index``; ``since`` (when its latency
+#: started counting: due time in open loop, else ``sent``), ``sent``, ``done``
+#: (answer or failure) in ``time.monotonic()`` seconds; ``ok``; the HTTP
+#: ``code`` (``None`` without an answer); ``why`` it failed (``None`` if ok)
+Attempt = collections.namedtuple("Attempt", "index since sent done ok code why")
+
+
+def readTimeline(path):
+    """The :class:`Attempt` records a run wrote to its ``timeline`` file, in order."""
+    with open(path) as f:
+        return [Attempt(*json.loads(line)) for line in f if line.strip()]
+
+
+def failureMessage(body):
+    """What a failed answer says: the ChallengePayload's ``response.status.message``
+    or a ``Status``'s ``message``, else the start of the body."""
+    try:
+        value = json.loads(body)
+        status = value.get("response", {}).get("status") if "response" in value else value
+        message = status.get("message")
+        if isinstance(message, str):
+            return message[:_WHY_CHARS]
+    except (ValueError, AttributeError):
+        pass
+    return body[:_WHY_CHARS].decode("utf-8", "replace")
 
 
 def writeRequests(path, requests):
@@ -125,6 +169,7 @@ class _Conn:
         self.inbuf = bytearray()
         self.index = None     # the request in flight
         self.since = None     # when its latency started counting
+        self.sentAt = None    # when it was sent
 
 
 class LoadGenerator:
@@ -148,6 +193,17 @@ class LoadGenerator:
         self.idle = collections.deque()
         self.due = collections.deque()   # open loop: (index, due time) waiting for a connection
         self.conns = []
+        retry = spec.get("retry")
+        self.retry = (float(retry.get("base", 0.1)), float(retry.get("max", 2.0))) \
+            if retry else None
+        if self.retry and self.rate:
+            raise ValueError("retry mode is closed loop only: give no rate")
+        self.failures = {}    # retry mode: index -> failed attempts so far
+        self.waiting = []     # retry mode: heap of (ready time, index)
+        self.succeeded = 0
+        self.gaveUp = 0
+        self.timeline = open(spec["timeline"], "w") if spec.get("timeline") else None
+        self._toMonotonic = time.monotonic() - time.perf_counter()
 
     # -- connections ------------------------------------------------------
     def _connect(self):
@@ -185,10 +241,16 @@ class LoadGenerator:
                     self._handshake(key.data)
 
     def _drop(self, conn, why):
-        """Connection trouble: count the request in flight as an error, reconnect."""
-        self.errors += 1
-        if self.sample is None:
-            self.sample = "connection error: %s" % (why,)
+        """Connection trouble: count the request in flight as an error, reconnect.
+
+        In retry mode a connection the server closed while idle loses nothing,
+        so it is no error."""
+        if conn.index is not None or self.retry is None:
+            self.errors += 1
+            if self.sample is None:
+                self.sample = "connection error: %s" % (why,)
+        if conn.index is not None:
+            self._finished(conn, time.perf_counter(), False, None, "connection error: %s" % (why,))
         self.sel.unregister(conn.sock)
         conn.sock.close()
         self.conns.remove(conn)
@@ -197,8 +259,11 @@ class LoadGenerator:
         self._connect()
 
     # -- requests ---------------------------------------------------------
-    def _send(self, conn, index, since):
-        conn.index, conn.since = index, since
+    def _send(self, conn, index, since=None):
+        """Send request ``index``; its latency counts from ``since`` (open loop: its
+        due time), by default from now."""
+        conn.sentAt = time.perf_counter()
+        conn.index, conn.since = index, conn.sentAt if since is None else since
         conn.out = memoryview(self.requests[index % len(self.requests)])
         self.sent += 1
         self._flush(conn)
@@ -244,14 +309,44 @@ class LoadGenerator:
     def _answered(self, conn, now, status, body, consumed):
         del conn.inbuf[:consumed]
         self.latencies.append(now - conn.since)
-        if status == self.expectStatus and self.expectBody in body:
+        ok = status == self.expectStatus and self.expectBody in body
+        if ok:
             self.ok += 1
         else:
             self.bad += 1
             if self.sample is None:
                 self.sample = "HTTP %d: %s" % (status, body[:400].decode("utf-8", "replace"))
+        self._finished(conn, now, ok, status, None if ok else failureMessage(body))
         conn.index = conn.since = None
         self.idle.append(conn)
+
+    def _finished(self, conn, now, ok, code, why):
+        """One attempt is over: write it to the timeline; retry mode: count a
+        success, or schedule the next attempt after its backoff."""
+        if self.timeline is not None:
+            shift = self._toMonotonic
+            self.timeline.write(json.dumps([conn.index, conn.since + shift, conn.sentAt + shift,
+                                            now + shift, ok, code, why]) + "\n")
+        if self.retry is None:
+            return
+        if ok:
+            self.succeeded += 1
+            return
+        failures = self.failures[conn.index] = self.failures.get(conn.index, 0) + 1
+        base, cap = self.retry
+        delay = min(cap, base * 2 ** min(failures - 1, 30))
+        heapq.heappush(self.waiting, (now + delay / 2 + random.random() * delay / 2, conn.index))
+
+    def _complete(self):
+        if self.retry is not None:
+            return self.succeeded >= self.count
+        return self.ok + self.bad + self.errors >= self.count
+
+    def _retryDue(self, now):
+        """Retry mode: a failed request whose backoff is over, or ``None``."""
+        if self.waiting and self.waiting[0][0] <= now:
+            return heapq.heappop(self.waiting)[1]
+        return None
 
     def _timeouts(self, now):
         for conn in list(self.conns):
@@ -272,17 +367,26 @@ class LoadGenerator:
         interval = 1.0 / float(self.rate) if self.rate else None
         last = start
         lastSweep = start
-        while self.ok + self.bad + self.errors < self.count:
+        while not self._complete():
             now = time.perf_counter()
             if now > self.deadline:
-                self.errors += self.count - (self.ok + self.bad + self.errors)
+                if self.retry is not None:
+                    self.gaveUp = self.count - self.succeeded
+                else:
+                    self.errors += self.count - (self.ok + self.bad + self.errors)
                 self.sample = self.sample or "run deadline passed"
                 break
             if interval is None:
-                while self.idle and nextIndex < self.count:
-                    self._send(self._takeIdle(), nextIndex, time.perf_counter())
-                    nextIndex += 1
-                wait = 1.0
+                while self.idle:
+                    index = self._retryDue(time.perf_counter())
+                    if index is None:
+                        if nextIndex >= self.count:
+                            break
+                        index, nextIndex = nextIndex, nextIndex + 1
+                    self._send(self._takeIdle(), index)
+                # a free connection waits for the next backoff to end, a busy one for answers
+                wait = max(0.0, self.waiting[0][0] - time.perf_counter()) \
+                    if self.waiting and self.idle else 1.0
             else:
                 while nextIndex < self.count and start + nextIndex * interval <= now:
                     self.due.append((nextIndex, start + nextIndex * interval))
@@ -306,6 +410,8 @@ class LoadGenerator:
         cpu = _cpu() - cpu0
         for conn in self.conns:
             conn.sock.close()
+        if self.timeline is not None:
+            self.timeline.close()
         return self._result(last - start, cpu)
 
     def _takeIdle(self):
@@ -322,6 +428,8 @@ class LoadGenerator:
                   "elapsed": elapsed, "rate": done / elapsed if elapsed > 0 else 0.0,
                   "cpu": cpu, "connections": int(self.spec["connections"]),
                   "offered": self.rate, "sample": self.sample}
+        if self.retry is not None:
+            result.update(succeeded=self.succeeded, gave_up=self.gaveUp)
         for name, q in (("p50", 0.50), ("p90", 0.90), ("p99", 0.99), ("p999", 0.999)):
             result[name + "_ms"] = percentile(lat, q) * 1000 if lat else None
         result["max_ms"] = lat[-1] * 1000 if lat else None

@@ -19,21 +19,15 @@ import argparse
 import datetime
 import json
 import os
-import secrets
-import shutil
-import subprocess
 import sys
-import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from twisted.internet import defer, task  # noqa: E402
 
 from bench import pyspy, report  # noqa: E402
-from bench.stack import Stack, rssMiB  # noqa: E402
+from bench.stack import Stack, commitDescription, rssMiB, runWithCluster  # noqa: E402
 from kibaship_dns01.testing.certmanager import numberedChains, projectUUIDs  # noqa: E402
-from kibaship_dns01.testing.valkeycluster import ValkeyCluster, requireValkey  # noqa: E402
 
 KINDS = ("floor", "fresh", "cleanup", "retry", "cold", "memory", "restart")
 LOADS = ("floor", "fresh", "cleanup", "retry")
@@ -364,19 +358,11 @@ def parseArgs(argv):
     return args
 
 
-def _commit():
-    def git(*argv):
-        return subprocess.run(["git", "-C", ROOT, *argv], capture_output=True, text=True).stdout
-    dirty = "+uncommitted changes" if git("status", "--porcelain", "--untracked-files=no").strip() \
-        else ""
-    return git("rev-parse", "--short", "HEAD").strip() + dirty
-
-
 def _header(args, loadBefore):
     return ("bench/present.py %s | %s | commit %s | %d cores | load average %.2f at start,"
             " %.2f at end" % (" ".join(sys.argv[1:]) or "(defaults)",
                               datetime.datetime.now(datetime.timezone.utc).strftime(
-                                  "%Y-%m-%d %H:%M UTC"), _commit(), os.cpu_count(), loadBefore,
+                                  "%Y-%m-%d %H:%M UTC"), commitDescription(), os.cpu_count(), loadBefore,
                               os.getloadavg()[0]))
 
 
@@ -413,18 +399,8 @@ async def _run(reactor, args, cluster, workdir):
 
 def main(argv=None):
     args = parseArgs(sys.argv[1:] if argv is None else argv)
-    requireValkey()
-    workdir = os.path.abspath(args.workdir) if args.workdir else tempfile.mkdtemp(
-        prefix="kibaship-present-")
-    os.makedirs(workdir, exist_ok=True)
-    say("starting a 6-node Valkey cluster ...")
-    cluster = ValkeyCluster(password=secrets.token_urlsafe(16)).start()
-    try:
-        task.react(lambda reactor: defer.ensureDeferred(_run(reactor, args, cluster, workdir)))
-    finally:
-        cluster.stop()
-        if not args.workdir:
-            shutil.rmtree(workdir, ignore_errors=True)
+    runWithCluster(args.workdir, "kibaship-present-",
+                   lambda reactor, cluster, workdir: _run(reactor, args, cluster, workdir))
 
 
 if __name__ == "__main__":

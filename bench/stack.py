@@ -11,12 +11,16 @@ daemon, the floor, each load generator run, py-spy.
 """
 import json
 import os
+import secrets
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 
 import treq
 from prometheus_client.parser import text_string_to_metric_families
-from twisted.internet import defer
+from twisted.internet import defer, task
 from twisted.internet.task import deferLater
 
 from bench import loadgen
@@ -24,11 +28,43 @@ from kibaship_dns01.challenge import CLEANUP, PRESENT
 from kibaship_dns01.testing.daemon import ChildOutput, DaemonProcess
 from kibaship_dns01.testing.environment import LocalEnvironment
 from kibaship_dns01.testing.ports import freePort
+from kibaship_dns01.testing.valkeycluster import ValkeyCluster, requireValkey
 
 HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
 CHALLENGES = {"cache": "challenges"}
 ORDERS = {"cache": "orders"}
 SUCCESS = '"success":true'
+
+
+# --- running a bench or drill ---------------------------------------------------
+
+def commitDescription():
+    """The checked-out commit, ``+uncommitted changes`` when tracked files differ."""
+    def git(*argv):
+        return subprocess.run(["git", "-C", ROOT, *argv], capture_output=True, text=True).stdout
+    dirty = "+uncommitted changes" if git("status", "--porcelain", "--untracked-files=no").strip() \
+        else ""
+    return git("rev-parse", "--short", "HEAD").strip() + dirty
+
+
+def runWithCluster(workdir, prefix, body):
+    """Start a fresh six-node password-protected Valkey cluster and a work
+    directory (``workdir``, kept; else a temporary one, removed), then run
+    ``body(reactor, cluster, workdir)`` (a coroutine) in the reactor; the
+    process exits with its status (``task.react``)."""
+    requireValkey()
+    keep = workdir is not None
+    workdir = os.path.abspath(workdir) if keep else tempfile.mkdtemp(prefix=prefix)
+    os.makedirs(workdir, exist_ok=True)
+    print("starting a 6-node Valkey cluster ...", file=sys.stderr, flush=True)
+    cluster = ValkeyCluster(password=secrets.token_urlsafe(16)).start()
+    try:
+        task.react(lambda reactor: defer.ensureDeferred(body(reactor, cluster, workdir)))
+    finally:
+        cluster.stop()
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
 
 
 # --- /proc probes ------------------------------------------------------------
@@ -65,6 +101,11 @@ class Metrics:
 
     def value(self, name, **labels):
         return self._samples.get((name, frozenset(labels.items())))
+
+    def labelValues(self, name, label):
+        """The values ``label`` takes among the samples of ``name``, sorted."""
+        return sorted({dict(labels).get(label) for (n, labels) in self._samples if n == name}
+                      - {None})
 
     def total(self, name):
         """Sum over every label set of ``name``."""
@@ -106,13 +147,40 @@ class Floor:
 
 # --- the stack -----------------------------------------------------------------
 
-class Stack:
-    """The environment, the daemon and (when asked) the floor; see the module docstring."""
+def logProblems(path):
+    """Lines of a daemon's JSON log that say something went wrong inside it: level
+    ``error`` or ``critical``, a traceback, or Twisted's "Unhandled" reports.
+    (``warn`` lines are expected under faults: they say what failed and why.)"""
+    problems = []
+    with open(path, "rb") as f:
+        for raw in f:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            try:
+                event = json.loads(line)
+            except ValueError:
+                event = None
+            if not isinstance(event, dict):
+                if line.strip():  # not JSON: twistd or Python itself wrote it
+                    problems.append(line)
+                continue
+            if (event.get("level") in ("error", "critical") or "traceback" in event
+                    or "Unhandled" in str(event.get("msg", ""))):
+                problems.append(line)
+    return problems
 
-    def __init__(self, reactor, workdir, cluster):
+
+class Stack:
+    """The environment, the daemon and (when asked) the floor; see the module docstring.
+
+    :param daemonArgs: extra ``twistd kibaship-dns01`` flags (e.g.
+        ``("--valkey-min-replicas", "1")``).
+    """
+
+    def __init__(self, reactor, workdir, cluster, daemonArgs=()):
         self.reactor = reactor
         self.workdir = workdir
         self.cluster = cluster
+        self.daemonArgs = tuple(daemonArgs)
         self.env = LocalEnvironment(reactor, workdir, cluster)
         self.port = freePort()
         self.metricsPort = freePort()
@@ -131,7 +199,8 @@ class Stack:
 
         :param onSpawn: called with the daemon's pid right after it is spawned
             (a profiler attaching)."""
-        self.daemon = DaemonProcess(self.reactor, self.env.daemonArgs(self.port, self.metricsPort),
+        self.daemon = DaemonProcess(self.reactor, self.env.daemonArgs(self.port, self.metricsPort,
+                                                                      self.daemonArgs),
                                     cwd=self.workdir,
                                     logPath=os.path.join(self.workdir, "daemon.log"))
         started, ownBefore = time.monotonic(), ownCPU()
@@ -218,30 +287,78 @@ class Stack:
                 "valkey": sum(cpuSeconds(n.process.pid) for n in self.cluster.nodes if n.alive),
                 "api": ownCPU()}
 
-    async def drive(self, requests, count, connections, rate=None, floor=False, timeout=30):
+    async def drive(self, requests, count, connections, rate=None, floor=False, timeout=30,
+                    **spec):
         """One load generator run against the daemon (or the floor); :return: its
-        result plus the CPU each party used, in % of one core over the run."""
+        result plus the CPU each party used, in % of one core over the run.
+        ``spec`` adds keys of ``loadgen.py``'s spec (``retry``, ``timeline``, ``deadline``)."""
+        run = dict(spec, requests=requests, count=count, connections=connections, rate=rate,
+                   timeout=timeout)
+        return (await self.driveMany([run], floor=floor))[0]
+
+    async def driveMany(self, runs, floor=False, onGo=None):
+        """Several load generators at once, all let go at the same moment (after every
+        one has its connections up); ``runs`` are :meth:`drive`'s arguments as dicts;
+        ``onGo()`` is called right then.  :return: their results, in order; the CPU
+        figures cover the whole window (they are shared, not per generator)."""
+        serverPid = self.floor.pid if floor else self.daemon.pid
+        specs = [self._writeSpec(run, floor) for run in runs]
+        children = [self._spawnGenerator(specPath) for _, specPath in specs]
+        killer = self.reactor.callLater(1900, lambda: [
+            t.signalProcess("KILL") for _, t in children if t.pid is not None])
+        try:
+            for proto, _ in children:
+                await proto.firstLine()
+            before = self._cpu(serverPid)
+            for _, transport in children:
+                transport.write(b"go\n")
+            if onGo is not None:
+                onGo()
+            codes = [await proto.ended for proto, _ in children]
+            after = self._cpu(serverPid)
+        finally:
+            if killer.active():
+                killer.cancel()
+        results = []
+        for (path, specPath), (proto, _), code in zip(specs, children, codes):
+            os.unlink(path)
+            os.unlink(specPath)
+            if code != 0:
+                raise RuntimeError("load generator failed (%s):\n%s" % (
+                    code, bytes(proto.output).decode()))
+            results.append(self._withCPU(json.loads(bytes(proto.stdout).splitlines()[-1]),
+                                         before, after))
+        return results
+
+    def _writeSpec(self, run, floor):
+        run = dict(run)
         self._files += 1
         path = os.path.join(self.workdir, "requests-%d.bin" % self._files)
-        loadgen.writeRequests(path, requests)
-        port = self.floor.port if floor else self.port
-        spec = {"host": "127.0.0.1", "port": port, "serverName": "localhost",
-                "caFile": os.path.join(self.workdir, "ca.crt"),
+        loadgen.writeRequests(path, run.pop("requests"))
+        spec = {"host": "127.0.0.1", "port": self.floor.port if floor else self.port,
+                "serverName": "localhost", "caFile": os.path.join(self.workdir, "ca.crt"),
                 "certFile": os.path.join(self.workdir, "front-proxy.crt"),
                 "keyFile": os.path.join(self.workdir, "front-proxy.key"),
-                "requestsFile": path, "count": count, "connections": connections,
-                "rate": rate, "expectStatus": 201, "expectBody": SUCCESS, "timeout": timeout,
+                "requestsFile": path, "expectStatus": 201, "expectBody": SUCCESS,
                 "deadline": 1800, "gate": True}
+        spec.update(run)
         specPath = path + ".json"
         with open(specPath, "w") as f:
             json.dump(spec, f)
-        serverPid = self.floor.pid if floor else self.daemon.pid
-        code, stdout, output, before, after = await self._gated(specPath, serverPid)
-        os.unlink(path)
-        os.unlink(specPath)
-        if code != 0:
-            raise RuntimeError("load generator failed (%s):\n%s" % (code, output.decode()))
-        result = json.loads(stdout.splitlines()[-1])
+        return path, specPath
+
+    def _spawnGenerator(self, specPath):
+        """``loadgen.py`` with its gate: CPU counters are read once every
+        connection is up and again once it has finished, so handshakes and
+        process start-up stay out of the figures."""
+        argv = [sys.executable, os.path.join(HERE, "loadgen.py"), specPath]
+        proto = ChildOutput()
+        transport = self.reactor.spawnProcess(proto, argv[0], argv, env=dict(os.environ),
+                                              path=self.workdir)
+        return proto, transport
+
+    @staticmethod
+    def _withCPU(result, before, after):
         result["cpu_s"] = {k: after[k] - before[k] for k in after}
         result["cpu_pct"] = {k: 100 * used / result["elapsed"] for k, used in
                              result["cpu_s"].items()} if result["elapsed"] > 0 else {}
@@ -249,23 +366,3 @@ class Stack:
         done = max(1, result["ok"] + result["bad"])
         result["server_cpu_ms_per_request"] = 1000 * (after["server"] - before["server"]) / done
         return result
-
-    async def _gated(self, specPath, serverPid):
-        """Run ``loadgen.py`` with its gate: CPU counters are read once every
-        connection is up and again once it has finished, so handshakes and
-        process start-up stay out of the figures."""
-        argv = [sys.executable, os.path.join(HERE, "loadgen.py"), specPath]
-        proto = ChildOutput()
-        transport = self.reactor.spawnProcess(proto, argv[0], argv, env=dict(os.environ),
-                                              path=self.workdir)
-        killer = self.reactor.callLater(1900, transport.signalProcess, "KILL")
-        try:
-            await proto.firstLine()
-            before = self._cpu(serverPid)
-            transport.write(b"go\n")
-            code = await proto.ended
-            after = self._cpu(serverPid)
-        finally:
-            if killer.active():
-                killer.cancel()
-        return code, bytes(proto.stdout), bytes(proto.output), before, after

@@ -2,7 +2,10 @@
 
 Values are cached briefly (a Present burst for many challenges reads a Secret
 once) and dropped when Valkey rejects them, so a rotated password is picked up
-at the next connection.  No value is ever logged or put in a message: errors
+at the next connection.  While the API server cannot be asked (unreachable,
+5xx, 429, no answer in time) a value read less than ``staleTTL`` ago stands
+in: Valkey itself says when a password is no longer valid, and Presents keep
+working through an API server restart (found by ``bench/drills/apifaults.py``).  No value is ever logged or put in a message: errors
 name the Secret and the key, never the content.
 """
 import base64
@@ -15,6 +18,8 @@ from kibaship_dns01.kube.errors import APITimeout, Forbidden, KubeError, NotFoun
 DEFAULT_TTL = 30.0
 #: one Secret GET may take this long before the request fails with a clear message
 DEFAULT_TIMEOUT = 10.0
+#: how old a value may be to stand in while the API server cannot be asked
+DEFAULT_STALE_TTL = 600.0
 
 
 class SecretError(SolverError):
@@ -53,16 +58,27 @@ def _decode(ref, encoded):
 class SecretReader:
     """Reads (and briefly caches) single Secret values via an ``IKubernetesClient``."""
 
-    def __init__(self, client, clock, ttl=DEFAULT_TTL, timeout=DEFAULT_TIMEOUT):
+    def __init__(self, client, clock, ttl=DEFAULT_TTL, timeout=DEFAULT_TIMEOUT,
+                 staleTTL=DEFAULT_STALE_TTL):
         self._client = client
         self._clock = clock
         self._ttl = ttl
         self._timeout = timeout
+        self._staleTTL = staleTTL
         self._cache = {}  # SecretRef -> (expires, bytes); expired entries pruned on read
+        self._last = {}  # SecretRef -> (read at, bytes): stands in while the API is away
 
     def invalidate(self, ref):
         """Forget ``ref``'s value, e.g. after Valkey rejected it."""
         self._cache.pop(ref, None)
+        self._last.pop(ref, None)
+
+    def _standIn(self, ref, error):
+        """The last value of ``ref`` if recent enough, else raise ``error``."""
+        readAt, value = self._last.get(ref, (None, None))
+        if readAt is None or self._clock.seconds() - readAt >= self._staleTTL:
+            raise error
+        return value
 
     @defer.inlineCallbacks
     def read(self, ref):
@@ -76,9 +92,9 @@ class SecretReader:
             secret = yield self._client.get(_secretPath(ref)).addTimeout(
                 self._timeout, self._clock)
         except defer.TimeoutError:
-            raise SecretError(f"reading Secret {ref.namespace}/{ref.name} took longer than "
-                              f"{self._timeout:g}s; the API server is slow or unreachable",
-                              transient=True)
+            return self._standIn(ref, SecretError(
+                f"reading Secret {ref.namespace}/{ref.name} took longer than "
+                f"{self._timeout:g}s; the API server is slow or unreachable", transient=True))
         except NotFound:
             raise SecretError(f"Secret {ref.namespace}/{ref.name} not found; create it in "
                               f"namespace {ref.namespace} or fix the issuer config")
@@ -87,17 +103,20 @@ class SecretReader:
                               f"{ref.namespace}/{ref.name}; grant its ServiceAccount get on "
                               f"secrets in namespace {ref.namespace}")
         except (Unavailable, APITimeout) as e:
-            raise SecretError(f"could not read Secret {ref.namespace}/{ref.name}: {e}",
-                              transient=True)
+            return self._standIn(ref, SecretError(
+                f"could not read Secret {ref.namespace}/{ref.name}: {e}", transient=True))
         except KubeError as e:
             raise SecretError(f"could not read Secret {ref.namespace}/{ref.name}: {e}")
         value = _decode(ref, _pickKey(ref, secret.get("data") or {}))
         self._cache[ref] = (self._clock.seconds() + self._ttl, value)
+        self._last[ref] = (self._clock.seconds(), value)
         return value
 
     def _prune(self, now):
         for ref in [r for r, (expires, _) in self._cache.items() if expires <= now]:
             del self._cache[ref]
+        for ref in [r for r, (readAt, _) in self._last.items() if now - readAt >= self._staleTTL]:
+            del self._last[ref]
 
     def readText(self, ref):
         """The value as text (a password)."""

@@ -14,6 +14,7 @@ by the Valkey append script; the builder leaves the script's placeholder in
 ``event_data`` (see :mod:`kibaship_dns01.valkey.script`).
 """
 import datetime
+import functools
 import json
 import uuid
 
@@ -32,10 +33,12 @@ CHALLENGE_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_DNS, "dns.kibaship.com")
 SEQUENCE_FIELD = "event_data"
 
 
+@functools.lru_cache(maxsize=16384)
 def challengeID(namespace, certificate, fqdn, txt):
     """Deterministic id of one challenge: the same inputs always give the same UUIDv5.
 
-    Over ``<namespace>/<certificate>/<fqdn without trailing dot>/<txt>``.
+    Over ``<namespace>/<certificate>/<fqdn without trailing dot>/<txt>``; remembered
+    for the challenges in flight (cert-manager retries each until it is done).
     """
     return str(uuid.uuid5(CHALLENGE_NAMESPACE, f"{namespace}/{certificate}/{bareName(fqdn)}/{txt}"))
 
@@ -74,7 +77,7 @@ class BuiltEvent:
     def idempotencyKey(self):
         """One append per challenge and operation, however often cert-manager retries;
         the progress operations name their transition (see :mod:`kibaship_dns01.progress`)."""
-        return self.key or f"{self.challengeID}:{self.operation}"
+        return self.key or idempotencyKeyOf(self.challengeID, self.operation)
 
     def eventData(self):
         """``event_data`` decoded, with the sequence placeholder still in it."""
@@ -132,6 +135,18 @@ def _withOptional(payload, **optional):
     return payload
 
 
+def idempotencyKeyOf(challengeID, operation):
+    """The idempotency key of a Present or CleanUp: one append per challenge and operation."""
+    return f"{challengeID}:{operation}"
+
+
+def requestChallengeID(request, context):
+    """The ``challenge_id`` of ``request`` in ``context`` (see :func:`challengeID`)."""
+    namespace = context.certificateNamespace or context.challengeNamespace
+    return challengeID(namespace, context.certificateName or "", request.resolvedFQDN,
+                       request.key)
+
+
 def buildEvent(request, context, config, now, eventID=None, deadlineHint=None):
     """The v1 event for ``request`` in ``context`` under issuer ``config``.
 
@@ -139,8 +154,7 @@ def buildEvent(request, context, config, now, eventID=None, deadlineHint=None):
     :param deadlineHint: seconds the user has left, when known.
     """
     namespace = context.certificateNamespace or context.challengeNamespace
-    cid = challengeID(namespace, context.certificateName or "", request.resolvedFQDN,
-                      request.key)
+    cid = requestChallengeID(request, context)
     payload = _challengePayload(request.operation, cid, request.resolvedFQDN,
                                 request.resolvedZone, request.key, config.ttl, request.dnsName,
                                 request.delegated, context, now)

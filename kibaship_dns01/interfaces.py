@@ -82,6 +82,11 @@ class IStreamPublisher(Interface):
         Certificate's mark hash in the same atomic step; ``window`` overrides
         the target's idempotency window (seconds)."""
 
+    def confirm(target, projectUUID, idempotencyKey):
+        """Whether ``idempotencyKey`` is still recorded (a retry the caller saw appended):
+        a Deferred firing the first append's ``AppendResult`` (``duplicate=True``), or
+        ``None`` when it is not recorded and the caller must append in full."""
+
     def readFields(target, projectUUID, key, fields):
         """Read ``fields`` of the hash ``key`` (a key of the project's hash tag).
 

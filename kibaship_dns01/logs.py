@@ -31,6 +31,20 @@ def _jsonable(value):
     return repr(value)
 
 
+def _message(event):
+    """The event's message.  ``str.format_map`` renders the plain ``{name}`` and
+    ``{name!r}`` formats every line here uses, several times faster than
+    ``formatEvent``'s own formatter; anything it cannot render (a call in the
+    format, a missing field) goes to ``formatEvent``, which says so in the text."""
+    fmt = event.get("log_format")
+    if fmt is not None:
+        try:
+            return fmt.format_map(event)
+        except Exception:
+            pass
+    return formatEvent(event)
+
+
 def eventAsJSON(event):
     """The JSON line for one event (without the newline)."""
     level = event.get("log_level")
@@ -39,7 +53,7 @@ def eventAsJSON(event):
         + f".{int((event.get('log_time', 0) % 1) * 1000):03d}Z",
         "level": level.name if level is not None else "info",
         "logger": event.get("log_namespace", ""),
-        "msg": formatEvent(event),
+        "msg": _message(event),
     }
     failure = event.get("log_failure")
     if failure is not None:

@@ -9,6 +9,22 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
+_CHILDREN = {}
+
+
+def labelled(metric, *values):
+    """``metric.labels(*values)``, looked up once per label set.
+
+    ``labels()`` validates and stringifies its arguments and takes a lock on
+    every call; the request path counts a handful of metrics per request, with
+    label values from small fixed sets, so the children are kept here.
+    """
+    key = (metric, values)
+    child = _CHILDREN.get(key)
+    if child is None:
+        child = _CHILDREN[key] = metric.labels(*values)
+    return child
+
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 
 # --- HTTP / solver ---------------------------------------------------------
@@ -98,6 +114,11 @@ PRESENT_TO_ISSUED = Histogram(
 # --- caches ----------------------------------------------------------------
 CACHE_OBJECTS = Gauge(
     "kibaship_dns01_cache_objects", "Objects held by a watch-backed cache, by cache name.",
+    ["cache"], registry=REGISTRY)
+CACHE_LISTS = Counter(
+    "kibaship_dns01_cache_lists_total",
+    "Full LISTs a watch-backed cache stored, its first sync included, by cache name; more "
+    "than one means its watch could not resume where it stopped (410 Expired).",
     ["cache"], registry=REGISTRY)
 READY = Gauge(
     "kibaship_dns01_ready", "1 when a readiness condition holds, by condition.",

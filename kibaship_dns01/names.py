@@ -11,8 +11,10 @@ Nothing here does I/O.  Two families, because they are not the same rules:
   underscores (``_acme-challenge`` itself has one), at most 63 octets a
   label and 253 in all.  :func:`dnsNameProblem` says what is wrong with a
   name rather than just whether, because the message goes back to whoever
-  sent it.
+  sent it; it remembers recent answers (cert-manager sends the same names
+  until a challenge is done).
 """
+import functools
 import re
 
 MAX_NAME = 253
@@ -39,6 +41,7 @@ def isDNS1123Subdomain(value):
         and _K8S_SUBDOMAIN.fullmatch(value) is not None
 
 
+@functools.lru_cache(maxsize=4096)
 def dnsNameProblem(name, absolute=False, wildcard=False):
     """What is wrong with DNS name ``name``, or ``None`` when it is valid.
 

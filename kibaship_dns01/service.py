@@ -172,7 +172,7 @@ class DaemonService(service.MultiService):
 def buildAPISite(settings, tls, solver, clock, authenticator=None, authorizer=None,
                  readiness=()):
     api = APIIdentity(group=settings.groupName, solver=settings.solverName)
-    lifecycle = Lifecycle()
+    lifecycle = Lifecycle(clock)
     metrics.HTTP_IN_FLIGHT.set_function(lambda: lifecycle.inFlight)
     conditions = [tls, *readiness, lifecycle]
     for condition in conditions:

@@ -10,6 +10,7 @@ failing CleanUp keeps the Challenge's finalizer:
   longer be determined (objects gone, labels removed, config now invalid) it
   logs, counts and reports success: there is no stream left to tell.
 """
+import collections
 import datetime
 
 from twisted.internet import defer
@@ -20,7 +21,8 @@ from kibaship_dns01 import metrics
 from kibaship_dns01.challenge import PRESENT, SolverError
 from kibaship_dns01.config import ConfigError, Defaults, parseIssuerConfig
 from kibaship_dns01.credentials import SecretError
-from kibaship_dns01.events import SEQUENCE_FIELD, buildEvent, presentMark, withSequence
+from kibaship_dns01.events import (
+    SEQUENCE_FIELD, buildEvent, idempotencyKeyOf, presentMark, requestChallengeID, withSequence)
 from kibaship_dns01.interfaces import ISolver
 from kibaship_dns01.names import challengeFQDN
 from kibaship_dns01.resolve import ResolutionError
@@ -48,6 +50,28 @@ def _operationBudget(connectTimeout, readTimeout):
                max(MIN_OPERATION_BUDGET, 2 * (connectTimeout + readTimeout)))
 
 
+class BoundedMemo:
+    """A small LRU map for values derived from what issuers send (configs, targets):
+    the few distinct values a cluster has stay, a flood of distinct ones cannot grow it."""
+
+    def __init__(self, size=256):
+        self.size = size
+        self._entries = collections.OrderedDict()
+
+    def get(self, key):
+        value = self._entries.get(key)
+        if value is not None:
+            self._entries.move_to_end(key)
+        return value
+
+    def put(self, key, value):
+        """Remember ``value``; :return: it."""
+        self._entries[key] = value
+        if len(self._entries) > self.size:
+            self._entries.popitem(last=False)
+        return value
+
+
 class TargetFactory:
     """Turns :class:`~kibaship_dns01.config.ValkeySettings` into a ``ValkeyTarget``.
 
@@ -59,6 +83,7 @@ class TargetFactory:
     def __init__(self, secrets, idempotencyWindow=86400.0):
         self._secrets = secrets
         self._window = idempotencyWindow
+        self._made = BoundedMemo()
 
     async def target(self, settings):
         """The target for ``settings``; fails with ``SecretError`` when a Secret it
@@ -72,13 +97,16 @@ class TargetFactory:
             kw = dict(credentials=lambda: self._secrets.readText(ref),
                       invalidateCredentials=lambda: self._secrets.invalidate(ref),
                       credentialsSource=ref.describe())
+        made = self._made.get((settings, caPEM))
+        if made is not None:  # the same target: one validation, one identity for the pool
+            return made
         readTimeout = settings.readTimeout + settings.writeTimeout
-        return ValkeyTarget(
+        return self._made.put((settings, caPEM), ValkeyTarget(
             seeds=(settings.addr,), username=settings.username, tls=settings.tls, caPEM=caPEM,
             serverName=_serverName(settings.addr) if settings.tls else None,
             connectTimeout=settings.connectTimeout, readTimeout=readTimeout,
             operationTimeout=_operationBudget(settings.connectTimeout, readTimeout),
-            minReplicas=settings.minReplicas, idempotencyWindow=self._window, **kw)
+            minReplicas=settings.minReplicas, idempotencyWindow=self._window, **kw))
 
 
 #: resolution failures a CleanUp retries although they are not transient: the
@@ -107,6 +135,10 @@ class Solver:
         told every valid issuer config a request carried."""
         self._markSeconds = markSeconds
         self._seenConfigs = seenConfigs
+        self._parsed = BoundedMemo()
+        #: idempotency keys this process appended (or found appended): their retries
+        #: are confirmed with a probe instead of a whole append (see ``_publish``)
+        self._appended = BoundedMemo(size=16384)
         self._resolver = resolver
         self._publisher = publisher
         self._targets = targets
@@ -136,8 +168,8 @@ class Solver:
 
     def _decided(self, request, record, outcome, started, **extra):
         duration = self._clock.seconds() - started
-        metrics.SOLVER_REQUESTS.labels(action=request.action, outcome=outcome).inc()
-        metrics.SOLVER_LATENCY.labels(action=request.action).observe(duration)
+        metrics.labelled(metrics.SOLVER_REQUESTS, request.action, outcome).inc()
+        metrics.labelled(metrics.SOLVER_LATENCY, request.action).observe(duration)
         record.update(extra, outcome=outcome, duration_ms=round(duration * 1000, 1))
         level = log.warn if outcome == "failure" else log.info
         level("{action} {fqdn}: {outcome}", log_kind="challenge_decision", **record)
@@ -147,23 +179,42 @@ class Solver:
         config = self._config(request, cleanup)
         context = await self._resolve(request, config, cleanup)
         self._checkRecordName(request, context)
-        now = self._now()
-        event = buildEvent(request, context, config, now)
+        cid = requestChallengeID(request, context)
         stream = streamKey(context.projectUUID)
-        record.update(challenge_id=event.challengeID, project_uuid=context.projectUUID,
-                      stream=stream, certificate=f"{context.certificateNamespace}/"
-                      f"{context.certificateName}", event_id=event.eventID)
-        if self._dryRun:
-            record.update(event=withSequence(event.fields, 0))
-            return "dry_run"
-        mark = (presentMark(event, context, now, self._markSeconds)
-                if self._markSeconds and not cleanup else None)
-        result = await self._append(request, config, context, event, stream, cleanup, mark)
+        record.update(challenge_id=cid, project_uuid=context.projectUUID, stream=stream,
+                      certificate=f"{context.certificateNamespace}/{context.certificateName}")
+        key = idempotencyKeyOf(cid, request.operation)
+        result = None
+        if not self._dryRun and self._appended.get(key):
+            # a retry of what this process appended: ask Valkey whether the record
+            # still stands before building the whole event again
+            result = await self._valkey(request, config, stream, cleanup, lambda target: (
+                self._publisher.confirm(target, context.projectUUID, key)))
+        if result is None:
+            now = self._now()
+            event = buildEvent(request, context, config, now)
+            record.update(event_id=event.eventID)
+            if self._dryRun:
+                record.update(event=withSequence(event.fields, 0))
+                return "dry_run"
+            mark = (presentMark(event, context, now, self._markSeconds)
+                    if self._markSeconds and not cleanup else None)
+            result = await self._valkey(request, config, stream, cleanup, lambda target: (
+                self._publisher.appendEvent(
+                    target, context.projectUUID, event.fields, event.idempotencyKey,
+                    sequenceField=SEQUENCE_FIELD, mark=mark)))
+            self._appended.put(key, True)
         record.update(entry_id=result.entryId, sequence=result.sequence,
                       duplicate=result.duplicate)
         return "success"
 
     def _config(self, request, cleanup):
+        """The parsed issuer config; an issuer sends the same config on every request,
+        so a parse is remembered by its text (a miss costs a parse, never a wrong answer)."""
+        key = (repr(request.config), request.resourceNamespace)
+        config = self._parsed.get(key)
+        if config is not None:
+            return config
         try:
             config = parseIssuerConfig(request.config, request.resourceNamespace, self._defaults)
         except ConfigError as e:
@@ -171,8 +222,10 @@ class Solver:
                 raise _Unresolved("config", str(e))
             raise SolverError(f"invalid issuer webhook config: {e}", reason="config")
         if self._seenConfigs is not None:
+            # once per remembered parse: a hit was added within the last 256 parses,
+            # well inside SeenIssuerConfigs' larger bound
             self._seenConfigs.add(request.config, request.resourceNamespace)
-        return config
+        return self._parsed.put(key, config)
 
     async def _resolve(self, request, config, cleanup):
         try:
@@ -199,20 +252,19 @@ class Solver:
                     request.resolvedFQDN, challengeFQDN(request.dnsName),
                     context.challengeNamespace, context.challengeName), reason="fqdn_mismatch")
 
-    async def _append(self, request, config, context, event, stream, cleanup, mark):
+    async def _valkey(self, request, config, stream, cleanup, call):
+        """``call(target)`` (an append or a confirmation), its failures judged by policy."""
         try:
             target = await self._targets.target(config.valkey)
-            return await self._publisher.appendEvent(
-                target, context.projectUUID, event.fields, event.idempotencyKey,
-                sequenceField=SEQUENCE_FIELD, mark=mark)
+            return await call(target)
         except SecretError as e:
             if cleanup and not e.transient:
                 raise _Unresolved("secret", e.message)
             raise
         except ValkeyError as e:
             raise SolverError(
-                f"could not append the {event.operation} event for {request.resolvedFQDN} to "
-                f"Valkey stream {stream}: {e}; cert-manager will retry", reason="valkey")
+                f"could not append the {request.operation} event for {request.resolvedFQDN} "
+                f"to Valkey stream {stream}: {e}; cert-manager will retry", reason="valkey")
 
     def _now(self):
         return datetime.datetime.fromtimestamp(self._clock.seconds(), datetime.timezone.utc)

@@ -13,7 +13,7 @@ from zope.interface.verify import verifyObject
 
 from kibaship_dns01 import metrics
 from kibaship_dns01.auth import authconfig as ac
-from kibaship_dns01.auth import authn
+from kibaship_dns01.auth import authn, headers
 from kibaship_dns01.auth.peer import PeerCertificates
 from kibaship_dns01.auth.x509verify import verifyClientChain
 from kibaship_dns01.auth.types import (
@@ -57,7 +57,7 @@ def makeRequest(headers=(), chain=(), connection=None):
     request = DummyRequest([b""])
     for name, value in headers:
         request.requestHeaders.addRawHeader(name, value)
-    request.connection = connection or FakeConnection(chain)
+    request.connection = request.channel = connection or FakeConnection(chain)
     return request
 
 
@@ -364,6 +364,6 @@ class OutcomeTests(AuthenticatorTestsMixin, SynchronousTestCase):
         self.assertEqual(add(already), already)
 
     def test_extraKeyUnescaping(self):
-        self.assertEqual(authn.unescapeExtraKey("acme.com%2fproject"), "acme.com/project")
-        self.assertEqual(authn.unescapeExtraKey("bad%zz"), "bad%zz")
-        self.assertEqual(authn.unescapeExtraKey("a+b"), "a+b")
+        self.assertEqual(headers.unescapeExtraKey("acme.com%2fproject"), "acme.com/project")
+        self.assertEqual(headers.unescapeExtraKey("bad%zz"), "bad%zz")
+        self.assertEqual(headers.unescapeExtraKey("a+b"), "a+b")

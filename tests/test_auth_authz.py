@@ -211,6 +211,49 @@ class CacheTests(AuthorizerTestsMixin, SynchronousTestCase):
             self.authorize(attributes)
         self.assertEqual(self.sarCalls(), 4)
 
+    def test_lastAnswerStandsInWhileTheAPIServerCannotBeAsked(self):
+        """Found by bench/drills/apifaults.py: 10 s into an API server restart every
+        cached Present was refused 503.  The last answer now stands in (and is cached
+        again, so the dead API server is asked once per TTL, not per request)."""
+        self.authorize(solverPost())
+        self.clock.advance(10)
+        self.kube.injectError(Unavailable("POST subjectaccessreviews: connection refused"),
+                              verb="post")
+        decision = self.authorize(solverPost())
+        self.assertEqual((decision.allowed, decision.error), (True, ""))
+        self.clock.advance(9)
+        self.assertTrue(self.authorize(solverPost()).allowed)
+        self.assertEqual(self.sarCalls(), 2)
+        self.clock.advance(1)
+        self.kube.injectError(defer.TimeoutError(), verb="post")
+        self.assertTrue(self.authorize(solverPost()).allowed)
+        self.assertEqual(self.sarCalls(), 3)
+
+    def test_aDenialStandsInToo(self):
+        self.answer = {"allowed": False}
+        self.authorize(solverPost())
+        self.clock.advance(10)
+        self.kube.injectError(503, verb="post")
+        decision = self.authorize(solverPost())
+        self.assertEqual((decision.allowed, decision.error), (False, ""))
+
+    def test_noAnswerOlderThanStaleTTLStandsIn(self):
+        self.authorizer = authz.DelegatingAuthorizer(self.kube, self.clock, staleTTL=60)
+        self.authorize(solverPost())
+        self.clock.advance(60)
+        self.kube.injectError(503, verb="post")
+        decision = self.authorize(solverPost())
+        self.assertFalse(decision.allowed)
+        self.assertIn("SubjectAccessReview", decision.error)
+
+    def test_aRefusedReviewIsNoReasonToUseTheLastAnswer(self):
+        """Only an API server that cannot be asked: a 403 (the daemon may no longer
+        create reviews) is an error like before."""
+        self.authorize(solverPost())
+        self.clock.advance(10)
+        self.kube.injectError(403, verb="post")
+        self.assertTrue(self.authorize(solverPost()).error)
+
     def test_hugeAttributesNotCached(self):
         path = "/" + "x" * authz.MAX_CACHED_ATTRIBUTES_SIZE
         self.authorize(get(path))

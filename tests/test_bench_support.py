@@ -48,8 +48,12 @@ class _Tiny(Resource):
         self.seen = []
 
     def render_POST(self, request):
-        self.seen.append((request.path, request.requestHeaders, request.content.read()))
+        body = request.content.read()
+        self.seen.append((request.path, request.requestHeaders, body))
         request.setResponseCode(201)
+        if request.path == b"/flaky":  # each body fails twice, then succeeds
+            tries = sum(1 for path, _, b in self.seen if path == b"/flaky" and b == body)
+            return BAD if tries <= 2 else GOOD
         if request.path == b"/chunked":
             request.write(GOOD[:10])
             request.write(GOOD[10:])
@@ -146,6 +150,42 @@ class LoadGeneratorTests(TestCase):
         self.assertEqual((result["ok"], result["bad"], result["errors"]), (0, 0, 3))
         self.assertIn("connection error", result["sample"])
         self.assertEqual(self.resource.seen, [])
+
+
+    @defer.inlineCallbacks
+    def test_retryModeSendsFailuresAgainUntilEachSucceeds(self):
+        """cert-manager's behaviour: a Present answered success:false is sent
+        again after a backoff, until it succeeds; each attempt is on the timeline."""
+        timeline = os.path.join(self.dir, "timeline.jsonl")
+        requests = [_post(b"/flaky", b'{"n":%d}' % i) for i in range(3)]
+        result = yield self.drive(requests, count=3, connections=2, timeline=timeline,
+                                  retry={"base": 0.01, "max": 0.02})
+        self.assertEqual((result["succeeded"], result["gave_up"], result["ok"], result["bad"]),
+                         (3, 0, 3, 6))
+        attempts = loadgen.readTimeline(timeline)
+        self.assertEqual(sorted(a.index for a in attempts), [0, 0, 0, 1, 1, 1, 2, 2, 2])
+        for index in range(3):
+            mine = [a for a in attempts if a.index == index]
+            self.assertEqual([(a.ok, a.code, a.why) for a in mine],
+                             [(False, 201, "nope"), (False, 201, "nope"), (True, 201, None)])
+            self.assertTrue(all(a.since == a.sent <= a.done for a in mine))
+            self.assertTrue(mine[0].done < mine[1].sent < mine[2].sent, "in order, one at a time")
+
+    @defer.inlineCallbacks
+    def test_retryModeGivesUpAtTheDeadline(self):
+        result = yield self.drive([_post(b"/fail")], count=1, connections=1, deadline=0.5,
+                                  retry={"base": 0.05, "max": 0.1})
+        self.assertEqual((result["succeeded"], result["gave_up"]), (0, 1))
+        self.assertGreater(result["bad"], 1)
+
+    @defer.inlineCallbacks
+    def test_openLoopTimelineCountsFromTheDueTime(self):
+        timeline = os.path.join(self.dir, "timeline.jsonl")
+        yield self.drive([_post(b"/length")], count=5, connections=1, rate=50,
+                         timeline=timeline)
+        attempts = loadgen.readTimeline(timeline)
+        self.assertEqual([a.index for a in attempts], [0, 1, 2, 3, 4])
+        self.assertTrue(all(a.ok and a.since <= a.sent <= a.done for a in attempts))
 
 
 class ParseResponseTests(TestCase):

@@ -257,7 +257,7 @@ class BackoffTests(InformerTestsBase):
         for _ in range(9):
             delays.append(self.pendingDelay())
             self.clock.advance(delays[-1])
-        self.assertEqual(delays, [0.5, 1, 2, 4, 8, 16, 30, 30, 30])
+        self.assertEqual(delays, [0.5, 1, 2, 4, 5, 5, 5, 5, 5])
         self.assertTrue(inf.hasSynced)
         (deadline,) = self.clock.getDelayedCalls()    # only the running watch's deadline
         self.assertGreater(deadline.getTime() - self.clock.seconds(), 300)
@@ -282,8 +282,19 @@ class BackoffTests(InformerTestsBase):
         while self.store.watchCount == 0:
             delays.append(self.pendingDelay())
             self.clock.advance(delays[-1])
-        self.assertEqual(delays, [0.5, 1, 2, 4, 8, 16, 30])
+        self.assertEqual(delays, [0.5, 1, 2, 4, 5, 5, 5])
         self.assertEqual(self.names(inf), ["a", "b"])
+
+    def test_retryAfterIsAFloor(self):
+        """A 429 saying Retry-After: 7 is not asked again sooner."""
+        busy = errors.Unavailable("too many requests", code=429, status={
+            "kind": "Status", "code": 429, "reason": "TooManyRequests",
+            "details": {"retryAfterSeconds": 7}})
+        self.fake.injectError(busy, verb="list", times=2)
+        self.informer()
+        self.assertEqual(self.pendingDelay(), 7)
+        self.clock.advance(7)
+        self.assertEqual(self.pendingDelay(), 7)
 
     def test_quickCleanEndsBackOff(self):
         """A server that ends every watch at once must not cause a hot loop."""

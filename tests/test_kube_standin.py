@@ -44,7 +44,9 @@ class ShapeMixin:
                 self.assertSameShape(item, expected[0], path + "[]", optional)
 
 
-class ShapeTests(ShapeMixin, TestCase):
+class StandInCase(TestCase):
+    """A started stand-in and raw HTTPS requests to it."""
+
     def setUp(self):
         self.server = StandInAPIServer(reactor=reactor)
         self.store = self.server.store
@@ -68,6 +70,8 @@ class ShapeTests(ShapeMixin, TestCase):
             params and params.get("watch")) else json.loads(text)
         return response.code, response.headers, parsed
 
+
+class ShapeTests(ShapeMixin, StandInCase):
     @defer.inlineCallbacks
     def test_coreListShape(self):
         for i in range(3):
@@ -189,6 +193,67 @@ class ShapeTests(ShapeMixin, TestCase):
                                             "spec": {"token": "<token>"}})
         self.assertEqual((code, body), (201, tr))
         self.assertEqual(self.server.tokenReviews, ["<token>"])
+
+
+class FaultTests(StandInCase):
+    """The switches the fault drill (``bench/drills/apifaults.py``) turns: an
+    error until cleared, 429 with Retry-After, answers held back, a restart on
+    the same port with the same store."""
+
+    @defer.inlineCallbacks
+    def test_injectedErrorUntilCleared(self):
+        self.store.injectError(500, times=None)
+        for _ in range(3):
+            code, _, body = yield self.request("GET", CHALLENGES)
+            self.assertEqual((code, body["reason"]), (500, "InternalError"))
+        code, _, _ = yield self.request("POST", "/apis/authorization.k8s.io/v1/subjectaccessreviews",
+                                        {"spec": {"user": "u", "nonResourceAttributes": {}}})
+        self.assertEqual(code, 500)
+        self.store.clearInjectedErrors()
+        code, _, _ = yield self.request("GET", CHALLENGES)
+        self.assertEqual(code, 200)
+
+    @defer.inlineCallbacks
+    def test_tooManyRequestsCarriesRetryAfter(self):
+        self.store.injectError(429, retryAfter=3)
+        code, headers, body = yield self.request("GET", CHALLENGES)
+        self.assertEqual((code, headers.getRawHeaders("retry-after")), (429, ["3"]))
+        self.assertEqual((body["reason"], body["details"]), ("TooManyRequests",
+                                                             {"retryAfterSeconds": 3}))
+        code, headers, _ = yield self.request("GET", CHALLENGES)
+        self.assertEqual((code, headers.getRawHeaders("retry-after")), (200, None))
+
+    @defer.inlineCallbacks
+    def test_latencyHoldsAnswersBack(self):
+        """An answer given while slow comes after one asked later, once fast again."""
+        order = []
+        self.server.latency = 2.0
+        slow = self.request("GET", CHALLENGES).addCallback(lambda r: order.append("slow") or r)
+        yield deferLater(0.1)
+        self.server.latency = 0.0
+        code, _, _ = yield self.request("GET", "/version")
+        order.append("fast")
+        code, _, body = yield slow
+        self.assertEqual((order, code, body["kind"]), (["fast", "slow"], 200, "ChallengeList"))
+
+    @defer.inlineCallbacks
+    def test_restartOnTheSamePortWithTheSameStore(self):
+        """Down: connections cut and refused; up: same port, same objects, and a
+        watch from the last version seen replays what changed meanwhile."""
+        self.server.defaultWatchTimeout = 0.5
+        before = self.store.resourceVersion
+        port = self.server.port
+        yield self.server.stop()
+        chain = buildChain().addTo(self.store)
+        yield self.assertFailure(self.request("GET", CHALLENGES), Exception)
+        yield self.server.start()
+        self.assertEqual(self.server.port, port)
+        code, _, lines = yield self.request("GET", CHALLENGES, params={
+            "watch": "1", "resourceVersion": str(before)})
+        self.assertEqual([(l["type"], l["object"]["kind"]) for l in lines][-1],
+                         ("ADDED", "Challenge"))
+        self.assertEqual(lines[-1]["object"]["metadata"]["name"],
+                         chain.challenges[0]["metadata"]["name"])
 
 
 def deferLater(seconds):

@@ -5,7 +5,8 @@ from hypothesis import given, settings, strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
 from kibaship_dns01.api import jsonbody
-from kibaship_dns01.api.payload import BadPayload, decodeChallengeRequest, encodeResponse
+from kibaship_dns01.api.payload import (
+    BadPayload, decodeChallengeRequest, encodeResponse, responseBody)
 
 jsonValues = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
@@ -52,6 +53,14 @@ class DecodeTests(SynchronousTestCase):
                 self.assertTrue(getattr(decoded, name))
             self.assertIn(decoded.action, ("Present", "CleanUp"))
             self.assertIsInstance(decoded.allowAmbientCredentials, bool)
+
+    @settings(max_examples=100, deadline=None)
+    @given(uid=st.sampled_from(["", "0b6f3a2e-5c1d-4e8f-9a7b-1c2d3e4f5a6b"]),
+           message=st.none() | st.text(), hints=st.dictionaries(st.text(), st.text(), max_size=3))
+    def test_responseBodyIsTheEncodedResponse(self, uid, message, hints):
+        req = decodeChallengeRequest(body(uid=uid, config={"uiHints": hints}))
+        self.assertEqual(responseBody(req, message),
+                         json.dumps(encodeResponse(req, message), separators=(",", ":")).encode())
 
     def test_failureResponseNeverHasEmptyMessage(self):
         req = decodeChallengeRequest(body())

@@ -7,10 +7,13 @@ from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.task import deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from kibaship_dns01.api.discovery import APIIdentity
 from kibaship_dns01.api.lifecycle import CANCEL_SETTLE, Lifecycle
 from kibaship_dns01.api.site import APIResource, APISite
+from kibaship_dns01.interfaces import ISolver
 from kibaship_dns01.testing.daemon import DaemonProcess
 from kibaship_dns01.testing.environment import LocalEnvironment
 from kibaship_dns01.testing.fakesolver import RecordingSolver
@@ -25,6 +28,16 @@ from tests.test_api_contract import payload
 BODY = json.dumps(payload()).encode()
 
 
+@implementer(ISolver)
+class NeverAnswers:
+    """A solver whose every call stays pending (a Deferred of its own each time)."""
+
+    def present(self, request):
+        return defer.Deferred()
+
+    cleanUp = present
+
+
 class DrainTests(SynchronousTestCase):
     """The lifecycle on a fake clock, driven through the real site in memory."""
 
@@ -32,7 +45,7 @@ class DrainTests(SynchronousTestCase):
         self.clock = MemoryReactorClock()
         self.pending = defer.Deferred()
         self.solver = RecordingSolver(self.pending)
-        self.lifecycle = Lifecycle()
+        self.lifecycle = Lifecycle(self.clock)
         self.resource = APIResource(APIIdentity(group=GROUP, solver=SOLVER), self.solver,
                                     clock=self.clock, lifecycle=self.lifecycle)
         self.site = APISite(self.resource, reactor=self.clock)
@@ -41,6 +54,9 @@ class DrainTests(SynchronousTestCase):
         client = MemoryClient(self.site)
         raw = b"GET " + path + b" HTTP/1.1\r\nHost: x\r\n\r\n"
         return parseResponse(client.send(raw))
+
+    def test_fakeIsVerified(self):
+        verifyObject(ISolver, NeverAnswers())
 
     def test_readyzFailsOnceStopping(self):
         self.assertEqual(self.get(b"/readyz").code, 200)
@@ -85,6 +101,24 @@ class DrainTests(SynchronousTestCase):
         self.assertNoResult(drained)
         self.clock.advance(CANCEL_SETTLE)
         self.assertEqual(self.successResultOf(drained), 1)
+
+    def test_solverDeadlinesShareOneTimer(self):
+        self.resource.solver = NeverAnswers()
+        clients = [MemoryClient(self.site) for _ in range(20)]
+        for client in clients:
+            client.send(postRequest(SOLVER_PATH, BODY))
+        self.assertEqual(self.lifecycle.inFlight, 20)
+        timers = [c.func.__name__ for c in self.clock.getDelayedCalls()]
+        self.assertEqual(timers.count("_expire"), 1, timers)
+        self.assertEqual(set(timers), {"_expire", "_readTimedOut"},
+                         "and each connection's one read timer, idle while handling")
+        self.clock.advance(50)
+        for client in clients:
+            answer = json.loads(parseResponse(client.transport.value()).body)["response"]
+            self.assertIn("did not finish within 50s", answer["status"]["message"])
+        self.assertEqual(self.lifecycle.inFlight, 0)
+        self.assertNotIn("_expire", [c.func.__name__ for c in self.clock.getDelayedCalls()],
+                         "nothing in flight: no deadline timer left behind")
 
     def test_responsesWhileStoppingCloseTheConnection(self):
         self.solver.outcome = None

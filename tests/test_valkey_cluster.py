@@ -39,6 +39,10 @@ class FakeNode:
         self.closed = False
         self.connected = True
 
+    def ready(self):
+        """A connection at once, as a connected node gives (``None`` when it cannot)."""
+        return None if self.acquireError is not None else FakeConnection(self)
+
     def acquire(self):
         if self.acquireError is not None:
             return defer.fail(self.acquireError())

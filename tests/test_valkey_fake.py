@@ -51,6 +51,22 @@ class PublisherContractMixin:
         self.assertEqual(entries, [(first.entryId, {"a": "1", "sequence": "1"})])
 
     @defer.inlineCallbacks
+    def test_confirmAnswersForTheFirstAppend(self):
+        p = self.project()
+        first = yield self.publisher.appendEvent(self.target, p, {"a": "1"}, "seen")
+        confirmed = yield self.publisher.confirm(self.target, p, "seen")
+        self.assertEqual(confirmed, AppendResult(first.entryId, 1, True, streamKey(p)))
+        self.assertIsNone((yield self.publisher.confirm(self.target, p, "never-appended")))
+        self.assertEqual(len((yield self.readStream(p))), 1, "a confirmation appends nothing")
+
+    @defer.inlineCallbacks
+    def test_confirmMissesOnceTheWindowPassed(self):
+        p = self.project()
+        yield self.publisher.appendEvent(self.target, p, {"a": "1"}, "short", window=0.2)
+        yield self.passTime(0.3)
+        self.assertIsNone((yield self.publisher.confirm(self.target, p, "short")))
+
+    @defer.inlineCallbacks
     def test_sequencePerProject(self):
         p, q = self.project(), self.project()
         seqs = []

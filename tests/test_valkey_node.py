@@ -91,7 +91,9 @@ class NodeTests(SynchronousTestCase):
                                   b"*2\r\n$3\r\n2-0\r\n*0\r\n+PONG\r\n")
         self.assertEqual(self.successResultOf(first), [["1-0", ["a", "b"]], ["2-0", []]])
         self.assertEqual(self.successResultOf(second), "PONG")
-        self.assertEqual(self.clock.getDelayedCalls(), [])
+        # nothing deferred to a later reactor turn (only the connection's reply watchdog)
+        self.assertEqual([c.func.__name__ for c in self.clock.getDelayedCalls()],
+                         ["_checkReplies"])
 
     def test_noPasswordNoAuth(self):
         self.passwords = [None]
@@ -165,6 +167,38 @@ class NodeTests(SynchronousTestCase):
         node.acquire()
         self.assertEqual(len(self.endpoint.protocols), 2, "never more than size")
 
+    def test_oneWatchdogPerConnectionNotPerCommand(self):
+        self.passwords = [None]
+        conn = self.successResultOf(self.node().acquire())
+        sent = [conn.send("PING") for _ in range(50)]
+        self.assertEqual(len(self.clock.getDelayedCalls()), 1)
+        self.reply(conn.protocol, b"+PONG\r\n" * 50)
+        self.assertEqual([self.successResultOf(d) for d in sent], ["PONG"] * 50)
+
+    def test_aLateReplyAfterACancelledCommandIsNotTakenByTheNext(self):
+        self.passwords = [None]
+        conn = self.successResultOf(self.node().acquire())
+        first = conn.send("GET", "a")
+        second = conn.send("GET", "b")
+        first.cancel()
+        self.failureResultOf(first)
+        self.reply(conn.protocol, b"$1\r\nA\r\n$1\r\nB\r\n")
+        self.assertEqual(self.successResultOf(second), "B")
+
+    def test_theWatchdogWaitsForTheOldestCommand(self):
+        """A command sent later does not extend the deadline of an earlier one."""
+        self.passwords = [None]
+        conn = self.successResultOf(self.node().acquire())
+        first = conn.send("PING")
+        self.clock.advance(2.9)
+        second = conn.send("PING")
+        self.reply(conn.protocol, b"+PONG\r\n")
+        self.assertEqual(self.successResultOf(first), "PONG")
+        self.clock.advance(0.2)  # the first's deadline passes: the second is young
+        self.assertNoResult(second)
+        self.clock.advance(2.8)
+        self.failureResultOf(second, ConnectionLost)
+
     def test_replyTimeoutAbortsConnection(self):
         self.passwords = [None]
         conn = self.successResultOf(self.node(size=1).acquire())
@@ -173,6 +207,36 @@ class NodeTests(SynchronousTestCase):
         err = self.failureResultOf(d, ConnectionLost).value
         self.assertEqual(str(err), "Valkey node 10.0.0.1:7000 sent no reply within 3s")
         self.assertTrue(conn.protocol.transport.disconnecting)
+
+    def test_oneWaitInFlightOthersShareTheNext(self):
+        """WAIT blocks its connection until it returns: while one runs, later
+        callers are not queued behind it one WAIT each, they share the next
+        WAIT, sent when the running one answers (so it covers their writes)."""
+        self.passwords = [None]
+        conn = self.successResultOf(self.node(size=1).acquire())
+        proto = conn.protocol
+        first = conn.send("WAIT", 1, 1500)
+        writes = [conn.send("EVALSHA", "x", 0), conn.send("EVALSHA", "y", 0)]
+        second, third = conn.send("WAIT", 1, 1500), conn.send("WAIT", 1, 1500)
+        self.assertEqual(proto.transport.value().count(b"WAIT"), 1)
+        proto.transport.clear()
+        self.reply(proto, b":0\r\n")
+        self.assertEqual(self.successResultOf(first), 0)
+        self.assertNoResult(second)
+        self.assertEqual(proto.transport.value(), b"*3\r\n$4\r\nWAIT\r\n$1\r\n1\r\n$4\r\n1500\r\n")
+        proto.transport.clear()
+        self.reply(proto, b"+OK\r\n+OK\r\n:1\r\n")
+        self.assertEqual([self.successResultOf(d) for d in writes + [second, third]],
+                         ["OK", "OK", 1, 1])
+        self.assertEqual(proto.transport.value(), b"", "no WAIT left to send")
+
+    def test_lostConnectionFailsEveryWaitingCaller(self):
+        self.passwords = [None]
+        conn = self.successResultOf(self.node(size=1).acquire())
+        waits = [conn.send("WAIT", 1, 1500) for _ in range(3)]
+        conn.protocol.connectionLost(Failure(ConnectionDone("gone")))
+        for d in waits:
+            self.failureResultOf(d, ConnectionLost)
 
     def test_errorReplyIsServerError(self):
         self.passwords = [None]

@@ -170,6 +170,27 @@ class ConcurrencyAndDurabilityTests(ClusterTestBase):
         node = self.cluster.slotOwner(keySlot(streamKey(p)))
         self.assertEqual([e[0] for e in self.stream(node, p)], [r.entryId])
 
+    @defer.inlineCallbacks
+    def test_concurrentUnsatisfiableAppendsEachReportDurability(self):
+        """``WAIT`` blocks the connection it runs on: appends pipelined on one
+        connection must not queue one WAIT timeout behind another (found by
+        ``bench/drills/failover.py``: with a new primary not yet replicated,
+        concurrent Presents ended after the whole budget with "could not reach
+        Valkey ... sent no reply" instead of the durability message).  Twenty
+        concurrent appends to one primary over its two connections, each
+        unsatisfiable, ten WAIT timeouts longer together than the budget: every
+        one fails with the durability error."""
+        p = str(uuid.uuid4())
+        strict = self.cluster.target(minReplicas=2, readTimeout=0.4, operationTimeout=1.5)
+        results = yield defer.DeferredList(
+            [self.publisher.appendEvent(strict, p, {"i": str(i)}, "k%d" % i) for i in range(20)],
+            consumeErrors=True)
+        errors = [r.value for ok, r in results if not ok]
+        self.assertEqual([type(e) for e in errors], [ValkeyDurabilityError] * 20,
+                         [str(e) for e in errors])
+        for e in errors:
+            self.assertIn("reached 1 of the 2 required replicas", str(e))
+
 
 class ServiceTests(ClusterTestBase):
     @defer.inlineCallbacks

@@ -10,8 +10,9 @@ from tests.valkeysupport import SharedClusterCase
 from kibaship_dns01.valkey import ValkeyCommandError
 from kibaship_dns01.valkey.replies import ServerError
 from kibaship_dns01.valkey.script import (
-    APPEND_SCRIPT, APPEND_SHA, SEQUENCE_PLACEHOLDER, SEQUENCE_TOKEN, flattenFields,
-    idempotencyKey, runAppend, scriptArguments, sequenceKey, streamKey, validateProject)
+    APPEND_SCRIPT, APPEND_SHA, DUPLICATE, MISSING, SEQUENCE_PLACEHOLDER, SEQUENCE_TOKEN,
+    flattenFields, idempotencyKey, probeArguments, runAppend, runProbe, scriptArguments,
+    sequenceKey, streamKey, validateProject)
 
 
 class ArgumentTests(SynchronousTestCase):
@@ -140,6 +141,26 @@ class LuaTests(SharedClusterCase):
         self.assertEqual(record, "%s %d" % (entryId, seq))
         ttl = int((yield self.command("PTTL", idempotencyKey(self.project, "k"))))
         self.assertTrue(110_000 < ttl <= 120_000, ttl)
+
+    def probe(self, key, touch=False):
+        keys, args = probeArguments(self.project, key, touch)
+        return self.client.execute(keys[0], lambda c: defer.ensureDeferred(
+            runProbe(c, keys, args))).addCallback(lambda reply: reply[:3])
+
+    @defer.inlineCallbacks
+    def test_probeFindsTheRecordOrSaysMissing(self):
+        self.assertEqual((yield self.probe("k")), ("", 0, MISSING))
+        entryId, seq, _ = yield self.runScript("k", ["a", "1"], window=120)
+        self.assertEqual((yield self.probe("k")), (entryId, seq, DUPLICATE))
+        self.assertEqual(int((yield self.command("XLEN", streamKey(self.project)))), 1)
+
+    @defer.inlineCallbacks
+    def test_probeTouchKeepsTTL(self):
+        yield self.runScript("k", ["a", "1"], window=120)
+        yield self.command("PEXPIRE", idempotencyKey(self.project, "k"), 50_000)
+        yield self.probe("k", touch=True)
+        ttl = int((yield self.command("PTTL", idempotencyKey(self.project, "k"))))
+        self.assertTrue(0 < ttl <= 50_000, ttl)
 
     @defer.inlineCallbacks
     def test_touchOnDuplicateKeepsTTL(self):

@@ -80,21 +80,39 @@ class GuardedHTTPChannel(http.HTTPChannel):
         self._cancelReadTimer()
         super().connectionLost(reason)
 
+    def _limit(self, phase):
+        if phase == _HEAD:
+            return self.site.headerTimeout
+        return self.site.bodyTimeout if phase == _BODY else None
+
     def _startPhase(self, phase):
-        self._cancelReadTimer()
+        """Enter ``phase``; a phase with a limit (re)arms the one read timer.
+
+        The timer is moved (``reset``) rather than cancelled and made again, and
+        left armed while a request is handled or the connection idles: when it
+        fires then, there is nothing to time out.
+        """
         self._phase = phase
-        limit = {_HEAD: self.site.headerTimeout, _BODY: self.site.bodyTimeout}.get(phase)
-        if limit:
-            self._readTimer = self.callLater(limit, self._readTimedOut, phase, limit)
+        limit = self._limit(phase)
+        if not limit:
+            return
+        if self._readTimer is not None and self._readTimer.active():
+            self._readTimer.reset(limit)
+        else:
+            self._readTimer = self.callLater(limit, self._readTimedOut)
 
     def _cancelReadTimer(self):
         if self._readTimer is not None and self._readTimer.active():
             self._readTimer.cancel()
         self._readTimer = None
 
-    def _readTimedOut(self, phase, limit):
+    def _readTimedOut(self):
         self._readTimer = None
-        metrics.HTTP_TIMEOUTS.labels(phase=phase).inc()
+        phase = self._phase
+        limit = self._limit(phase)
+        if not limit:
+            return  # armed for a request that has since arrived
+        metrics.labelled(metrics.HTTP_TIMEOUTS, phase).inc()
         log.debug("closing a connection from {peer}: request {phase} not received within "
                   "{limit}s", peer=str(self.transport.getPeer()), phase=phase, limit=limit)
         self.transport.write(_timeoutResponse(phase, limit))
@@ -102,7 +120,7 @@ class GuardedHTTPChannel(http.HTTPChannel):
 
     def timeoutConnection(self):
         """The idle timeout (Twisted's ``TimeoutMixin``): nothing arrived for ``timeOut``."""
-        metrics.HTTP_TIMEOUTS.labels(phase=_IDLE).inc()
+        metrics.labelled(metrics.HTTP_TIMEOUTS, _IDLE).inc()
         self._close()
 
     def _close(self):

@@ -26,6 +26,8 @@ DEFAULT_SHUTDOWN_DELAY = 0.0
 DEFAULT_GRACE_PERIOD = 45.0
 #: after cancelling, how long answers may take to be written before we stop waiting
 CANCEL_SETTLE = 5.0
+#: how often the solver deadlines are looked at
+SWEEP_INTERVAL = 1.0
 
 SHUTTING_DOWN = ("kibaship-dns01 is shutting down (rolling update or node drain) and could not "
                  "finish this {action} in time; cert-manager will retry it on another replica")
@@ -37,11 +39,14 @@ class Lifecycle:
 
     name = "shutdown"
 
-    def __init__(self):
+    def __init__(self, clock=None):
         self.stopping = False
+        self._clock = clock
         self._inFlight = 0
         self._idle = []
-        self._solving = set()
+        self._solving = {}  # solver call -> deadline (POSIX seconds) or None
+        self._expired = set()
+        self._sweep = None
 
     def isReady(self):
         return not self.stopping
@@ -63,15 +68,41 @@ class Lifecycle:
             for d in waiting:
                 d.callback(None)
 
-    def solving(self, d):
-        """``d`` is a solver call a shutdown may cancel; :return: ``d``."""
-        self._solving.add(d)
+    def solving(self, d, deadline=None):
+        """``d`` is a solver call a shutdown may cancel, and that is cancelled (see
+        :meth:`expired`) once the clock passes ``deadline``; :return: ``d``.
+
+        The deadlines share one timer that looks every ``SWEEP_INTERVAL`` while calls
+        are in flight, instead of a timer armed and cancelled for each request: an
+        expiry is at most that late, on cert-manager's minute.
+        """
+        self._solving[d] = deadline
         d.addBoth(self._solved, d)
+        if deadline is not None and self._sweep is None and not d.called:
+            self._sweep = self._clock.callLater(SWEEP_INTERVAL, self._expire)
         return d
 
     def _solved(self, result, d):
-        self._solving.discard(d)
+        self._solving.pop(d, None)
+        if not self._solving and self._sweep is not None:
+            self._sweep.cancel()  # idle: no timer left behind
+            self._sweep = None
         return result
+
+    def expired(self, d):
+        """Whether ``d`` was cancelled because its deadline passed."""
+        return d in self._expired
+
+    def _expire(self):
+        self._sweep = None
+        now = self._clock.seconds()
+        for d, deadline in list(self._solving.items()):
+            if deadline is not None and deadline <= now:
+                self._expired.add(d)
+                d.cancel()
+                self._expired.discard(d)
+        if any(deadline is not None for deadline in self._solving.values()):
+            self._sweep = self._clock.callLater(SWEEP_INTERVAL, self._expire)
 
     def whenIdle(self):
         """A Deferred firing once no request is in flight."""

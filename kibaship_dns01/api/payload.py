@@ -11,6 +11,7 @@ These values are published to a person ("add this TXT record at ..."), so a
 value we never checked must not get that far: each refusal names the field
 and what was expected, for a 400 ``Status``.
 """
+import json
 import re
 
 from kibaship_dns01.api import jsonbody
@@ -143,3 +144,19 @@ def encodeResponse(request, message=None):
             "message": message or "the solver failed without saying why (this is a bug)",
         }
     return {"kind": KIND, "apiVersion": API_VERSION, "request": request.raw, "response": response}
+
+
+_BODY_HEAD = ('{"kind":"%s","apiVersion":"%s","request":' % (KIND, API_VERSION)).encode()
+_SUCCESS = b',"response":{"uid":"","success":true}}'
+
+
+def responseBody(request, message=None):
+    """:func:`encodeResponse` serialised, byte for byte what ``json.dumps`` with compact
+    separators makes of it; the constant parts are encoded once, so an answer costs
+    one ``json.dumps`` of the echoed request."""
+    echo = json.dumps(request.raw, separators=(",", ":")).encode()
+    if message is None and not request.uid:
+        return _BODY_HEAD + echo + _SUCCESS
+    response = encodeResponse(request, message)["response"]
+    return (_BODY_HEAD + echo + b',"response":' +
+            json.dumps(response, separators=(",", ":")).encode() + b"}")

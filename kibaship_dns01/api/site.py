@@ -17,8 +17,8 @@ from kibaship_dns01.api import discovery
 from kibaship_dns01.api.channel import (
     DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, GuardedHTTPChannel)
 from kibaship_dns01.api.lifecycle import SHUTTING_DOWN, Lifecycle
-from kibaship_dns01.api.payload import BadPayload, decodeChallengeRequest, encodeResponse
-from kibaship_dns01.api.status import writeJSON, writeStatus
+from kibaship_dns01.api.payload import BadPayload, decodeChallengeRequest, responseBody
+from kibaship_dns01.api.status import writeBody, writeJSON, writeStatus
 from kibaship_dns01.auth.authz import isHealthPath
 from kibaship_dns01.auth.types import ANONYMOUS_USER, RequestAttributes, Unauthenticated
 from kibaship_dns01.challenge import PRESENT, SolverError
@@ -78,7 +78,7 @@ class APIResource(Resource):
         self.solver = solver
         self.authenticator = authenticator
         self.authorizer = authorizer
-        self.lifecycle = lifecycle if lifecycle is not None else Lifecycle()
+        self.lifecycle = lifecycle if lifecycle is not None else Lifecycle(clock)
         self.readiness = list(readiness)
         if self.lifecycle not in self.readiness:
             self.readiness.append(self.lifecycle)  # /readyz fails once shutdown begins
@@ -214,22 +214,20 @@ class APIResource(Resource):
         except BadPayload as e:
             return writeStatus(request, 400, str(e))
         message = await self._runSolver(challenge, request.deadline)
-        return writeJSON(request, 201, encodeResponse(challenge, message))
+        return writeBody(request, 201, responseBody(challenge, message))
 
     async def _runSolver(self, challenge, deadline):
         """Run the solver; ``None`` on success, else the message for cert-manager."""
         call = self.solver.present if challenge.action == PRESENT else self.solver.cleanUp
         d = defer.maybeDeferred(call, challenge)
-        if deadline is not None:
-            d.addTimeout(max(1.0, deadline - self._clock.seconds()), self._clock)
         try:
-            await self.lifecycle.solving(d)
+            await self.lifecycle.solving(d, deadline)
         except SolverError as e:
             return e.message
-        except defer.TimeoutError:
-            return (f"{challenge.action} for {challenge.resolvedFQDN} did not finish within "
-                    f"{self._solverTimeout:g}s; cert-manager will retry")
         except defer.CancelledError:
+            if self.lifecycle.expired(d):
+                return (f"{challenge.action} for {challenge.resolvedFQDN} did not finish "
+                        f"within {self._solverTimeout:g}s; cert-manager will retry")
             if not self.lifecycle.stopping:
                 raise  # the client went away: nobody to answer
             return SHUTTING_DOWN.format(action=challenge.action)
@@ -267,11 +265,17 @@ class APISite(server.Site):
         self.bodyTimeout = bodyTimeout
 
     def log(self, request):
+        """One ``http_request`` line per request: at info for refusals and errors (who was
+        refused what matters to an operator), at debug otherwise, as kube-apiserver logs
+        requests only at higher verbosity; every Present/CleanUp already has its
+        ``challenge_decision`` line, and a second line per request would double the
+        logging cost of the busiest path."""
         user = request.user.name if getattr(request, "user", None) else None
         duration = time.monotonic() - request.started
         route = _route(request)
-        metrics.HTTP_REQUESTS.labels(route=route, code=str(request.code)).inc()
-        log.info("{method} {path} {code} {duration_ms}ms user={user}",
+        metrics.labelled(metrics.HTTP_REQUESTS, route, str(request.code)).inc()
+        emit = log.info if request.code >= 400 else log.debug
+        emit("{method} {path} {code} {duration_ms}ms user={user}",
                  method=request.method.decode("ascii", "replace"), path=_path(request),
                  code=request.code, user=user, duration_ms=round(duration * 1000, 1),
                  client=request.getClientAddress().host if request.getClientAddress() else None,

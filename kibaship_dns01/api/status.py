@@ -41,6 +41,11 @@ def writeJSON(request, code, body):
     Returned rather than written so ``render_*`` methods can ``return`` it.
     """
     data = json.dumps(body, separators=(",", ":"), sort_keys=False).encode("utf-8")
+    return writeBody(request, code, data)
+
+
+def writeBody(request, code, data):
+    """Answer ``code`` with JSON bytes ``data`` (already encoded); return them."""
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"application/json")
     request.setHeader(b"cache-control", b"no-cache, private")

@@ -16,12 +16,9 @@ was presented and failed never falls back to anonymous.  The identity headers
 are removed from every request: read only when the front-proxy certificate
 verified, and never left behind for later code to trust by mistake.
 """
-import datetime
 import hashlib
 import hmac
 import os
-import re
-import urllib.parse
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -30,13 +27,13 @@ from zope.interface import implementer
 from kibaship_dns01 import metrics
 from kibaship_dns01.auth.authconfig import WHERE
 from kibaship_dns01.auth.cache import ExpiringCache, withDeadline
+from kibaship_dns01.auth.headers import IdentityHeaders, headerNames
 from kibaship_dns01.flight import SharedCalls
 from kibaship_dns01.auth.peer import PeerCertificates
 from kibaship_dns01.auth.types import (
     ANONYMOUS, ANONYMOUS_USER, AUTHENTICATED, UNAUTHENTICATED, Unauthenticated, UserInfo)
 from kibaship_dns01.auth.x509verify import (
-    CertificateVerificationError, certificateIdentifier, commonName, organizations,
-    verifyClientChain)
+    CertificateVerificationError, certificateIdentifier)
 from kibaship_dns01.interfaces import IAuthenticator
 
 log = Logger()
@@ -44,9 +41,6 @@ log = Logger()
 TOKEN_REVIEW_PATH = "/apis/authentication.k8s.io/v1/tokenreviews"
 DEFAULT_TTL = 10.0
 DEFAULT_TIMEOUT = 10.0
-# Stripped even before the ConfigMap is loaded: kube-apiserver's usual names.
-DEFAULT_IDENTITY_HEADERS = ("X-Remote-User", "X-Remote-Uid", "X-Remote-Group")
-DEFAULT_EXTRA_PREFIXES = ("X-Remote-Extra-",)
 
 
 class Rejected(Exception):
@@ -59,67 +53,9 @@ class Rejected(Exception):
 
 # --- headers -------------------------------------------------------------------
 
-def _decode(raw):
-    return raw.decode("utf-8", "replace") if isinstance(raw, bytes) else raw
-
-
 def _values(request, name):
-    return [_decode(v) for v in request.requestHeaders.getRawHeaders(name.encode("latin-1"), [])]
-
-
-def firstHeaderValue(request, names):
-    """The first non-empty value among ``names``, in order (``headerValue`` in Go)."""
-    for name in names:
-        values = _values(request, name)
-        if values and values[0]:
-            return values[0]
-    return ""
-
-
-def allHeaderValues(request, names):
-    """Every non-empty value of every header in ``names`` (group headers)."""
-    return [v for name in names for v in _values(request, name) if v]
-
-
-_MALFORMED_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
-
-
-def unescapeExtraKey(key):
-    """Go's ``url.PathUnescape``; a malformed key is kept as it came."""
-    if _MALFORMED_ESCAPE.search(key):
-        return key
-    return urllib.parse.unquote(key, errors="replace")
-
-
-def _prefixedHeaders(request, prefixes):
-    """``(prefix, lower-cased header name, values)`` for headers starting with a prefix."""
-    for rawName, rawValues in request.requestHeaders.getAllRawHeaders():
-        name = _decode(rawName).lower()
-        for prefix in prefixes:
-            if name.startswith(prefix.lower()):
-                yield prefix, name, [_decode(v) for v in rawValues]
-
-
-def extraFromHeaders(request, prefixes):
-    """The user's extra from ``<prefix><key>`` headers: key lower-cased then unescaped.
-
-    Values keep their order, prefix by prefix, as ``newExtra`` in Go.
-    """
-    extra = {}
-    for prefix in prefixes:
-        for _, name, values in _prefixedHeaders(request, (prefix,)):
-            extra.setdefault(unescapeExtraKey(name[len(prefix):]), []).extend(values)
-    return tuple(sorted((k, tuple(v)) for k, v in extra.items()))
-
-
-def stripIdentityHeaders(request, config):
-    """Remove identity headers (configured and kube-apiserver's defaults)."""
-    names = DEFAULT_IDENTITY_HEADERS + (config.identityHeaders() if config else ())
-    prefixes = DEFAULT_EXTRA_PREFIXES + (config.extraHeaderPrefixes if config else ())
-    doomed = {n.lower() for n in names}
-    doomed.update(name for _, name, _ in _prefixedHeaders(request, prefixes))
-    for name in doomed:
-        request.requestHeaders.removeHeader(name.encode("latin-1"))
+    return [v.decode("utf-8", "replace")
+            for v in request.requestHeaders.getRawHeaders(name.encode("latin-1"), [])]
 
 
 def bearerToken(request):
@@ -143,44 +79,46 @@ def withAuthenticatedGroup(user):
 # --- certificates ----------------------------------------------------------------
 
 def _verify(verify, chain, roots, now, what):
+    """``verify(chain, roots, now)``, its failure as :class:`Rejected` naming ``what``."""
     try:
         return verify(chain, roots, now)
     except CertificateVerificationError as e:
         raise Rejected("%s %s: %s" % (what, certificateIdentifier(chain[0]), e.message))
 
 
-def frontProxyUser(request, chain, config, now, verify=verifyClientChain):
+def frontProxyUser(headers, chain, config, now, verify):
     """The user the front proxy vouches for, or ``None`` when this method does not apply.
 
-    :param verify: ``(chain, roots, now) -> VerifiedChain`` (a per-connection memo).
+    :param headers: the request's :class:`~kibaship_dns01.auth.headers.IdentityHeaders`.
+    :param verify: ``(chain, roots, now) -> VerifiedChain``, e.g. a per-connection memo
+        (``now`` is handed to it as given).
     :raise Rejected: the certificate does not verify or its CN is not allowed.
     """
     if not chain or not config.requestHeaderCAs:
         return None
     verified = _verify(verify, chain, config.requestHeaderCAs, now,
                        "front-proxy client certificate")
-    cn = commonName(verified.leaf)
+    cn = verified.leafCommonName
     if config.allowedNames and cn not in config.allowedNames:
         raise Rejected("x509: subject with cn=%s is not in the allowed list (key "
                        "requestheader-allowed-names of %s)" % (cn, WHERE))
-    name = firstHeaderValue(request, config.usernameHeaders)
+    name = headers.username()
     if not name:
         return None
-    return UserInfo(name=name, groups=tuple(allHeaderValues(request, config.groupHeaders)),
-                    extra=extraFromHeaders(request, config.extraHeaderPrefixes),
-                    uid=firstHeaderValue(request, config.uidHeaders))
+    return UserInfo(name=name, groups=headers.groups(), extra=headers.extra(),
+                    uid=headers.uid())
 
 
-def clientCertificateUser(chain, config, now, verify=verifyClientChain):
+def clientCertificateUser(chain, config, now, verify):
     """User = CN, groups = O of a certificate chaining to ``client-ca-file``."""
     if not chain or not config.clientCAs:
         return None
     verified = _verify(verify, chain, config.clientCAs, now, "client certificate")
-    cn = commonName(verified.leaf)
+    cn = verified.leafCommonName
     if not cn:
         raise Rejected("client certificate %s has no common name, so it names no user"
                        % (certificateIdentifier(verified.leaf),))
-    return UserInfo(name=cn, groups=organizations(verified.leaf))
+    return UserInfo(name=cn, groups=verified.leafOrganizations)
 
 
 # --- tokens ----------------------------------------------------------------------
@@ -274,29 +212,27 @@ class DelegatingAuthenticator:
     def authenticate(self, request):
         return defer.ensureDeferred(self._authenticate(request))
 
-    def _now(self):
-        return datetime.datetime.fromtimestamp(self._clock.seconds(), datetime.timezone.utc)
-
     async def _authenticate(self, request):
         config = self._configSource()
+        headers = IdentityHeaders(request, headerNames(config))
         try:
-            method, user, failures = await self._firstUser(request, config)
+            method, user, failures = await self._firstUser(request, headers, config)
         finally:
-            stripIdentityHeaders(request, config)
+            headers.strip(request)
         if user is not None:
-            metrics.AUTHN_DECISIONS.labels(method=method, result="success").inc()
+            metrics.labelled(metrics.AUTHN_DECISIONS, method, "success").inc()
             return user if method == "anonymous" else withAuthenticatedGroup(user)
-        metrics.AUTHN_DECISIONS.labels(method=failures[0][0], result="failure").inc()
+        metrics.labelled(metrics.AUTHN_DECISIONS, failures[0][0], "failure").inc()
         message = "; ".join(m for _, m in failures)
         log.info("authentication failed: {reason}", reason=message)
         raise Unauthenticated(message)
 
-    async def _firstUser(self, request, config):
+    async def _firstUser(self, request, headers, config):
         """``(method, user, failures)``: the first method yielding a user wins."""
         failures = []
         chain = self._peers.chain(request)
         if chain:
-            for method, attempt in self._certificateMethods(request, chain, config):
+            for method, attempt in self._certificateMethods(request, headers, chain, config):
                 try:
                     user = attempt()
                 except Rejected as e:
@@ -317,7 +253,7 @@ class DelegatingAuthenticator:
             return None, None, failures
         return "anonymous", ANONYMOUS_USER, failures
 
-    def _certificateMethods(self, request, chain, config):
+    def _certificateMethods(self, request, headers, chain, config):
         if config is None:
             return [("client_cert", lambda: _raise(
                 "a client certificate was presented but cannot be verified yet: "
@@ -326,11 +262,11 @@ class DelegatingAuthenticator:
             return [("client_cert", lambda: _raise(
                 "a client certificate was presented but %s names no CA to verify it "
                 "(keys requestheader-client-ca-file and client-ca-file are empty)" % (WHERE,)))]
-        now = self._now()
+        now = self._clock.seconds()  # a datetime is made only if a chain must be verified
 
         def verify(chain, roots, now):
             return self._peers.verify(request, roots, now)
-        return [("front_proxy", lambda: frontProxyUser(request, chain, config, now, verify)),
+        return [("front_proxy", lambda: frontProxyUser(headers, chain, config, now, verify)),
                 ("client_cert", lambda: clientCertificateUser(chain, config, now, verify))]
 
 

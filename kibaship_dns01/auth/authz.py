@@ -8,10 +8,14 @@ and everything else is a ``SubjectAccessReview`` against the API server.
 Reviews are cached by their whole spec (10 s allow, 10 s deny, like the Go
 library's defaults) and identical concurrent reviews share one API call, so
 a burst of cert-manager retries costs one review.  An API server that cannot
-be asked yields a :class:`Decision` with ``error`` set: refused (503), never
-allowed, and never cached, so the next request asks again.
+be asked (unreachable, 5xx, 429, no answer in time) yields a :class:`Decision`
+with ``error`` set: refused (503), never cached, so the next request asks
+again - unless the same review was answered less than ``staleTTL`` ago: that
+answer then stands in (and is cached again for its TTL), so cert-manager's
+Presents keep working through an API server restart (found by
+``bench/drills/apifaults.py``); a permission revoked meanwhile takes effect at
+most ``staleTTL`` late.
 """
-import json
 
 from twisted.internet import defer
 from twisted.logger import Logger
@@ -22,7 +26,7 @@ from kibaship_dns01.auth.cache import ExpiringCache, withDeadline
 from kibaship_dns01.flight import SharedCalls
 from kibaship_dns01.auth.types import MASTERS, Decision
 from kibaship_dns01.interfaces import IAuthorizer
-from kibaship_dns01.kube.errors import makeStatus
+from kibaship_dns01.kube.errors import APITimeout, Unavailable, makeStatus
 
 log = Logger()
 
@@ -30,6 +34,8 @@ SAR_PATH = "/apis/authorization.k8s.io/v1/subjectaccessreviews"
 HEALTH_PATHS = ("/healthz", "/livez", "/readyz")
 DEFAULT_TTL = 10.0
 DEFAULT_TIMEOUT = 10.0
+#: how old an answer may be to stand in while the API server cannot be asked
+DEFAULT_STALE_TTL = 300.0
 # k8s.io/apiserver's webhook authorizer does not cache reviews whose
 # caller-controlled attributes are this large: a cache-flooding guard.
 MAX_CACHED_ATTRIBUTES_SIZE = 10000
@@ -173,13 +179,15 @@ class DelegatingAuthorizer:
     """
 
     def __init__(self, client, clock, allowTTL=DEFAULT_TTL, denyTTL=DEFAULT_TTL,
-                 timeout=DEFAULT_TIMEOUT, maxEntries=8192):
+                 timeout=DEFAULT_TIMEOUT, maxEntries=8192, staleTTL=DEFAULT_STALE_TTL):
         self._client = client
         self._clock = clock
         self._allowTTL = allowTTL
         self._denyTTL = denyTTL
         self._timeout = timeout
+        self._staleTTL = staleTTL
         self._cache = ExpiringCache(clock, maxEntries)
+        self._lastAnswers = ExpiringCache(clock, maxEntries)
         self._flight = SharedCalls(cancelWhenAbandoned=False)
 
     def authorize(self, attributes):
@@ -187,12 +195,13 @@ class DelegatingAuthorizer:
             return defer.succeed(self._record(attributes, Decision(allowed=True), "masters"))
         if not attributes.resourceRequest and isHealthPath(attributes.path):
             return defer.succeed(self._record(attributes, Decision(allowed=True), "health"))
-        spec = reviewSpec(attributes)
-        key = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+        # the attributes are the question (frozen, hashable): equal attributes make the
+        # same SubjectAccessReview, so they key the cache without serialising it
+        key = attributes
         cached = self._cache.get(key)
         if cached is not ExpiringCache.MISSING:
             return defer.succeed(self._record(attributes, cached, "cache"))
-        d = self._flight.call(key, lambda: self._review(attributes, spec, key))
+        d = self._flight.call(key, lambda: self._review(attributes, reviewSpec(attributes), key))
         d.addCallback(lambda decision: self._record(attributes, decision, "sar"))
         return d
 
@@ -202,8 +211,11 @@ class DelegatingAuthorizer:
         d = defer.maybeDeferred(self._client.post, SAR_PATH, body)
         withDeadline(d, self._timeout, self._clock)
         d.addCallback(lambda review: self._reviewed(attributes, key, review))
-        d.addErrback(self._failed, attributes)
+        d.addErrback(self._failed, attributes, key)
         return d
+
+    def _ttl(self, decision):
+        return self._allowTTL if decision.allowed else self._denyTTL
 
     def _reviewed(self, attributes, key, review):
         status = review.get("status") if isinstance(review, dict) else None
@@ -212,10 +224,19 @@ class DelegatingAuthorizer:
             log.warn("SubjectAccessReview for {user} reported an evaluation error: {error}",
                      user=attributes.user.name, error=status["evaluationError"])
         if not decision.error and _cacheable(attributes):
-            self._cache.set(key, decision, self._allowTTL if decision.allowed else self._denyTTL)
+            self._cache.set(key, decision, self._ttl(decision))
+            self._lastAnswers.set(key, decision, self._staleTTL)
         return decision
 
-    def _failed(self, failure, attributes):
+    def _failed(self, failure, attributes, key):
+        last = self._lastAnswers.get(key)
+        if last is not ExpiringCache.MISSING and failure.check(
+                defer.TimeoutError, Unavailable, APITimeout):
+            log.warn("SubjectAccessReview for {user} failed ({why}); its last answer (allowed="
+                     "{allowed}), at most {stale:g}s old, stands in", user=attributes.user.name,
+                     why=failure.getErrorMessage(), allowed=last.allowed, stale=self._staleTTL)
+            self._cache.set(key, last, self._ttl(last))
+            return last
         if failure.check(defer.TimeoutError):
             why = "the API server did not answer within %gs" % (self._timeout,)
         else:
@@ -226,7 +247,7 @@ class DelegatingAuthorizer:
 
     def _record(self, attributes, decision, source):
         kind = "error" if decision.error else ("allow" if decision.allowed else "deny")
-        metrics.AUTHZ_DECISIONS.labels(decision=kind, source=source).inc()
+        metrics.labelled(metrics.AUTHZ_DECISIONS, kind, source).inc()
         if not decision.allowed:
             log.info("request denied: user={user} groups={groups} verb={verb} path={path} "
                      "reason={reason}", user=attributes.user.name,

@@ -19,6 +19,7 @@ even on a connection that is already open, and it is dropped once the
 chain's earliest ``notAfter`` has passed, so an expired certificate is never
 honoured because its connection outlived it.
 """
+import datetime
 import weakref
 
 from kibaship_dns01.auth.x509verify import verifyClientChain
@@ -58,7 +59,8 @@ class _Verdict:
     def __init__(self, roots, verified):
         self.roots = roots
         self.verified = verified
-        self.notAfter = min(cert.not_valid_after_utc for cert in verified.chain)
+        #: POSIX seconds: compared with the clock's time on every request
+        self.notAfter = min(cert.not_valid_after_utc for cert in verified.chain).timestamp()
 
 
 class _ConnectionState:
@@ -87,12 +89,17 @@ class PeerCertificates:
         self._states = weakref.WeakKeyDictionary()
 
     def _state(self, request):
-        connection = self._connectionOf(request)
-        if connection is None:
-            return None
-        state = self._states.get(connection)
+        """The connection's state, found by its HTTP channel (one per connection),
+        so only a connection's first request looks for its TLS handle."""
+        channel = getattr(request, "channel", None)
+        state = self._states.get(channel) if channel is not None else None
         if state is None:
-            state = self._states[connection] = _ConnectionState(self._readChain(connection))
+            connection = self._connectionOf(request)
+            if connection is None:
+                return None
+            state = _ConnectionState(self._readChain(connection))
+            if channel is not None:
+                self._states[channel] = state
         return state
 
     def chain(self, request):
@@ -100,15 +107,16 @@ class PeerCertificates:
         state = self._state(request)
         return state.chain if state is not None else []
 
-    def verify(self, request, roots, now):
-        """The request's chain verified against ``roots`` at ``now``, at most once per
-        connection and bundle while the chain is valid."""
+    def verify(self, request, roots, seconds):
+        """The request's chain verified against ``roots`` at POSIX time ``seconds``, at
+        most once per connection and bundle while the chain is valid."""
         state = self._state(request)
-        if state is None:
-            return self._verify(self.chain(request), roots, now)
-        verdict = state.verdicts.get(id(roots))
-        if verdict is not None and verdict.roots is roots and now <= verdict.notAfter:
-            return verdict.verified
-        verified = self._verify(state.chain, roots, now)
-        state.verdicts[id(roots)] = _Verdict(roots, verified)
+        if state is not None:
+            verdict = state.verdicts.get(id(roots))
+            if verdict is not None and verdict.roots is roots and seconds <= verdict.notAfter:
+                return verdict.verified
+        now = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+        verified = self._verify(state.chain if state is not None else [], roots, now)
+        if state is not None:
+            state.verdicts[id(roots)] = _Verdict(roots, verified)
         return verified

@@ -127,9 +127,16 @@ def _expiredIssuer(chain, roots, now):
 
 @attr.s(frozen=True, auto_attribs=True)
 class VerifiedChain:
-    """A chain that passed: leaf first, trust anchor last."""
+    """A chain that passed: leaf first, trust anchor last; the leaf's subject is read
+    once here (a verified chain is kept per connection and asked on every request)."""
 
     chain: tuple
+    leafCommonName: str = attr.ib(init=False)
+    leafOrganizations: tuple = attr.ib(init=False)
+
+    def __attrs_post_init__(self):
+        object.__setattr__(self, "leafCommonName", commonName(self.chain[0]))
+        object.__setattr__(self, "leafOrganizations", organizations(self.chain[0]))
 
     @property
     def leaf(self):

@@ -11,7 +11,8 @@ version is too old (410).  Memory is proportional to the objects kept, and a
 It is a background :class:`~twisted.application.service.Service`: it retries
 forever while running, every attempt bounded in time (by the client and by
 its own deadline, in case a client never answers), with exponential backoff
-and jitter between failed attempts.
+and jitter between failed attempts, capped at :data:`MAX_RETRY_DELAY` and
+never sooner than a 429's ``Retry-After`` (``details.retryAfterSeconds``).
 """
 import random
 
@@ -25,11 +26,23 @@ from kibaship_dns01.interfaces import IReadiness
 from kibaship_dns01.kube.errors import Gone
 
 MIN_WATCH_SECONDS = 300
+#: the longest wait between failed attempts.  client-go waits up to 30 s, but a
+#: cache that is down is stale: ``bench/drills/apifaults.py`` saw deleted
+#: Challenges served, and every new one LISTed cluster-wide, for up to 30 s after
+#: an API server came back; a few requests per 5 s from one daemon cost nothing.
+MAX_RETRY_DELAY = 5.0
 
 
 def _key(obj):
     md = obj.get("metadata") or {}
     return md.get("namespace"), md.get("name")
+
+
+def retryAfter(error):
+    """The ``Retry-After`` a failed call's Status carries (seconds), or 0."""
+    details = (getattr(error, "status", None) or {}).get("details") or {}
+    value = details.get("retryAfterSeconds") if isinstance(details, dict) else None
+    return value if isinstance(value, (int, float)) and value > 0 else 0
 
 
 def _rvOf(obj):
@@ -122,7 +135,7 @@ class Informer(service.Service):
         self._indexes = {n: _Index(fn) for n, fn in (indexers or {}).items()}
         self._params = dict(params or {})
         self._rng = rng or random.Random()
-        self._backoff = backoff or Backoff(rng=self._rng)
+        self._backoff = backoff or Backoff(cap=MAX_RETRY_DELAY, rng=self._rng)
         self._healthy = healthyWatchSeconds
         self._listTimeout = listTimeout
         self._watchGrace = watchGrace
@@ -215,6 +228,7 @@ class Informer(service.Service):
         if not self.running:
             return
         self.relists += 1
+        metrics.CACHE_LISTS.labels(cache=self.name).inc()
         self._replace(result)
         self._rv = (result.get("metadata") or {}).get("resourceVersion") or self._rv
         self._markSynced()
@@ -261,12 +275,13 @@ class Informer(service.Service):
             self._failures = 0
         gone = failure.check(Gone) is not None
         nextStep = self._relist if (what == "LIST" or gone) else self._watch
-        self._retryLater(nextStep, "%s failed: %s" % (what, failure.getErrorMessage()))
+        self._retryLater(nextStep, "%s failed: %s" % (what, failure.getErrorMessage()),
+                         retryAfter(failure.value))
         return None
 
-    def _retryLater(self, step, why):
+    def _retryLater(self, step, why, atLeast=0):
         self._failures += 1
-        delay = self._backoff.delay(self._failures)
+        delay = max(atLeast, self._backoff.delay(self._failures))
         self.log.warn("cache {name}: {why}; retrying in {delay:.1f}s (attempt {n})",
                       name=self.name, why=why, delay=delay, n=self._failures)
         self._timer = self.clock.callLater(delay, step)

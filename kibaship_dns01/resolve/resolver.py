@@ -182,6 +182,12 @@ class ChallengeResolver(service.Service):
         query = ChallengeQuery(key=request.key, dnsName=request.dnsName,
                                resourceNamespace=request.resourceNamespace,
                                groupName=self.groupName, solverName=self.solverName)
+        cached = self._cached(query)
+        chain = self._chains.get(_get(cached, "metadata", "uid")) if cached is not None else None
+        if chain is not None:
+            # the usual case (cert-manager's retries, every CleanUp): nothing to wait for
+            return defer.maybeDeferred(chain.context, defaultProjectUUID).addErrback(
+                self._countFailure)
         d = defer.ensureDeferred(self._resolve(query, defaultProjectUUID))
         d.addTimeout(self.lookupTimeout, self._clock,
                      onTimeoutCancel=lambda result, timeout: self._timedOut(result, query))

@@ -45,7 +45,7 @@ class FakeStreamPublisher:
     def __init__(self, clock=None):
         self.clock = clock or task.Clock()
         self._projects = {}
-        self._failures = {"append": [], "check": [], "read": []}
+        self._failures = {"append": [], "check": [], "read": [], "confirm": []}
         self._lastMs, self._lastSeq = -1, 0
         #: every call as ``(method, target, projectUUID, idempotencyKey)``
         self.calls = []
@@ -98,6 +98,25 @@ class FakeStreamPublisher:
         if failure is not None:
             return defer.fail(failure.error)
         return defer.succeed(result)
+
+    def confirm(self, target, projectUUID, idempotencyKey):
+        self.calls.append(("confirm", target, projectUUID, idempotencyKey))
+        try:
+            validateProject(projectUUID)
+        except ValueError as e:
+            return defer.fail(e)
+        failure = self._takeFailure("confirm")
+        if failure is not None:
+            return defer.fail(failure.error)
+        project = self._projects.get((target, projectUUID))
+        record = project.records.get(idempotencyKey) if project is not None else None
+        if record is None or record[2] <= self.clock.seconds():
+            return defer.succeed(None)
+        return defer.succeed(AppendResult(record[0], record[1], True, streamKey(projectUUID)))
+
+    def forget(self, target, projectUUID, idempotencyKey):
+        """Drop an idempotency record, as a failover that lost it would."""
+        self._projects[(target, projectUUID)].records.pop(idempotencyKey)
 
     def readFields(self, target, projectUUID, key, fields):
         self.calls.append(("read", target, projectUUID, key))

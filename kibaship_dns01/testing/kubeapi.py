@@ -5,8 +5,12 @@ the auth delegation are tested against this: it serves a
 :class:`~kibaship_dns01.testing.kubestore.KubeStore` over HTTPS with its own
 CA, bearer-token (and client-certificate) authentication, the API's List /
 Status / watch-event shapes, SubjectAccessReview and TokenReview endpoints
-whose answers tests program, and failure modes (hang, down/up) for timeout
-and reconnect tests.
+whose answers tests program, and failure modes for timeout, reconnect and
+fault drills: ``hang`` (never answer), :meth:`~StandInAPIServer.stop` /
+:meth:`~StandInAPIServer.start` (down, then up again on the same port with
+the same store, as an API server restart), ``latency`` (every answer comes
+that many seconds late) and the store's ``injectError`` (5xx, or 429 with
+``Retry-After``).
 
 Run it as a process for a local end-to-end run::
 
@@ -73,6 +77,23 @@ class _APIResource(Resource):
         if server.hang:
             server.hungRequests.append(request)
             return NOT_DONE_YET
+        if server.latency > 0:
+            call = server.reactor.callLater(server.latency, self._answerLate, request)
+            request.notifyFinish().addErrback(lambda _: call.active() and call.cancel())
+            return NOT_DONE_YET
+        return self._answer(request)
+
+    def _answerLate(self, request):
+        """A slow API server: the whole answer (a watch: its start) comes late."""
+        if request._disconnected:
+            return
+        body = self._answer(request)
+        if body is not NOT_DONE_YET:
+            request.write(body)
+            request.finish()
+
+    def _answer(self, request):
+        server = self._server
         request.setHeader(b"content-type", b"application/json")
         user = server._authenticate(request)
         if user is None:
@@ -87,6 +108,9 @@ class _APIResource(Resource):
 
     def _status(self, request, status):
         request.setResponseCode(status["code"])
+        retryAfter = (status.get("details") or {}).get("retryAfterSeconds")
+        if retryAfter:  # as kube-apiserver's max-in-flight and priority-and-fairness filters
+            request.setHeader(b"retry-after", b"%d" % (retryAfter,))
         return _dumps(status)
 
     def _dispatch(self, request, user, path, params):
@@ -250,6 +274,9 @@ class StandInAPIServer:
         self._authorizer = None
         self.hang = False
         self.hungRequests = []
+        #: seconds every answer is held back (0: none); a watch starts that late,
+        #: then streams its events without delay, as a slow API server does
+        self.latency = 0.0
         self.holdingWatchEvents = False
         self.heldWatchEvents = []
         self.requestCount = 0

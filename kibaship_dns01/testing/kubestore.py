@@ -362,19 +362,28 @@ class KubeStore:
         """``fn(token) -> status`` decides TokenReviews (may raise KubeError)."""
         self._tokenHandler = fn
 
-    def injectError(self, error, verb=None, path=None, times=1):
-        """Make the next ``times`` matching API calls fail with ``error``.
+    def injectError(self, error, verb=None, path=None, times=1, retryAfter=None):
+        """Make the next ``times`` matching API calls fail with ``error``
+        (``times=None``: every one until :meth:`clearInjectedErrors`).
 
         ``error`` is a :class:`KubeError` (its ``status`` is what the server
-        answers) or an HTTP code.  ``verb`` is ``get``/``list``/``watch``/
-        ``post`` or ``None`` for any; ``path`` matches as a prefix.
+        answers) or an HTTP code; with ``retryAfter`` (seconds) the Status
+        carries ``details.retryAfterSeconds`` and the stand-in server a
+        ``Retry-After`` header, as kube-apiserver's 429s do.  ``verb`` is
+        ``get``/``list``/``watch``/``post`` or ``None`` for any; ``path``
+        matches as a prefix.
         """
         if isinstance(error, int):
             error = _fail(error, {403: "Forbidden", 409: "Conflict", 410: "Expired",
                                   429: "TooManyRequests", 500: "InternalError",
                                   503: "ServiceUnavailable", 504: "Timeout"}.get(error, "Unknown"),
-                          "injected failure %d" % error)
+                          "injected failure %d" % error,
+                          {"retryAfterSeconds": int(retryAfter)} if retryAfter else None)
         self._injected.append([error, verb, path, times])
+
+    def clearInjectedErrors(self):
+        """Forget every injected error still pending."""
+        self._injected = []
 
     # --- test helpers: mutations -------------------------------------------
 
@@ -530,9 +539,10 @@ class KubeStore:
         for entry in self._injected:
             error, v, p, times = entry
             if (v is None or v == verb) and (p is None or path.startswith(p)):
-                entry[3] -= 1
-                if entry[3] <= 0:
-                    self._injected.remove(entry)
+                if times is not None:
+                    entry[3] -= 1
+                    if entry[3] <= 0:
+                        self._injected.remove(entry)
                 raise error
 
     def _enter(self, verb, path, params):

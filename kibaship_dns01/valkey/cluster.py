@@ -69,7 +69,8 @@ class _Asking:
         self.address = connection.address
 
     def send(self, *args):
-        self._connection.send("ASKING").addErrback(lambda f: None)
+        if args[0] != "WAIT":  # no key, and it may go out later (``Connection._wait``)
+            self._connection.send("ASKING").addErrback(lambda f: None)
         return self._connection.send(*args)
 
 
@@ -115,8 +116,32 @@ class ClusterClient:
         return self._map
 
     def execute(self, key, op):
-        """Run ``op`` on the primary serving ``key`` (see the module docstring)."""
-        return defer.ensureDeferred(self._execute(keySlot(key), op))
+        """Run ``op`` on the primary serving ``key`` (see the module docstring).
+
+        When the slot's primary is known and connected (nearly always), ``op``
+        runs at once on that connection; only if it fails does the operation
+        enter the retry loop, with that failure as its first attempt.  The
+        first try is bounded by the command's read timeout, the whole by
+        ``operationTimeout`` from the start.
+        """
+        slot = keySlot(key)
+        conn = self._connectedPrimary(slot)
+        if conn is None:
+            return defer.ensureDeferred(self._execute(slot, op))
+        started = self.reactor.seconds()
+        try:
+            d = op(conn)
+        except Exception:
+            d = defer.fail()
+        return d.addErrback(lambda failure: defer.ensureDeferred(
+            self._execute(slot, op, failure.value, started)))
+
+    def _connectedPrimary(self, slot):
+        if self._closed:
+            return None
+        address = self._map.primaryFor(slot)
+        node = self._nodes.get(address) if address is not None else None
+        return node.ready() if node is not None else None
 
     def executeOnSlot(self, slot, op):
         return defer.ensureDeferred(self._execute(slot, op))
@@ -144,19 +169,25 @@ class ClusterClient:
 
     # --- the retry loop ---------------------------------------------------------
 
-    async def _execute(self, slot, op):
-        deadline = self.reactor.seconds() + self.target.operationTimeout
+    async def _execute(self, slot, op, firstError=None, started=None):
+        """The retry loop; ``firstError`` is how the fast path's try failed."""
+        started = self.reactor.seconds() if started is None else started
+        deadline = started + self.target.operationTimeout
         state = _Attempts()
+        error, state.count = firstError, (0 if firstError is None else 1)
         while True:
-            self._checkOpen()
-            state.count += 1
-            try:
-                return await self._withDeadline(self._try(slot, op, state), deadline)
-            except _DeadlineExceeded:
-                raise self._gaveUp(state, "the time budget ran out")
-            except Exception as e:
-                self._checkOpen()   # closing cancels whatever was in progress
-                delay = await self._onFailure(e, slot, state)
+            if error is None:
+                self._checkOpen()
+                state.count += 1
+                try:
+                    return await self._withDeadline(self._try(slot, op, state), deadline)
+                except _DeadlineExceeded:
+                    raise self._gaveUp(state, "the time budget ran out")
+                except Exception as e:
+                    error = e
+            self._checkOpen()   # closing cancels whatever was in progress
+            delay = await self._onFailure(error, slot, state)
+            error = None
             self._checkOpen()
             if state.count >= self.maxAttempts:
                 raise self._gaveUp(state, "%d attempts failed" % (state.count,))

@@ -26,10 +26,12 @@ production cluster client, so this module keeps txredisapi's
 (``"1-0"`` must not become a float).  Replies are pipelined: several callers
 share a connection and each gets its own reply in order.
 """
+import collections
 
 from OpenSSL import SSL
 from service_identity import VerificationError
 from twisted.internet import defer, ssl
+from twisted.python.failure import Failure
 from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.endpoints import (
     HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS)
@@ -85,15 +87,72 @@ class NodeProtocol(txredisapi.BaseRedisProtocol):
     """
 
     def __init__(self, clock, replyTimeout, tls):
-        super().__init__(charset="utf-8", replyTimeout=replyTimeout, convertNumbers=False)
-        # txredisapi schedules reply timeouts with a class attribute bound to
-        # the global reactor; use the injected one
+        # no replyTimeout for txredisapi: it would arm (and cancel) a timer and
+        # chain two Deferreds per command; the replies are matched and timed here
+        super().__init__(charset="utf-8", replyTimeout=None, convertNumbers=False)
+        self.clock = clock
         self.callLater = clock.callLater
+        self.readTimeout = replyTimeout
         self.tls = tls
         self.ready = defer.Deferred()
         self.closed = defer.Deferred()
         self.lostReason = None
         self._unparsed = []
+        self._pending = collections.deque()  # (Deferred, sent at), in reply order
+        self._watchdog = None
+
+    # Replies, in order.  One Deferred per command in a deque, replaced by
+    # nothing when its caller cancels it (the reply still comes and is
+    # dropped), and one timer per connection rather than per command: it
+    # fires when the oldest command outstanding would be ``readTimeout`` old,
+    # and then, as txredisapi did, fails everything outstanding and aborts the
+    # connection, so no later reply can be taken for another command's.
+
+    @property
+    def pendingCount(self):
+        return len(self._pending)
+
+    def execute_command(self, *args, **kwargs):
+        if not self.connected:
+            raise txredisapi.ConnectionError("Not connected")
+        self.transport.write(self._build_command(*args))
+        d = defer.Deferred()
+        self._pending.append((d, self.clock.seconds()))
+        if self._watchdog is None and self.readTimeout:
+            self._watchdog = self.callLater(self.readTimeout, self._checkReplies)
+        return d
+
+    def replyReceived(self, reply):
+        if not self._pending:
+            log.warn("Valkey sent a reply nobody asked for: {reply!r}", reply=reply)
+            return
+        d, _ = self._pending.popleft()
+        if d.called:  # cancelled by its caller
+            return
+        if isinstance(reply, Exception):
+            d.errback(reply)
+        else:
+            d.callback(reply)
+
+    def _checkReplies(self):
+        self._watchdog = None
+        if not self._pending:
+            return
+        due = self._pending[0][1] + self.readTimeout
+        now = self.clock.seconds()
+        if now < due:
+            self._watchdog = self.callLater(due - now, self._checkReplies)
+            return
+        self._failPending(txredisapi.TimeoutError(
+            "Not received Redis response in %s seconds" % (self.readTimeout,)))
+        if self.transport is not None:
+            self.transport.abortConnection()
+
+    def _failPending(self, error):
+        pending, self._pending = self._pending, collections.deque()
+        for d, _ in pending:
+            if not d.called:
+                d.errback(error)
 
     # txredisapi's LineReceiver hands the bytes that follow every bulk string
     # to the *next reactor iteration* (setLineMode -> callLater(0,
@@ -147,6 +206,10 @@ class NodeProtocol(txredisapi.BaseRedisProtocol):
     def connectionLost(self, why):
         self.lostReason = why
         super().connectionLost(why)
+        if self._watchdog is not None and self._watchdog.active():
+            self._watchdog.cancel()
+        self._watchdog = None
+        self._failPending(txredisapi.ConnectionError("Lost connection"))
         if not self.ready.called:
             self.ready.errback(why)
         self.closed.callback(None)
@@ -185,6 +248,8 @@ class Connection:
         self.protocol = protocol
         self.address = address
         self.readTimeout = readTimeout
+        self._waitRunning = False
+        self._waitQueue = []
 
     @property
     def usable(self):
@@ -192,7 +257,7 @@ class Connection:
 
     @property
     def pending(self):
-        return len(self.protocol.replyQueue.waiting)
+        return self.protocol.pendingCount
 
     def send(self, *args):
         """Write one command now; Deferred firing its reply.
@@ -200,8 +265,42 @@ class Connection:
         Error replies fail with :class:`ServerError`; a lost connection or a
         reply slower than ``readTimeout`` with :class:`ConnectionLost` (the
         connection is then closed by txredisapi, so later pipelined replies
-        cannot be confused).
+        cannot be confused).  ``WAIT`` goes through :meth:`_wait`.
         """
+        if args and args[0] == "WAIT":
+            return self._wait(args)
+        return self._send(args)
+
+    def _wait(self, args):
+        """``WAIT`` blocks the connection until it returns, so WAITs pipelined one
+        behind another would each start when the one before ended: with a
+        replica lagging, the k-th would answer after k timeouts, past
+        ``readTimeout`` (found by ``bench/drills/failover.py``).  A WAIT covers
+        every write sent on its connection before it, so at most one runs at a
+        time and the callers that come meanwhile share the next one, sent when
+        it returns: each caller's answer comes within about two WAIT timeouts."""
+        d = defer.Deferred()
+        self._waitQueue.append((args, d))
+        if not self._waitRunning:
+            self._nextWait()
+        return d
+
+    def _nextWait(self):
+        waiters, self._waitQueue = self._waitQueue, []
+        if not waiters:
+            self._waitRunning = False
+            return
+        self._waitRunning = True
+        replicas = max(int(args[1]) for args, _ in waiters)
+        sent = self._send(("WAIT", replicas) + tuple(waiters[0][0][2:]))
+        sent.addBoth(self._waited, waiters)
+
+    def _waited(self, result, waiters):
+        self._nextWait()
+        for _, d in waiters:
+            d.errback(result) if isinstance(result, Failure) else d.callback(result)
+
+    def _send(self, args):
         try:
             d = self.protocol.execute_command(*args)
         except txredisapi.ConnectionError as e:
@@ -258,6 +357,21 @@ class Node:
         """True if at least one usable connection is open."""
         return any(c.usable for c in self._connections)
 
+    def ready(self):
+        """The least busy usable connection now, or ``None`` (then use :meth:`acquire`).
+
+        Like :meth:`acquire`, opens another connection in the background while
+        below ``size``.
+        """
+        if self._closed:
+            return None
+        live = self._connections = [c for c in self._connections if c.usable]
+        if not live:
+            return None
+        if len(live) < self.size and not self._connect.running:
+            self._connect().addErrback(self._backgroundFailed)
+        return live[0] if len(live) == 1 else min(live, key=lambda c: c.pending)
+
     def acquire(self):
         """A Deferred firing a usable :class:`Connection` (the least busy one).
 
@@ -269,13 +383,8 @@ class Node:
         if self._closed:
             return defer.fail(ConnectionLost("Valkey node %s: client closed" % (
                 formatAddress(self.address),)))
-        self._connections = [c for c in self._connections if c.usable]
-        live = self._connections
-        if live and len(live) < self.size and not self._connect.running:
-            self._connect().addErrback(self._backgroundFailed)
-        if live:
-            return defer.succeed(min(live, key=lambda c: c.pending))
-        return self._connect()
+        conn = self.ready()
+        return defer.succeed(conn) if conn is not None else self._connect()
 
     def _backgroundFailed(self, failure):
         log.info("extra connection to Valkey node {node} failed: {why}",

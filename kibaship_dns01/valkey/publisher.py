@@ -24,7 +24,8 @@ from kibaship_dns01.interfaces import IStreamPublisher
 from kibaship_dns01.valkey.cluster import ClusterClient
 from kibaship_dns01.valkey.errors import ValkeyDurabilityError, ValkeyError, ValkeyUnavailable
 from kibaship_dns01.valkey.script import (
-    DUPLICATE, SKIPPED, runAppend, scriptArguments, streamKey, validateAppend, validateProject)
+    DUPLICATE, MISSING, SKIPPED, probeArguments, runAppend, runProbe, scriptArguments, streamKey,
+    validateAppend, validateProject)
 from kibaship_dns01.valkey.target import formatAddress
 
 
@@ -47,22 +48,25 @@ def _waitTimeoutMs(target):
     return max(1, int(target.readTimeout * 500))
 
 
-async def _appendOn(conn, keys, args, target):
-    """The operation run on the primary (must send its first command at once);
-    with ``minReplicas`` the ``WAIT`` is pipelined behind the script: one round trip."""
-    wait = (("WAIT", target.minReplicas, _waitTimeoutMs(target))
-            if target.minReplicas > 0 else None)
-    entryId, sequence, duplicate, acked = await runAppend(conn, keys, args, after=wait)
-    if wait is not None:
-        acked = int(acked)
-        if acked < target.minReplicas:
-            raise ValkeyDurabilityError(
-                "entry %s of %s reached %d of the %d required replicas of Valkey node %s "
-                "within %dms; the primary may lose it if it fails now. Retrying is safe "
-                "(idempotent); check the replicas' health or lower minReplicas" % (
-                    entryId, keys[0], acked, target.minReplicas,
-                    formatAddress(conn.address), _waitTimeoutMs(target)))
-    return entryId, sequence, duplicate
+def _appendOn(conn, keys, args, target, run=runAppend):
+    """The operation run on the primary (it sends its first command at once); with
+    ``minReplicas`` the ``WAIT`` is pipelined behind the script: one round trip."""
+    if target.minReplicas <= 0:
+        return run(conn, keys, args).addCallback(lambda reply: reply[:3])
+    wait = ("WAIT", target.minReplicas, _waitTimeoutMs(target))
+    return run(conn, keys, args, after=wait).addCallback(_durable, conn, keys, target)
+
+
+def _durable(reply, conn, keys, target):
+    entryId, sequence, status, acked = reply
+    if int(acked) < target.minReplicas:
+        raise ValkeyDurabilityError(
+            "entry %s of %s reached %d of the %d required replicas of Valkey node %s "
+            "within %dms; the primary may lose it if it fails now. Retrying is safe "
+            "(idempotent); check the replicas' health or lower minReplicas" % (
+                entryId, keys[0], int(acked), target.minReplicas,
+                formatAddress(conn.address), _waitTimeoutMs(target)))
+    return entryId, sequence, status
 
 
 class _Entry:
@@ -169,10 +173,28 @@ class ValkeyPublisher(service.Service):
             return defer.fail(e)
         started = self.reactor.seconds()
         d = self._run(target, lambda client: client.execute(
-            keys[0], lambda conn: defer.ensureDeferred(_appendOn(conn, keys, args, target))))
+            keys[0], lambda conn: _appendOn(conn, keys, args, target)))
         d.addCallback(lambda r: AppendResult(r[0], r[1], r[2] == DUPLICATE,
                                              streamKey(projectUUID), skipped=r[2] == SKIPPED))
         return d.addBoth(self._countAppend, started)
+
+    def confirm(self, target, projectUUID, idempotencyKey):
+        """Is ``idempotencyKey`` still recorded?  An :class:`AppendResult` of the first
+        append (``duplicate=True``, after the same ``WAIT`` an append makes), or ``None``
+        when the record is gone and the caller must append in full."""
+        try:
+            validateProject(projectUUID)
+            keys, args = probeArguments(projectUUID, idempotencyKey, target.minReplicas > 0)
+        except ValueError as e:
+            return defer.fail(e)
+        started = self.reactor.seconds()
+        d = self._run(target, lambda client: client.execute(
+            keys[0], lambda conn: _appendOn(conn, keys, args, target, run=runProbe)))
+        d.addCallback(lambda r: None if r[2] == MISSING else
+                      AppendResult(r[0], r[1], True, streamKey(projectUUID)))
+        # a confirmed retry counts as the duplicate append it stands for; a missing
+        # record is counted by the append that follows
+        return d.addBoth(lambda r: r if r is None else self._countAppend(r, started))
 
     def readFields(self, target, projectUUID, key, fields):
         """``HMGET key fields`` on a key of ``projectUUID``'s hash tag.
@@ -196,10 +218,10 @@ class ValkeyPublisher(service.Service):
     def _countAppend(self, result, started):
         metrics.VALKEY_LATENCY.observe(self.reactor.seconds() - started)
         if isinstance(result, AppendResult):
-            metrics.VALKEY_APPENDS.labels("duplicate" if result.duplicate else "skipped"
-                                          if result.skipped else "appended").inc()
+            metrics.labelled(metrics.VALKEY_APPENDS, "duplicate" if result.duplicate else
+                             "skipped" if result.skipped else "appended").inc()
         else:
-            metrics.VALKEY_APPENDS.labels("failed").inc()
+            metrics.labelled(metrics.VALKEY_APPENDS, "failed").inc()
             self._countError(result)
         return result
 

@@ -45,7 +45,6 @@ without a mark has exactly the layout above.
 import hashlib
 
 import attr
-from twisted.internet import defer
 
 from kibaship_dns01 import metrics
 from kibaship_dns01.valkey import replies
@@ -118,6 +117,21 @@ return {id, seq, 0}
 
 APPEND_SHA = hashlib.sha1(APPEND_SCRIPT.encode("utf-8")).hexdigest()
 
+#: A retried Present or CleanUp the daemon has seen appended asks only this:
+#: is the idempotency record still there?  It costs no event to build and no
+#: fields to send; when the record is gone (its window passed, a failover lost
+#: it) the caller appends in full.
+PROBE_SCRIPT = r"""
+-- KEYS[1] idempotency record; ARGV[1] '1': rewrite it (KEEPTTL) so WAIT covers it
+local record = redis.call('GET', KEYS[1])
+if not record then return {'', 0, 3} end
+if ARGV[1] == '1' then redis.call('SET', KEYS[1], record, 'KEEPTTL') end
+local id, seq = string.match(record, '^(%S+) (%d+)$')
+return {id, tonumber(seq), 1}
+"""
+
+PROBE_SHA = hashlib.sha1(PROBE_SCRIPT.encode("utf-8")).hexdigest()
+
 
 def streamKey(projectUUID):
     return "{project:%s}:events" % (projectUUID,)
@@ -136,9 +150,10 @@ def markKey(projectUUID, namespace, certificate):
     return "{project:%s}:cert:%s/%s" % (projectUUID, namespace, certificate)
 
 
-#: what the script answers: appended, duplicate (nothing appended), skipped
-#: (a ``require`` mark did not hold, nothing appended)
-APPENDED, DUPLICATE, SKIPPED = 0, 1, 2
+#: what the scripts answer: appended, duplicate (nothing appended), skipped
+#: (a ``require`` mark did not hold, nothing appended), missing (the probe found
+#: no record)
+APPENDED, DUPLICATE, SKIPPED, MISSING = 0, 1, 2, 3
 
 
 @attr.s(frozen=True, slots=True)
@@ -231,34 +246,58 @@ def scriptArguments(projectUUID, key, flatFields, windowSeconds, touch, sequence
     return keys, args
 
 
-async def runAppend(conn, keys, args, after=None):
-    """EVALSHA the script on ``conn``; load it on NOSCRIPT and try once more.
+def probeArguments(projectUUID, key, touch):
+    """``(keys, args)`` for :data:`PROBE_SCRIPT`."""
+    return [idempotencyKey(projectUUID, key)], ["1" if touch else "0"]
+
+
+def runProbe(conn, keys, args, after=None):
+    """:data:`PROBE_SCRIPT` as :func:`runAppend` runs the append script."""
+    return runScript(conn, PROBE_SCRIPT, PROBE_SHA, keys, args, after)
+
+
+def runAppend(conn, keys, args, after=None):
+    """:data:`APPEND_SCRIPT` on ``conn``, see :func:`runScript`."""
+    return runScript(conn, APPEND_SCRIPT, APPEND_SHA, keys, args, after)
+
+
+def runScript(conn, script, sha, keys, args, after=None):
+    """EVALSHA ``script`` on ``conn``; load it on NOSCRIPT and try once more.
 
     ``after`` is a command pipelined right behind every EVALSHA sent (the
     publisher's ``WAIT``), so an append with a durability check is one round
     trip, and on the NOSCRIPT path the check still follows the write it checks.
+    Plain Deferreds, no coroutine: this runs for every append.
 
-    :return: ``(entryId, sequence, status, afterReply)``, status one of
-        :data:`APPENDED`, :data:`DUPLICATE`, :data:`SKIPPED`; ``afterReply`` is
-        ``None`` without ``after``.
+    :return: a Deferred of ``(entryId, sequence, status, afterReply)``, status
+        one of :data:`APPENDED`, :data:`DUPLICATE`, :data:`SKIPPED`,
+        :data:`MISSING`; ``afterReply`` is ``None`` without ``after``.
     """
-    call = ("EVALSHA", APPEND_SHA, len(keys)) + tuple(keys) + tuple(args)
-    try:
-        reply, afterReply = await _sendWith(conn, call, after)
-    except ServerError as e:
-        if replies.classify(e.message) != replies.NOSCRIPT:
-            raise
-        metrics.VALKEY_RETRIES.labels("noscript").inc()
-        loaded = conn.send("SCRIPT", "LOAD", APPEND_SCRIPT)
-        again = _sendWith(conn, call, after)
-        try:
-            await loaded
-        except BaseException:
-            again.addErrback(lambda f: None)  # fails with NOSCRIPT; report the load error
-            raise
-        reply, afterReply = await again
-    entryId, sequence, status = reply
+    call = ("EVALSHA", sha, len(keys)) + tuple(keys) + tuple(args)
+    d = _sendWith(conn, call, after)
+    d.addErrback(_loadAndRetry, conn, script, call, after)
+    return d.addCallback(_scriptReply)
+
+
+def _scriptReply(replies_):
+    (entryId, sequence, status), afterReply = replies_
     return str(entryId), int(sequence), int(status), afterReply
+
+
+def _loadAndRetry(failure, conn, script, call, after):
+    """On ``NOSCRIPT`` (a new primary, ``SCRIPT FLUSH``): ``SCRIPT LOAD`` and the call
+    again, pipelined on the same connection."""
+    failure.trap(ServerError)
+    if replies.classify(failure.value.message) != replies.NOSCRIPT:
+        return failure
+    metrics.VALKEY_RETRIES.labels("noscript").inc()
+    loaded = conn.send("SCRIPT", "LOAD", script)
+    again = _sendWith(conn, call, after)
+
+    def loadFailed(f):
+        again.addErrback(lambda _: None)  # fails with NOSCRIPT; report the load error
+        return f
+    return loaded.addCallbacks(lambda _: again, loadFailed)
 
 
 def _sendWith(conn, call, after):
@@ -268,14 +307,12 @@ def _sendWith(conn, call, after):
     reply to ``after`` is dropped.
     """
     first = conn.send(*call)
-    second = conn.send(*after) if after else None
+    if not after:
+        return first.addCallback(lambda reply: (reply, None))
+    second = conn.send(*after)
 
-    async def both():
-        try:
-            reply = await first
-        except BaseException:
-            if second is not None:
-                second.addErrback(lambda f: None)
-            raise
-        return reply, (await second if second is not None else None)
-    return defer.ensureDeferred(both())
+    def firstFailed(f):
+        second.addErrback(lambda _: None)
+        return f
+    return first.addCallbacks(
+        lambda reply: second.addCallback(lambda afterReply: (reply, afterReply)), firstFailed)

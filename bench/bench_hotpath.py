@@ -1,0 +1,149 @@
+"""CPU per request of the daemon's own request path, in memory.
+
+``bench/present.py`` measures the product end to end, but on this shared
+two-core machine its figures move by tens of percent with the load of other
+processes.  This benchmark takes the network, TLS and Valkey out: the real
+site, channel, authenticator (front proxy, one client-certificate verification
+per connection), authorizer (a cached SubjectAccessReview), decoder, solver,
+resolver (the fake API holding Kibaship chains) and the verified fake
+publisher, driven with the exact bytes the kube-aggregator sends over one
+kept-alive connection.  It prints CPU microseconds per request
+(``time.process_time``), which is stable enough to compare one change with the
+next, for retries, fresh Presents and a bare ``twisted.web`` floor that only
+parses the body and answers 201.
+
+    python bench/bench_hotpath.py [--requests 20000] [--profile out.prof]
+"""
+import argparse
+import cProfile
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from twisted.internet.testing import MemoryReactorClock  # noqa: E402
+from twisted.web import resource, server  # noqa: E402
+
+from kibaship_dns01.api.discovery import APIIdentity  # noqa: E402
+from kibaship_dns01.api.site import APIResource, APISite  # noqa: E402
+from kibaship_dns01.auth.authconfig import makeAuthenticationConfigMap, parseAuthenticationConfig  # noqa: E402
+from kibaship_dns01.auth.authn import DelegatingAuthenticator, TokenReviewAuthenticator  # noqa: E402
+from kibaship_dns01.auth.authz import DelegatingAuthorizer  # noqa: E402
+from kibaship_dns01.auth.peer import PeerCertificates  # noqa: E402
+from kibaship_dns01.config import Defaults  # noqa: E402
+from kibaship_dns01.credentials import SecretReader  # noqa: E402
+from kibaship_dns01.resolve import ChallengeResolver  # noqa: E402
+from kibaship_dns01.solver import Solver, TargetFactory  # noqa: E402
+from kibaship_dns01.testing import pki  # noqa: E402
+from kibaship_dns01.testing.certmanager import numberedChains, projectUUIDs  # noqa: E402
+from kibaship_dns01.testing.environment import CERT_MANAGER_USER  # noqa: E402
+from kibaship_dns01.testing.fakekube import FakeKubernetesClient  # noqa: E402
+from kibaship_dns01.testing.fakevalkey import FakeStreamPublisher  # noqa: E402
+from kibaship_dns01.testing.inmemory import MemoryClient, parseResponse, postRequest  # noqa: E402
+
+GROUP, SOLVER = "dns.kibaship.com", "kibaship"
+PATH = f"/apis/{GROUP}/v1alpha1/{SOLVER}"
+CONFIG = {"valkey": {"addr": "valkey.bench.svc:6379"}, "uiHints": {"tenant": "bench"}}
+HEADERS = (b"X-Remote-User: " + CERT_MANAGER_USER.encode(),
+           b"X-Remote-Group: system:serviceaccounts",
+           b"X-Remote-Group: system:serviceaccounts:cert-manager",
+           b"X-Remote-Group: system:authenticated",
+           b"X-Remote-Extra-Authentication.kubernetes.io%2fpod-name: cert-manager-7d9f-x",
+           b"X-Remote-Extra-Authentication.kubernetes.io%2fpod-uid: 5c1d4e8f-0000",
+           b"User-Agent: cert-manager-challenges/v1.16.2 (linux/amd64) cert-manager/abc",
+           b"Accept: application/json, */*", b"Accept-Encoding: gzip")
+
+
+class _Floor(resource.Resource):
+    isLeaf = True
+    ANSWER = b'{"kind":"ChallengePayload","response":{"uid":"","success":true}}'
+
+    def render_POST(self, request):
+        json.loads(request.content.read())
+        request.setResponseCode(201)
+        request.setHeader(b"content-type", b"application/json")
+        return self.ANSWER
+
+
+def _daemonSite(clock, chains):
+    kube = FakeKubernetesClient()
+    for chain in chains:
+        chain.addTo(kube.store)
+    kube.setSubjectAccessReviewHandler(lambda spec: {"allowed": True})
+    resolver = ChallengeResolver(kube, clock, GROUP, SOLVER, watchGrace=0)
+    resolver.startService()
+    ca = pki.makeCA("front-proxy-ca")
+    client = pki.clientPair(ca, "front-proxy-client")
+    config = parseAuthenticationConfig(makeAuthenticationConfigMap(
+        requestHeaderCAPEM=ca.certPEM, allowedNames=("front-proxy-client",)))
+    peers = PeerCertificates(connectionOf=lambda r: r.channel, readChain=lambda _: [client.cert])
+    authn = DelegatingAuthenticator(lambda: config, TokenReviewAuthenticator(kube, clock),
+                                    clock, peers=peers)
+    authz = DelegatingAuthorizer(kube, clock)
+    solver = Solver(resolver, FakeStreamPublisher(clock),
+                    TargetFactory(SecretReader(kube, clock)), clock, Defaults())
+    api = APIResource(APIIdentity(group=GROUP, solver=SOLVER), solver, authenticator=authn,
+                      authorizer=authz, clock=clock)
+    return APISite(api, reactor=clock)
+
+
+def _bodies(chains, action="Present"):
+    for chain in chains:
+        request = chain.request(resourceNamespace="cert-manager", action=action, config=CONFIG)
+        yield json.dumps({"apiVersion": "webhook.acme.cert-manager.io/v1alpha1",
+                          "kind": "ChallengePayload", "request": request.raw},
+                         separators=(",", ":")).encode()
+
+
+def _drive(site, requests, profile=None):
+    """CPU µs per request for ``requests`` (raw bytes), on one kept-alive connection."""
+    client = MemoryClient(site)
+    first = parseResponse(client.send(requests[0]))
+    assert first.code == 201 and b'"success":true' in first.body, first
+    profiler = cProfile.Profile() if profile else None
+    if profiler:
+        profiler.enable()
+    started = time.process_time()
+    for raw in requests[1:]:
+        answer = client.send(raw)
+    elapsed = time.process_time() - started
+    if profiler:
+        profiler.disable()
+        profiler.dump_stats(profile)
+    response = parseResponse(answer)
+    assert response.code == 201 and b'"success":true' in response.body, response
+    return elapsed * 1e6 / (len(requests) - 1)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--requests", type=int, default=20000)
+    p.add_argument("--profile", help="cProfile the retry run into this file")
+    args = p.parse_args(argv)
+    n = args.requests
+    clock = MemoryReactorClock()
+    clock.advance(time.time())  # certificates are judged at the clock's time
+    retryChains = numberedChains("retry", 0, 100, projectUUIDs(10))
+    freshChains = numberedChains("fresh", 0, n, projectUUIDs(10))
+    site = _daemonSite(clock, retryChains + freshChains)
+    extra = HEADERS
+    retry = [postRequest(PATH, b, extraHeaders=extra) for b in _bodies(retryChains)]
+    retries = [retry[i % len(retry)] for i in range(n + len(retry))]
+    floor = server.Site(_Floor(), reactor=clock)
+    rows = [("floor: twisted.web parses the body, answers 201",
+             _drive(floor, retries[:n])),
+            ("retry Present (duplicate of an appended challenge)",
+             _drive(site, retries, args.profile)),
+            ("fresh Present (first time: owner walk, full append)",
+             _drive(site, [postRequest(PATH, b, extraHeaders=extra)
+                           for b in _bodies(freshChains)]))]
+    print(f"bench_hotpath: {n} requests per row, CPU µs per request (in memory: no TLS, "
+          f"no sockets, fake API and publisher)")
+    for label, us in rows:
+        print(f"  {label:55s} {us:8.1f} µs   ({us / rows[0][1]:.2f}x floor)")
+
+
+if __name__ == "__main__":
+    main()
