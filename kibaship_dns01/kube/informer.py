@@ -15,6 +15,7 @@ and jitter between failed attempts, capped at :data:`MAX_RETRY_DELAY` and
 never sooner than a 429's ``Retry-After`` (``details.retryAfterSeconds``).
 """
 import random
+import sys
 
 from twisted.application import service
 from twisted.internet import defer
@@ -34,8 +35,11 @@ MAX_RETRY_DELAY = 5.0
 
 
 def _key(obj):
+    """``(namespace, name)``; the namespace interned, since every key holds one
+    and a cache has many objects per namespace."""
     md = obj.get("metadata") or {}
-    return md.get("namespace"), md.get("name")
+    namespace = md.get("namespace")
+    return sys.intern(namespace) if type(namespace) is str else namespace, md.get("name")
 
 
 def retryAfter(error):
