@@ -3,15 +3,19 @@
 Prints:
 
 1. API round trips per lookup kind, counted on the verified fake client
-   (cache hit, first lookup of a cached Challenge, cache miss for an Issuer
-   and a ClusterIssuer, unknown key, labels only on the Certificate);
+   (cache hit, first lookup of a cached Challenge whose labelled Order is in
+   the Order cache, the same before the watch delivered its Order, cache
+   miss for an Issuer and a ClusterIssuer, unknown key, labels only on the
+   Certificate);
 2. lookup time with 10,000 Challenges in the cache (fake client, so this is
-   the resolver's own CPU cost: index lookup, matching, chain cache);
+   the resolver's own CPU cost: index lookup, matching, chain cache), and
+   the memory of the Challenge cache, the Order cache and the cached owner
+   chains (tracemalloc, bytes per object);
 3. the same lookups over TLS against the stand-in API server holding the
    10,000 Challenges (loopback latency, including a cluster-wide fallback
-   LIST of all of them), and the trimmed cache's memory.
+   LIST of all of them).
 
-Run: ``/work/venv/bin/python bench/bench_resolve.py [--challenges 10000]``
+Run: ``python bench/bench_resolve.py [--challenges 10000]``
 """
 import argparse
 import gc
@@ -29,6 +33,8 @@ from kibaship_dns01.testing.certmanager import buildChain
 from kibaship_dns01.testing.fakekube import FakeKubernetesClient
 from kibaship_dns01.testing.kubeapi import StandInAPIServer
 from kibaship_dns01.testing.kubestore import KubeStore
+
+from bench_kube_cache import _WireClient  # pages pass through JSON, as from the wire
 
 GROUP, SOLVER = "dns.kibaship.com", "kibaship"
 NAMESPACES = 50
@@ -68,11 +74,18 @@ def countRoundTrips():
     cached = buildChain(namespace="shop").addTo(store)
     onlyCert = buildChain(namespace="plain", copyLabels=False).addTo(store)
     client, resolver = fakeResolver(store)
-    rows = [("first lookup, Challenge cached, labels on Order", cached.request()),
+    rows = [("first lookup, Challenge and its Order cached", cached.request()),
             ("cache hit (chain cached)", cached.request()),
             ("first lookup, labels only on the Certificate", onlyCert.request())]
     for label, request in rows:
         print("  %-56s %d  %s" % (label, *roundTrips(client, resolver, request)))
+    # the Order's watch event still on the way: the walk GETs it
+    resolver.orders.informer.stopService()
+    late = buildChain(namespace="late").addTo(store)
+    resolver.informer._upsert(store.getObject(
+        "acme.cert-manager.io/v1", "Challenge", "late", late.challenges[0]["metadata"]["name"]))
+    print("  %-56s %d  %s" % ("first lookup, Challenge cached, Order not delivered yet",
+                              *roundTrips(client, resolver, late.request())))
     # the fake delivers watch events at once: stop the watch so new Challenges stay unseen
     resolver.informer.stopService()
     for name, ns, rns in (("miss, Issuer (resourceNamespace = Challenge's)", "lag1", "lag1"),
@@ -110,7 +123,8 @@ def lookupTimes(count, repeat):
           % (time.perf_counter() - start, len(resolver.informer)))
     requests = [chains[(i * 7919) % count].request(resourceNamespace="cert-manager")
                 for i in range(repeat)]
-    for label in ("first lookup (index + 1 GET on the fake)", "cache hit (index + chain cache)"):
+    for label in ("first lookup (index + Order cache + walk)",
+                  "cache hit (index + chain cache)"):
         it = iter(requests)
         med, p99 = timeIt(lambda: resolver.resolve(next(it)), repeat)
         print("  %-42s median %6.1f us, p99 %6.1f us" % (label + ":", med * 1e6, p99 * 1e6))
@@ -124,17 +138,43 @@ def lookupTimes(count, repeat):
     print("  %-42s median %6.1f us, p99 %6.1f us" % ("index lookup + match only:", med * 1e6,
                                                      p99 * 1e6))
     resolver.stopService()
+    measureMemory(store, chains)
+    return store, chains
+
+
+def _allocated(before):
+    gc.collect()
+    return sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
+
+
+def measureMemory(store, chains):
+    """What the resolver keeps: each cache after its sync (pages pass through
+    JSON, as from the wire, so no string is shared with the store), then the
+    chains of a first lookup of every Challenge."""
+    client = _WireClient(store)
+    measured = ChallengeResolver(client, Clock(), GROUP, SOLVER)
     gc.collect()
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
-    _, measured = fakeResolver(store)
-    measured.stopService()
-    gc.collect()
-    size = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
+    measured.informer.startService()
+    challenges = _allocated(before)
+    before = tracemalloc.take_snapshot()
+    measured.orders.informer.startService()
+    orders = _allocated(before)
+    before = tracemalloc.take_snapshot()
+    for chain in chains:
+        measured.resolve(chain.request(resourceNamespace="cert-manager"))
+    walked = _allocated(before)
     tracemalloc.stop()
-    print("  Challenge cache memory (trimmed objects + index): %.1f MiB, %d bytes per Challenge"
-          % (size / 2**20, size // max(1, len(measured.informer))))
-    return store, chains
+    measured.stopService()
+    for what, size, count in (("Challenge cache (trimmed objects + index)", challenges,
+                               len(measured.informer)),
+                              ("Order cache (CachedOrder per labelled Order)", orders,
+                               len(measured.orders.informer)),
+                              ("owner chains cached by first lookups", walked,
+                               measured.cachedChains)):
+        print("  %-46s %5.1f MiB, %4d bytes each (%d)" % (what + ":", size / 2**20,
+                                                          size // max(1, count), count))
 
 
 async def overTheWire(reactor, store, chains, repeat):
@@ -146,8 +186,8 @@ async def overTheWire(reactor, store, chains, repeat):
     try:
         start = reactor.seconds()
         resolver.startService()
-        await resolver.informer.whenSynced()
-        print("  cache sync: %.2fs" % (reactor.seconds() - start))
+        await resolver.whenReady()
+        print("  cache sync (Challenges and Orders): %.2fs" % (reactor.seconds() - start))
         picks = [chains[(i * 104729) % len(chains)] for i in range(repeat)]
 
         async def measure(label, requests):
@@ -162,7 +202,7 @@ async def overTheWire(reactor, store, chains, repeat):
                   % (label, statistics.median(samples) * 1e3, max(samples) * 1e3,
                      sorted(set(trips))))
 
-        await measure("first lookup (1 GET)", [c.request() for c in picks])
+        await measure("first lookup (Order from its cache)", [c.request() for c in picks])
         await measure("cache hit", [c.request() for c in picks])
 
         def fresh(prefix, n=5, kind="ClusterIssuer"):

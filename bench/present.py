@@ -84,16 +84,21 @@ class PresentBench:
             await self.level(self.args.open_connections, self.args.rate)
         if self.wants("memory"):
             await self.memory()
-        if self.args.profile:
+        profilingRestart = self.args.profile and self.args.profile_scenario[0] == "restart"
+        if self.args.profile and not profilingRestart:
             await self.profile()
         if self.wants("restart"):
             await self.stack.stopDaemon()
             await self.startAndMeasure(
                 "ready after restart, %d Challenges in the API" % (len(self.cached) + 1),
-                "RSS after restart, %d Challenges cached" % (len(self.cached) + 1), "rss_cached")
+                "RSS after restart, %d Challenges cached" % (len(self.cached) + 1), "rss_cached",
+                profile=profilingRestart)
 
-    async def startAndMeasure(self, readyLabel, rssLabel, rssKey="rss_start"):
-        seconds, daemonCPU, apiCPU = await self.stack.startDaemon()
+    async def startAndMeasure(self, readyLabel, rssLabel, rssKey="rss_start", profile=False):
+        if profile:
+            seconds, daemonCPU, apiCPU = await self.profiledStart()
+        else:
+            seconds, daemonCPU, apiCPU = await self.stack.startDaemon()
         self.rows.append(report.valueRow(
             "ready", readyLabel, seconds, "%.2f s (CPU by then: daemon %.2f s, stand-in and"
             " /readyz poller %.2f s)" % (seconds, daemonCPU, apiCPU)))
@@ -175,7 +180,7 @@ class PresentBench:
         api, samples = self.stack.env.api, []
         for _ in range(self.args.cold):
             chain = self.chains("cold", 1)
-            before = await self.stack.cachedChallenges()
+            before, orders = await self.stack.cachedChallenges(), await self.stack.cachedOrders()
             metric = "kibaship_dns01_kube_api_requests_total"
             api.holdWatchEvents()
             try:
@@ -187,7 +192,7 @@ class PresentBench:
                 counted = (await self.stack.metrics()).total(metric) - counted
             finally:
                 api.releaseWatchEvents()
-            await self.stack.waitCachedChallenges(before + 1)
+            await self.stack.waitCachedChallenges(before + 1, orders=orders + 1)
             await self.stack.removeChains(chain)
             if result["ok"] != 1:
                 raise RuntimeError("cold Present failed: %s" % (result["sample"],))
@@ -222,6 +227,26 @@ class PresentBench:
             say("%s: %s" % (row["what"], row["text"]))
 
     # -- profile --------------------------------------------------------------
+    async def profiledStart(self):
+        """The daemon's start with py-spy attached as soon as it is spawned (the
+        first few tens of ms, while py-spy attaches, go unsampled) until ready."""
+        recordings = []
+
+        def attach(pid):
+            recordings.append(pyspy.Recording(self.reactor, pid, self.args.profile))
+        say("profiling the daemon's start with py-spy ...")
+        try:
+            result = await self.stack.startDaemon(onSpawn=attach)
+        finally:
+            for recording in recordings:
+                await recording.stop()
+        self.profileText = pyspy.formatSummary(
+            self.args.profile, title="py-spy profile of the daemon from spawn to ready, %d"
+            " Challenges in the API (%.2f s under py-spy)" % (len(self.cached) + 1, result[0]))
+        with open(self.args.profile + ".summary.txt", "w") as f:
+            f.write(self.profileText)
+        return result
+
     async def profile(self):
         """One more saturation run of the chosen kind with py-spy on the daemon,
         attached only for the measured run (not the batch set-up or priming)."""
@@ -280,9 +305,12 @@ def _runs(verbs):
 # --- command line ------------------------------------------------------------------
 
 def _profileScenario(text):
+    if text == "restart":
+        return "restart", None
     kind, _, level = text.partition("-")
     if kind not in ("fresh", "retry", "cleanup") or not level.isdigit():
-        raise argparse.ArgumentTypeError("use fresh-N, retry-N or cleanup-N (N connections)")
+        raise argparse.ArgumentTypeError("use fresh-N, retry-N or cleanup-N (N connections),"
+                                         " or restart")
     return kind, int(level)
 
 
@@ -317,7 +345,8 @@ def parseArgs(argv):
     p.add_argument("--json", metavar="OUT", help="write every figure as JSON")
     p.add_argument("--profile", metavar="OUT", help="py-spy raw profile of one extra run")
     p.add_argument("--profile-scenario", type=_profileScenario, default=("fresh", 50),
-                   metavar="KIND-CONNS", help="fresh-50 (default), retry-10, cleanup-1, ...")
+                   metavar="KIND-CONNS", help="fresh-50 (default), retry-10, cleanup-1, ...;"
+                   " restart: the daemon's start after the restart (with --only restart)")
     p.add_argument("--workdir", help="keep certificates, logs and profiles here")
     args = p.parse_args(argv)
     for name, (full, quick) in SIZES.items():

@@ -33,6 +33,7 @@ from kibaship_dns01.testing.valkeycluster import ValkeyCluster, requireValkey
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 CHALLENGES = {"cache": "challenges"}
+ORDERS = {"cache": "orders"}
 SUCCESS = '"success":true'
 
 
@@ -191,16 +192,21 @@ class Stack:
     async def start(self):
         await self.env.start()
 
-    async def startDaemon(self):
+    async def startDaemon(self, onSpawn=None):
         """Start ``twistd kibaship-dns01``; :return: (seconds from spawn to ``/readyz``
         200, the daemon's CPU seconds by then, this process's CPU seconds meanwhile:
-        the stand-in serving the daemon's LISTs plus the ``/readyz`` polling)."""
+        the stand-in serving the daemon's LISTs plus the ``/readyz`` polling).
+
+        :param onSpawn: called with the daemon's pid right after it is spawned
+            (a profiler attaching)."""
         self.daemon = DaemonProcess(self.reactor, self.env.daemonArgs(self.port, self.metricsPort,
                                                                       self.daemonArgs),
                                     cwd=self.workdir,
                                     logPath=os.path.join(self.workdir, "daemon.log"))
         started, ownBefore = time.monotonic(), ownCPU()
         self.daemon.start()
+        if onSpawn is not None:
+            onSpawn(self.daemon.pid)
         await self.daemon.waitReady("https://localhost:%d" % self.port,
                                     self.env.servingCA.certPEM, timeout=60, interval=0.02)
         return (time.monotonic() - started, cpuSeconds(self.daemon.pid), ownCPU() - ownBefore)
@@ -230,16 +236,23 @@ class Stack:
     async def cachedChallenges(self):
         return (await self.metrics()).value("kibaship_dns01_cache_objects", **CHALLENGES)
 
-    async def waitCachedChallenges(self, expected, timeout=120.0):
-        """Until the daemon's Challenge cache holds ``expected`` objects (bounded)."""
+    async def cachedOrders(self):
+        return (await self.metrics()).value("kibaship_dns01_cache_objects", **ORDERS)
+
+    async def waitCachedChallenges(self, expected, timeout=120.0, orders=None):
+        """Until the daemon's Challenge cache holds ``expected`` objects (and its
+        Order cache ``orders``, when given), bounded."""
         deadline = time.monotonic() + timeout
         while True:
-            have = await self.cachedChallenges()
-            if have == expected:
+            metrics = await self.metrics()
+            have = metrics.value("kibaship_dns01_cache_objects", **CHALLENGES)
+            haveOrders = metrics.value("kibaship_dns01_cache_objects", **ORDERS)
+            if have == expected and orders in (None, haveOrders):
                 return
             if time.monotonic() > deadline:
-                raise RuntimeError("the daemon's Challenge cache holds %s objects after %gs,"
-                                   " expected %d" % (have, timeout, expected))
+                raise RuntimeError("the daemon's Challenge cache holds %s objects and its Order"
+                                   " cache %s after %gs, expected %d and %s"
+                                   % (have, haveOrders, timeout, expected, orders))
             await deferLater(self.reactor, 0.05, lambda: None)
 
     async def settle(self, seconds=1.0):
@@ -247,15 +260,20 @@ class Stack:
 
     # -- Challenges ---------------------------------------------------------
     async def addChains(self, chains):
-        """Create ``chains`` in the stand-in and wait until the daemon's cache has them."""
-        before = await self.cachedChallenges()
+        """Create ``chains`` in the stand-in and wait until the daemon's caches have
+        them: cert-manager creates an Order well before its Challenges (it asks
+        the ACME server for the authorizations in between), so a Present finds
+        both in a real cluster."""
+        before, orders = await self.cachedChallenges(), await self.cachedOrders()
         self.env.addChains(chains)
-        await self.waitCachedChallenges(before + sum(len(c.challenges) for c in chains))
+        await self.waitCachedChallenges(before + sum(len(c.challenges) for c in chains),
+                                        orders=orders + len(chains))
 
     async def removeChains(self, chains):
-        before = await self.cachedChallenges()
+        before, orders = await self.cachedChallenges(), await self.cachedOrders()
         self.env.removeChains(chains)
-        await self.waitCachedChallenges(before - sum(len(c.challenges) for c in chains))
+        await self.waitCachedChallenges(before - sum(len(c.challenges) for c in chains),
+                                        orders=orders - len(chains))
 
     def requests(self, chains, action=PRESENT):
         return [self.env.aggregatorRequest(self.host, action, c.challenges[0]) for c in chains]

@@ -34,9 +34,14 @@ class IKubernetesClient(Interface):
     def get(path, params=None):
         """GET one object. :return: Deferred firing the decoded JSON object."""
 
-    def list(path, params=None):
+    def list(path, params=None, pageItems=None):
         """LIST a collection, following ``continue`` tokens.
 
+        :param pageItems: ``fn(page) -> items``, called on each page (a List
+            object) as it arrives; its result is what the merged List keeps
+            of that page.  A cache passes its trim, so a large LIST never
+            holds more than one page of whole objects (the high-water mark
+            of a restart would otherwise stay in the process's memory).
         :return: Deferred firing a List object whose ``items`` hold every page
             and whose ``metadata.resourceVersion`` is that of the first page.
         """

@@ -46,8 +46,8 @@ class HeldClient:
     def get(self, path, params=None):
         return self.fake.get(path, params)
 
-    def list(self, path, params=None):
-        return self.fake.list(path, params)
+    def list(self, path, params=None, pageItems=None):
+        return self.fake.list(path, params, pageItems)
 
     def watch(self, path, resourceVersion, onEvent, params=None):
         return self.fake.watch(path, resourceVersion, onEvent, params)

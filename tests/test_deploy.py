@@ -384,6 +384,10 @@ class RBACTests(SynchronousTestCase):
         self.assertDetected(lambda d: one(d, "ClusterRole", "kibaship-dns01:challenge-reader")[
             "rules"][0].update(verbs=["get"]), "watch on challenges.acme.cert-manager.io")
 
+    def test_orderWatchRequired(self):
+        self.assertDetected(lambda d: one(d, "ClusterRole", "kibaship-dns01:challenge-reader")[
+            "rules"][1].update(verbs=["get"]), "watch on orders.acme.cert-manager.io")
+
     def test_certificateWatchRequired(self):
         self.assertDetected(lambda d: one(d, "ClusterRole", "kibaship-dns01:challenge-reader")[
             "rules"][-1].update(verbs=["get"]), "watch on certificates.cert-manager.io")

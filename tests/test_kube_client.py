@@ -69,22 +69,41 @@ class RequestTests(ClientTestsBase):
         self.assertEqual(sum(1 for _, _, p in lists if "continue" in p), 2)
 
     @defer.inlineCallbacks
+    def test_pageItemsKeepsWhatEachPageGives(self):
+        """``pageItems`` sees each page as it arrives, before the next is asked for."""
+        for i in range(5):
+            self.store.add(challenge("c%d" % i))
+        seen = []
+
+        def keep(page):
+            seen.append((len(page["items"]), sum(1 for r in self.store.requests if r[0] == "list")))
+            return [item["spec"]["key"] for item in page["items"]]
+        result = yield self.client(pageSize=2).list(CHALLENGES, pageItems=keep)
+        self.assertEqual(seen, [(2, 1), (2, 2), (1, 3)])
+        self.assertEqual(result["items"], ["k-c%d" % i for i in range(5)])
+
+    @defer.inlineCallbacks
     def test_expiredContinueFallsBackToFullList(self):
         for i in range(4):
             self.store.add(challenge("c%d" % i))
         real = self.store.listPath
-        state = {"expired": False}
+        state = {"expired": False, "late": 0}
 
-        def listPath(path, params=None):
+        def listPath(path, params=None, **kw):
             if params and params.get("continue") and not state["expired"]:
                 state["expired"] = True
-                self.store.add(challenge("late"))
+                state["late"] += 1
+                self.store.add(challenge("late%d" % state["late"]))
                 self.store.compact()
-            return real(path, params)
+            return real(path, params, **kw)
         self.patch(self.store, "listPath", listPath)
         result = yield self.client(pageSize=2).list(CHALLENGES)
         self.assertEqual(len(result["items"]), 5)
         self.assertNotIn("limit", self.store.requests[-1][2])
+        state["expired"] = False
+        result = yield self.client(pageSize=2).list(CHALLENGES, pageItems=lambda page: [
+            item["metadata"]["name"] for item in page["items"]])
+        self.assertEqual(sorted(result["items"]), ["c0", "c1", "c2", "c3", "late1", "late2"])
 
     @defer.inlineCallbacks
     def test_postSubjectAccessReview(self):
@@ -103,6 +122,39 @@ class RequestTests(ClientTestsBase):
         for _ in range(3):
             yield c.get("/apis/acme.cert-manager.io/v1/namespaces/ns/challenges/a")
         self.assertEqual(self.server.connectionsMade, 1)
+
+    @defer.inlineCallbacks
+    def test_burstReusesABoundedSetOfConnections(self):
+        """Twisted's pool opens a connection whenever none is idle: a burst of
+        GETs queues for ``maxConcurrentRequests`` connections instead, and
+        the next burst finds them all still open."""
+        self.store.add(challenge("a"))
+        c = self.client(maxConcurrentRequests=4)
+        path = "/apis/acme.cert-manager.io/v1/namespaces/ns/challenges/a"
+        for burst in range(2):
+            results = yield defer.gatherResults([c.get(path) for _ in range(30)])
+            self.assertEqual(len(results), 30)
+            self.assertEqual(self.server.connectionsMade, 4)
+        self.assertEqual(self.server.connectionCount, 4)
+
+    @defer.inlineCallbacks
+    def test_queuedRequestBoundedAndSlotKept(self):
+        """A request waiting for a slot times out within its own bound, and a
+        cancelled wait neither takes nor frees a slot."""
+        self.store.add(challenge("a"))
+        c = self.client(maxConcurrentRequests=1, requestTimeout=0.5)
+        path = "/apis/acme.cert-manager.io/v1/namespaces/ns/challenges/a"
+        self.server.hang = True
+        first, queued, cancelled = c.get(path), c.get(path), c.get(path)
+        cancelled.cancel()
+        yield self.failsWith(cancelled, defer.CancelledError)
+        yield self.failsWith(first, errors.APITimeout)
+        e = yield self.failsWith(queued, errors.APITimeout)
+        self.assertIn("GET " + path, e.message)
+        self.assertEqual(len(self.server.hungRequests), 2)
+        self.server.hang = False
+        obj = yield c.get(path)
+        self.assertEqual(obj["metadata"]["name"], "a")
 
     @defer.inlineCallbacks
     def test_countsRequests(self):

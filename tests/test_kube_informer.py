@@ -157,6 +157,20 @@ class WatchTests(InformerTestsBase):
             self.assertNotIn("annotations", obj["metadata"])
             self.assertEqual(obj["spec"]["dnsName"], name + ".example.com")
 
+    def test_trimNoneLeavesObjectsOut(self):
+        """A trim answering ``None`` keeps only objects in some state: left out at
+        the LIST and on ADDED, dropped (``DELETED``) when one leaves that state."""
+        self.store.add(challenge("done", state="valid"))
+        self.store.add(challenge("open"))
+        inf = self.informer(trim=lambda obj: None if obj["spec"].get("state") == "valid" else obj)
+        self.assertEqual(self.names(inf), ["open"])
+        self.store.add(challenge("late", state="valid"))
+        self.assertIsNone(inf.get("ns", "late"))
+        self.store.put(challenge("open", state="valid"))
+        self.assertEqual((self.names(inf), inf.byIndex("byKey", "key-open")), ([], []))
+        self.store.delete(challenge("done"))
+        self.assertEqual(self.events, [("ADDED", "open"), ("DELETED", "open")])
+
     def test_keepFields(self):
         inf = self.informer(trim=keepFields("spec.key", "metadata.ownerReferences"))
         obj = challenge("a")
@@ -303,11 +317,11 @@ class _HangOnce(FakeKubernetesClient):
 
     hung = False
 
-    def list(self, path, params=None):
+    def list(self, path, params=None, pageItems=None):
         if not self.hung:
             self.hung = True
             return defer.Deferred()
-        return super().list(path, params)
+        return super().list(path, params, pageItems)
 
 
 class DeadlineTests(InformerTestsBase):
@@ -361,6 +375,29 @@ class StandInTests(TestCase):
 
     def waitFor(self, predicate, what):
         return pollUntil(reactor, predicate, 10, interval=0.025, what=what)
+
+    @defer.inlineCallbacks
+    def test_listTrimmedPageByPage(self):
+        """Each LIST page is trimmed as it arrives, before the next is asked for:
+        a sync never holds more than one page of whole objects."""
+        store = self.server.store
+        for i in range(5):
+            store.add(challenge("c%d" % i))
+        client = KubeClient(self.server.clientConfig(), reactor=reactor, pageSize=2)
+        self.addCleanup(client.close)
+        listsWhenTrimmed = []
+
+        def trim(obj):
+            listsWhenTrimmed.append(sum(1 for r in store.requests if r[0] == "list"))
+            return {"metadata": obj["metadata"]}
+        inf = Informer(client, CHALLENGES, reactor, "challenges", trim=trim)
+        inf.startService()
+        self.addCleanup(inf.stopService)
+        yield inf.whenSynced()
+        self.assertEqual(listsWhenTrimmed, [1, 1, 2, 2, 3])
+        self.assertEqual(sorted(o["metadata"]["name"] for o in inf.list()),
+                         ["c%d" % i for i in range(5)])
+        self.assertNotIn("spec", inf.get("ns", "c0"))
 
     @defer.inlineCallbacks
     def test_syncWatchAndReconnectAfterRestart(self):

@@ -105,6 +105,36 @@ class ListTests(SynchronousTestCase):
         self.assertEqual(rest["metadata"]["resourceVersion"], first["metadata"]["resourceVersion"])
         self.assertEqual(sorted(names(first) + names(rest)), ["c0", "c1", "c2", "c3", "c4"])
 
+    def test_newListSeesChangesAPagedOneDoesNot(self):
+        """Continue pages share their first page's snapshot; a new LIST, after a
+        change, is a new snapshot."""
+        first = self.store.listPath(CHALLENGES, {"limit": "3"})
+        self.store.delete(challenge("c0", ns="b"))
+        self.store.add(challenge("c9", ns="a"))
+        rest = self.store.listPath(CHALLENGES, {"limit": "3",
+                                                "continue": first["metadata"]["continue"]})
+        self.assertEqual(sorted(names(first) + names(rest)), ["c0", "c1", "c2", "c3", "c4"])
+        self.assertEqual(sorted(names(self.store.listPath(CHALLENGES))),
+                         ["c1", "c2", "c3", "c4", "c9"])
+
+    def test_continueWithOtherSelectorFiltersItsOwnSnapshot(self):
+        first = self.store.listPath(CHALLENGES, {"limit": "2"})
+        rest = self.store.listPath(CHALLENGES, {"labelSelector": "n in (3,4)",
+                                                "continue": first["metadata"]["continue"]})
+        self.assertEqual(names(rest), ["c4"])
+
+    def test_itemsAreCopiesUnlessAskedNot(self):
+        listed = self.store.listPath(CHALLENGES)
+        listed["items"][0]["spec"]["key"] = "changed"
+        self.assertNotEqual(self.store.listPath(CHALLENGES)["items"][0]["spec"]["key"], "changed")
+        shared = self.store.listPath(CHALLENGES, copies=False)
+        self.assertEqual(shared, self.store.listPath(CHALLENGES))
+        self.store.add(configmap("cm"))
+        self.assertNotIn("kind", self.store.listPath("/api/v1/configmaps",
+                                                     copies=False)["items"][0])
+        self.assertEqual(self.store.getObject("v1", "ConfigMap", "kube-system", "cm")["kind"],
+                         "ConfigMap")
+
     def test_expiredContinueIsGone(self):
         first = self.store.listPath(CHALLENGES, {"limit": "2"})
         self.store.add(challenge("x"))
@@ -324,6 +354,15 @@ class FakeClientTests(SynchronousTestCase):
         self.assertEqual(len(result["items"]), 5)
         self.assertNotIn("continue", result["metadata"])
         self.assertEqual(self.fake.countCalls("list"), 3)
+
+    def test_pageItemsSeesEachPage(self):
+        for i in range(5):
+            self.store.add(challenge("c%d" % i))
+        pages = []
+        result = self.successResultOf(self.fake.list(CHALLENGES, {"limit": "2"}, lambda page: (
+            pages.append(names(page)) or [o["metadata"]["name"] for o in page["items"]])))
+        self.assertEqual(pages, [["c0", "c1"], ["c2", "c3"], ["c4"]])
+        self.assertEqual(result["items"], ["c0", "c1", "c2", "c3", "c4"])
 
     def test_errorsNameTheRequest(self):
         f = self.failureResultOf(self.fake.get(CHALLENGES.replace("/challenges", "/namespaces/n/challenges/x")),

@@ -16,11 +16,12 @@ from kibaship_dns01.challenge import CLEANUP
 from kibaship_dns01.interfaces import IKubernetesClient, IProjectResolver, IReadiness
 from kibaship_dns01.project import PROJECT_LABEL, IssuerRef
 from kibaship_dns01.resolve import (
-    CHALLENGES_PATH, ChallengeGone, ChallengeResolver, ResolutionError,
+    CHALLENGES_PATH, ChainWalker, ChallengeGone, ChallengeResolver, ResolutionError,
     TransientResolutionError, trimChallenge)
 from kibaship_dns01.testing.certmanager import (
     CERTIFICATE_NAME_ANNOTATION, PROJECT_UUID, WORKSPACE_UUID, buildChain, kibashipLabels,
     requestFor)
+from kibaship_dns01.resolve.orders import trimOrder
 from kibaship_dns01.testing.fakekube import FakeKubernetesClient
 
 GROUP, SOLVER = "dns.kibaship.com", "kibaship"
@@ -41,8 +42,8 @@ class LaggingClient:
     def get(self, path, params=None):
         return self.inner.get(path, params)
 
-    def list(self, path, params=None):
-        return self.inner.list(path, params)
+    def list(self, path, params=None, pageItems=None):
+        return self.inner.list(path, params, pageItems)
 
     def post(self, path, body):
         return self.inner.post(path, body)
@@ -55,8 +56,10 @@ class LaggingClient:
                 onEvent(eventType, obj)
         return self.inner.watch(path, resourceVersion, deliver, params)
 
-    def flush(self):
-        held, self.held = self.held, []
+    def flush(self, kind=None):
+        """Deliver the held events (only those of objects of ``kind``, if given)."""
+        held = [e for e in self.held if kind is None or e[2].get("kind") == kind]
+        self.held = [e for e in self.held if e not in held]
         for onEvent, eventType, obj in held:
             onEvent(eventType, obj)
 
@@ -89,8 +92,8 @@ class HangingClient(LaggingClient):
     def get(self, path, params=None):
         return self._maybeHang("get", path, lambda: self.inner.get(path, params))
 
-    def list(self, path, params=None):
-        return self._maybeHang("list", path, lambda: self.inner.list(path, params))
+    def list(self, path, params=None, pageItems=None):
+        return self._maybeHang("list", path, lambda: self.inner.list(path, params, pageItems))
 
 
 def failureCount(reason):
@@ -148,6 +151,18 @@ class InterfaceTests(ResolverCase):
         self.start()
         self.assertTrue(self.resolver.isReady())
         self.assertEqual(self.resolver.name, "challenge-cache")
+
+    def test_notReadyUntilOrdersSynced(self):
+        """Both caches count: until the Order cache syncs every first Present GETs."""
+        self.fake.injectError(503, verb="list", path="/apis/acme.cert-manager.io/v1/orders")
+        self.start()
+        ready = self.resolver.whenReady()
+        self.assertTrue(self.resolver.informer.hasSynced)
+        self.assertFalse(self.resolver.isReady())
+        self.assertNoResult(ready)
+        self.clock.advance(60)  # the Order cache's retry (backoff) succeeds
+        self.assertTrue(self.resolver.isReady())
+        self.assertIsNone(self.successResultOf(ready))
 
 
 class FindChallengeTests(ResolverCase):
@@ -278,7 +293,8 @@ class FindChallengeTests(ResolverCase):
         self.clock.advance(self.resolver.watchGrace / 2)
         self.client.flush()
         self.assertEqual(self.successResultOf(d).challengeNamespace, "certificates")
-        self.assertEqual([c.verb for c in self.calls()], ["list", "get"])
+        # the Order's event came before the Challenge's: no GET either
+        self.assertEqual([c.verb for c in self.calls()], ["list"])
         self.assertEqual(len(self.resolver._keyWaiters), 0)
 
     def test_stopAbandonsPendingLookups(self):
@@ -310,7 +326,7 @@ class FindChallengeTests(ResolverCase):
         self.client.hang = False
         self.client.release()
         self.assertEqual(self.successResultOf(d).challengeNamespace, "certificates")
-        self.assertEqual([c.verb for c in self.calls()], ["list", "get"])
+        self.assertEqual([c.verb for c in self.calls()], ["list"])
 
     def test_graceIgnoresOtherChallenges(self):
         self.start()
@@ -391,11 +407,105 @@ class OwnerChainTests(ResolverCase):
             chain.order["metadata"]["namespace"], chain.order["metadata"]["name"])
 
     def test_labelsOnOrderStopEarly(self):
+        """The labelled Order comes from the Order cache: no round trip at all."""
         chain = buildChain()
         self.start(chain)
         ctx = self.resolve(chain.request())
-        self.assertEqual(ctx.certificateName, "ad-shop-example-com")
-        self.assertEqual([(c.verb, c.path) for c in self.calls()], [("get", self.orderPath(chain))])
+        self.assertEqual((ctx.certificateName, ctx.orderName, ctx.certificateRevision,
+                          ctx.displayName), ("ad-shop-example-com",
+                                             chain.order["metadata"]["name"], "1", "Shop"))
+        self.assertEqual(self.calls(), [])
+
+    def test_orderNotYetDeliveredIsFetched(self):
+        chain = buildChain()
+        self.start()
+        self.client.lagging = True
+        chain.addTo(self.store)
+        self.client.flush("Challenge")  # its Order's event is still on the way
+        self.resolve(chain.request())
+        self.assertEqual([(c.verb, c.path) for c in self.calls("get")],
+                         [("get", self.orderPath(chain))])
+
+    def test_unlabelledOrderIsFetched(self):
+        """Orders without the project label are not cached (label selector on the server)."""
+        chain = buildChain(labels={})
+        self.start(chain)
+        self.assertEqual(len(self.resolver.orders.informer), 0)
+        self.assertEqual({c.params.get("labelSelector") for c in self.fake.calls
+                          if "/orders" in c.path}, {PROJECT_LABEL})
+        ctx = self.resolve(chain.request(), default=DEFAULT_PROJECT)
+        self.assertEqual(ctx.projectUUID, DEFAULT_PROJECT)
+        self.assertEqual([c.path.split("/")[-2] for c in self.calls("get")],
+                         ["orders", "certificaterequests", "certificates"])
+
+    def test_finishedOrdersAreNotCached(self):
+        """Only Orders being issued are cached; a CleanUp for a finished one GETs it."""
+        done = buildChain(namespace="done")
+        done.order["status"]["state"] = "valid"
+        pending = buildChain(namespace="pending")
+        self.start(done, pending)
+        self.assertEqual([o.namespace for o in self.resolver.orders.informer.list()], ["pending"])
+        self.store.updateStatus("acme.cert-manager.io/v1", "Order", "pending",
+                                pending.order["metadata"]["name"], {"state": "valid"})
+        self.assertEqual(len(self.resolver.orders.informer), 0)
+        self.assertEqual(self.resolve(done.request(action=CLEANUP)).projectUUID, PROJECT_UUID)
+        self.assertEqual([c.path for c in self.calls("get")], [self.orderPath(done)])
+
+    def test_trimOrderKeepsWhatTheWalkReads(self):
+        chain = buildChain()
+        meta = chain.order["metadata"]
+        meta["labels"]["app.kubernetes.io/name"] = "shop"
+        meta["managedFields"] = [{"manager": "cert-manager"}]
+        meta["resourceVersion"] = "42"
+        trimmed = trimOrder(chain.order).asObject()
+        self.assertEqual(set(trimmed), {"metadata"})
+        self.assertEqual({k: v for k, v in trimmed["metadata"].items()
+                          if k not in ("labels", "annotations")},
+                         {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion")})
+        self.assertEqual(trimmed["metadata"]["labels"], kibashipLabels())
+        self.assertEqual(trimmed["metadata"]["annotations"], {
+            CERTIFICATE_NAME_ANNOTATION: "ad-shop-example-com",
+            "cert-manager.io/certificate-revision": "1", "platform.kibaship.com/name": "Shop"})
+        meta["labels"][PROJECT_LABEL] = "broken"  # the walk goes on to the request
+        self.assertEqual(trimOrder(chain.order).asObject()["metadata"]["ownerReferences"], [{
+            "apiVersion": "cert-manager.io/v1", "kind": "CertificateRequest",
+            "name": chain.certificateRequest["metadata"]["name"],
+            "uid": chain.certificateRequest["metadata"]["uid"], "controller": True}])
+        chain.order["status"]["state"] = "errored"
+        self.assertIsNone(trimOrder(chain.order))
+
+    def test_cachedOrderWithOtherUIDIsFetched(self):
+        """The cache holds an Order of that name but not the Challenge's: the GET
+        decides (here the API has the Challenge's Order: the cache was stale)."""
+        old = buildChain()
+        self.start(old)
+        self.client.lagging = True
+        old.removeFrom(self.store)
+        chain = buildChain().addTo(self.store)  # same names, new UIDs
+        self.client.flush("Challenge")  # the Order cache still holds the old Order
+        self.assertEqual(self.resolver.orders.lookup(
+            "certificates", old.order["metadata"]["name"], old.order["metadata"]["uid"])["metadata"]
+            ["uid"], old.order["metadata"]["uid"])
+        self.assertEqual(self.resolve(chain.request()).projectUUID, PROJECT_UUID)
+        self.assertEqual([c.path for c in self.calls("get")], [self.orderPath(chain)])
+
+    def test_cachedAndFetchedOrdersWalkAlike(self):
+        """The trimmed Order leads to the same context as the whole one."""
+        shapes = {"labelled": buildChain(namespace="a"),
+                  "invalid on Order": buildChain(namespace="b"),
+                  "annotation only": buildChain(namespace="c")}
+        for obj in (shapes["invalid on Order"].order, shapes["invalid on Order"].certificateRequest):
+            obj["metadata"]["labels"][PROJECT_LABEL] = "broken"
+        del shapes["annotation only"].order["metadata"]["ownerReferences"]
+        self.start(*shapes.values())
+        self.assertEqual(len(self.resolver.orders.informer), 3)
+        cached = {name: self.resolve(chain.request()) for name, chain in shapes.items()}
+        walker = ChainWalker(self.fake)
+        for name, chain in shapes.items():
+            fetched = self.successResultOf(defer.ensureDeferred(walker.walk(
+                self.store.getObject("acme.cert-manager.io/v1", "Challenge", *(
+                    chain.challenges[0]["metadata"][k] for k in ("namespace", "name"))))))
+            self.assertEqual(cached[name], fetched.context(), name)
 
     def test_labelsOnlyOnCertificate(self):
         chain = buildChain(copyLabels=False)
@@ -424,6 +534,19 @@ class OwnerChainTests(ResolverCase):
         self.assertEqual(metrics.REGISTRY.get_sample_value(
             "kibaship_dns01_cache_objects", {"cache": "challenge_chains"}), 0)
         self.fails(chain.request(), ChallengeGone)
+
+    def test_cachedChainsShareWhatTheyCan(self):
+        """A cached chain keeps its own only what differs per Challenge: the
+        issuer is one shared object, names are the cached objects' strings."""
+        a, b = buildChain(namespace="a"), buildChain(namespace="b")
+        self.start(a, b)
+        self.resolve(a.request())
+        self.resolve(b.request())
+        chainA, chainB = (self.resolver._chains[c.challenges[0]["metadata"]["uid"]] for c in (a, b))
+        self.assertIs(chainA.issuerRef, chainB.issuerRef)
+        cachedOrder = self.resolver.orders.informer.get("a", a.order["metadata"]["name"])
+        self.assertIs(chainA.labelsName, cachedOrder.name)
+        self.assertEqual(chainA.labelsFrom, "Order a/%s" % a.order["metadata"]["name"])
 
     def test_chainCacheBounded(self):
         self.resolver = ChallengeResolver(self.client, self.clock, GROUP, SOLVER,
@@ -622,7 +745,7 @@ class GoneTests(ResolverCase):
 class APIFailureTests(ResolverCase):
 
     def test_forbidden(self):
-        chain = buildChain()
+        chain = buildChain(copyLabels=False)  # not in the Order cache: the walk GETs it
         self.start(chain)
         self.fake.injectError(403, verb="get", path="/apis/acme.cert-manager.io/v1/namespaces/")
         error = self.fails(chain.request())
@@ -640,7 +763,7 @@ class APIFailureTests(ResolverCase):
         self.assertIn("ClusterRole needs list on challenges.acme.cert-manager.io", error.message)
 
     def test_unavailableIsTransient(self):
-        chain = buildChain()
+        chain = buildChain(copyLabels=False)
         self.start(chain)
         self.fake.injectError(503, verb="get")
         error = self.fails(chain.request(), TransientResolutionError)
@@ -656,7 +779,7 @@ class APIFailureTests(ResolverCase):
         self.assertIn("listing Challenges in namespace certificates failed", error.message)
 
     def test_hangingGetBoundedInTime(self):
-        chain = buildChain()
+        chain = buildChain(copyLabels=False)
         self.start(chain)
         self.client.hang = True
         before = failureCount("timeout")

@@ -63,7 +63,8 @@ class StandInCase(TestCase):
         self.resolver.startService()
         self.addCleanup(self.resolver.stopService)
         await self.resolver.informer.whenSynced()
-        await eventually(lambda: self.store.watchCount == 1, "the Challenge watch")
+        await self.resolver.orders.informer.whenSynced()
+        await eventually(lambda: self.store.watchCount == 2, "the Challenge and Order watches")
         self.mark = len(self.store.requests)
 
     def requests(self, verb=None):
@@ -90,9 +91,7 @@ class ResolveOverTheWireTests(StandInCase):
                           ctx.issuerRef.kind, ctx.challengeName),
                          (PROJECT_UUID, "shop", "web", "Issuer",
                           chain.challenges[0]["metadata"]["name"]))
-        self.assertEqual(self.requests(), [
-            ("get", "/apis/acme.cert-manager.io/v1/namespaces/shop/orders/"
-             + chain.order["metadata"]["name"])])
+        self.assertEqual(self.requests(), [], "the labelled Order comes from the Order cache")
 
     @async_test
     async def test_clusterIssuerOtherNamespace(self):
@@ -148,14 +147,28 @@ class ResolveOverTheWireTests(StandInCase):
             ("list", CHALLENGES_PATH)])
 
     @async_test
-    async def test_labelsOnOrderOneGet(self):
+    async def test_labelsOnOrderNoRoundTrip(self):
+        """The Order cache's watch is restricted to labelled Orders on the server."""
         chain = buildChain()
-        await self.start(chain)
+        await self.start(chain, buildChain(namespace="plain", labels={}))
+        self.assertEqual([o.namespace for o in self.resolver.orders.informer.list()],
+                         ["certificates"])
+        self.assertEqual({p.get("labelSelector") for v, path, p in self.store.requests
+                          if "/orders" in path}, {"platform.kibaship.com/project-uuid"})
         await self.resolver.resolve(chain.request())
-        self.assertEqual(len(self.requests("get")), 1)
-        mark = len(self.store.requests)
         await self.resolver.resolve(chain.request(action=CLEANUP))
-        self.assertEqual(len(self.store.requests), mark)
+        self.assertEqual(self.requests(), [])
+
+    @async_test
+    async def test_orderNotDeliveredYetIsFetched(self):
+        """A Challenge whose Order the watch has not delivered: one GET, as before."""
+        await self.start()
+        self.server.holdWatchEvents()
+        chain = buildChain(namespace="shop").addTo(self.store)
+        ctx = await self.resolver.resolve(chain.request())
+        self.server.releaseWatchEvents()
+        self.assertEqual(ctx.projectUUID, PROJECT_UUID)
+        self.assertEqual([p.split("/")[-2] for _, p in self.requests("get")], ["orders"])
 
     @async_test
     async def test_labelsOnlyOnCertificate(self):
@@ -224,6 +237,8 @@ class CleanUpOverTheWireTests(StandInCase):
         chain = buildChain()
         await self.start(chain)
         self.store.delete(chain.order)
+        await eventually(lambda: len(self.resolver.orders.informer) == 0,
+                         "the Order's DELETED event")
         error = await self.fails(chain.request(action=CLEANUP), ChallengeGone)
         self.assertTrue(error.gone)
         self.assertEqual(error.challenge[1], chain.challenges[0]["metadata"]["name"])
@@ -246,7 +261,7 @@ class HangingServerTests(StandInCase):
 
     @async_test
     async def test_lookupBounded(self):
-        chain = buildChain()
+        chain = buildChain(copyLabels=False)  # not in the Order cache: the walk GETs it
         await self.start(chain)
         self.server.hang = True
         error = await self.fails(chain.request(), TransientResolutionError)

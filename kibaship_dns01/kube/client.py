@@ -26,6 +26,9 @@ from kibaship_dns01.kube.errors import (APITimeout, Gone, KubeError, Unauthorize
 from kibaship_dns01.kube.tls import APIServerTLSPolicy
 
 MiB = 1024 * 1024
+#: idle-pool room beyond the request bound: the daemon's few watches (ConfigMap,
+#: Challenges, Orders, Certificates) return their connections when they end
+WATCH_CONNECTIONS = 4
 USER_AGENT = "kibaship-dns01/%s" % (__version__,)
 
 
@@ -192,6 +195,10 @@ class _WatchReader(_StreamReader):
         self.done.callback(None)
 
 
+def _allItems(page):
+    return page.get("items") or ()
+
+
 def _decodeJSON(body, what):
     try:
         return json.loads(body)
@@ -232,11 +239,21 @@ class KubeClient:
     :param watchTimeout: ``timeoutSeconds`` asked of the server when the
         caller gives none; the client gives up ``watchGrace`` seconds later.
     :param pageSize: LIST ``limit`` per page when the caller sets none.
+    :param maxConcurrentRequests: GETs, LIST pages and POSTs in flight at once;
+        more wait their turn (within their own time bound).  Twisted's pool
+        opens a new connection whenever none is idle and keeps at most
+        ``maxPersistentPerHost`` idle ones, so without this bound a burst of
+        GETs costs a TLS handshake per GET beyond the pool, every burst.
+        WATCHes are not counted: each holds its connection for minutes.
+    :param maxPersistentPerHost: idle connections kept; by default the
+        concurrency bound plus room for the connections ended watches hand
+        back, so a burst's connections all stay for the next one.
     """
 
     def __init__(self, config, reactor=None, connectTimeout=10.0, requestTimeout=30.0,
                  watchTimeout=300, watchGrace=30.0, pageSize=500, maxBodyBytes=64 * MiB,
-                 maxEventBytes=16 * MiB, maxPages=10000, maxPersistentPerHost=8):
+                 maxEventBytes=16 * MiB, maxPages=10000, maxConcurrentRequests=16,
+                 maxPersistentPerHost=None):
         if reactor is None:
             from twisted.internet import reactor
         self._config = config
@@ -248,8 +265,11 @@ class KubeClient:
         self._maxBody = maxBodyBytes
         self._maxEvent = maxEventBytes
         self._maxPages = maxPages
+        self._slots = defer.DeferredSemaphore(maxConcurrentRequests)
         self._pool = QuietConnectionPool(reactor, persistent=True)
-        self._pool.maxPersistentPerHost = maxPersistentPerHost
+        self._pool.maxPersistentPerHost = (
+            maxConcurrentRequests + WATCH_CONNECTIONS if maxPersistentPerHost is None
+            else maxPersistentPerHost)
         self._pool.retryAutomatically = True
         agent = Agent(reactor, contextFactory=APIServerTLSPolicy(config),
                       connectTimeout=connectTimeout, pool=self._pool)
@@ -325,7 +345,11 @@ class KubeClient:
         metrics.API_REQUESTS.labels(verb=verb, code=str(code)).inc()
 
     async def _once(self, verb, method, path, params, body):
+        """One request in one of the ``maxConcurrentRequests`` slots; the slot is
+        released once the body is read, when the connection is idle in the pool
+        again (twisted.web returns it before the body's end is delivered)."""
         what = "%s %s" % (method, path)
+        await self._slots.acquire()
         try:
             response, token = await self._open(method, path, params, body, what)
             data = await self._readBody(response, what)
@@ -335,6 +359,8 @@ class KubeClient:
         except KubeError:
             self._count(verb, "error")
             raise
+        finally:
+            self._slots.release()
         self._count(verb, response.code)
         if 200 <= response.code < 300:
             return _decodeJSON(data, what), token
@@ -377,18 +403,19 @@ class KubeClient:
         return self._bounded(self._request("post", "POST", path, None, body),
                              2 * self._requestTimeout, "POST " + path)
 
-    def list(self, path, params=None):
-        return defer.ensureDeferred(self._listAll(path, dict(params or {})))
+    def list(self, path, params=None, pageItems=None):
+        return defer.ensureDeferred(self._listAll(path, dict(params or {}),
+                                                  pageItems or _allItems))
 
     async def _page(self, path, params):
         return await self._bounded(self._request("list", "GET", path, params),
                                    2 * self._requestTimeout, "LIST " + path)
 
-    async def _listAll(self, path, params):
+    async def _listAll(self, path, params, pageItems):
         """Merge ``continue`` pages; an expired token falls back to one unpaged LIST."""
         params.setdefault("limit", str(self._pageSize))
         first = await self._page(path, params)
-        items = list(first.get("items") or [])
+        items = list(pageItems(first))
         token, pages = first.get("metadata", {}).get("continue"), 1
         while token:
             if pages >= self._maxPages:
@@ -398,8 +425,10 @@ class KubeClient:
             except Gone:
                 unpaged = dict(params)
                 unpaged.pop("limit", None)
-                return await self._page(path, unpaged)
-            items.extend(page.get("items") or [])
+                whole = await self._page(path, unpaged)
+                whole["items"] = list(pageItems(whole))
+                return whole
+            items.extend(pageItems(page))
             token, pages = page.get("metadata", {}).get("continue"), pages + 1
         first["items"] = items
         first.setdefault("metadata", {}).pop("continue", None)

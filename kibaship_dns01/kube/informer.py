@@ -15,6 +15,7 @@ and jitter between failed attempts, capped at :data:`MAX_RETRY_DELAY` and
 never sooner than a 429's ``Retry-After`` (``details.retryAfterSeconds``).
 """
 import random
+import sys
 
 from twisted.application import service
 from twisted.internet import defer
@@ -34,8 +35,11 @@ MAX_RETRY_DELAY = 5.0
 
 
 def _key(obj):
+    """``(namespace, name)``; the namespace interned, since every key holds one
+    and a cache has many objects per namespace."""
     md = obj.get("metadata") or {}
-    return md.get("namespace"), md.get("name")
+    namespace = md.get("namespace")
+    return sys.intern(namespace) if type(namespace) is str else namespace, md.get("name")
 
 
 def retryAfter(error):
@@ -112,7 +116,14 @@ class Informer(service.Service):
         (cluster-wide) or ``/api/v1/namespaces/kube-system/configmaps``.
     :param clock: ``IReactorTime`` for backoff timers.
     :param name: cache name for metrics, logs and readiness.
-    :param trim: ``fn(obj) -> obj`` applied to every object before it is stored.
+    :param trim: ``fn(obj) -> obj`` applied to every object before it is stored;
+        ``None`` leaves the object out, as if deleted (a cache of the objects in
+        some state only: one that leaves it is dropped with a ``DELETED``).
+        Objects are keyed by the whole object's namespace and name, so the
+        trimmed form may be anything ``version`` can read.
+    :param version: ``fn(trimmed) -> resourceVersion`` (default: its
+        ``metadata.resourceVersion``); a relist skips objects whose version
+        did not change.
     :param indexers: ``{"indexName": fn(obj) -> list[str]}``.
     :param params: extra query parameters for LIST and WATCH (selectors).
     """
@@ -121,9 +132,10 @@ class Informer(service.Service):
 
     def __init__(self, client, path, clock, name, trim=None, indexers=None, params=None,
                  backoff=None, healthyWatchSeconds=10.0, rng=None, listTimeout=300.0,
-                 watchGrace=60.0):
+                 watchGrace=60.0, version=None):
         self.client, self.path, self.clock, self.name = client, path, clock, name
         self._trim = trim or (lambda obj: obj)
+        self._version = version or _rvOf
         self._indexes = {n: _Index(fn) for n, fn in (indexers or {}).items()}
         self._params = dict(params or {})
         self._rng = rng or random.Random()
@@ -132,6 +144,7 @@ class Informer(service.Service):
         self._listTimeout = listTimeout
         self._watchGrace = watchGrace
         self._objects = {}
+        self._size = metrics.CACHE_OBJECTS.labels(cache=name)
         self._listeners = []
         self._waiters = []
         self._rv = None
@@ -210,7 +223,8 @@ class Informer(service.Service):
         self._timer = None
         if not self.running:
             return
-        d = self._track(self.client.list(self.path, dict(self._params)))
+        d = self._track(self.client.list(self.path, dict(self._params),
+                                         pageItems=self._trimPage))
         d.addTimeout(self._listTimeout, self.clock)
         d.addCallbacks(self._listed, self._failed, errbackArgs=("LIST",))
 
@@ -316,46 +330,65 @@ class Informer(service.Service):
             index.remove(key)
 
     def _upsert(self, obj):
-        obj = self._trim(obj)
-        key = _key(obj)
+        key, trimmed = _key(obj), self._trim(obj)
+        if trimmed is None:  # left out of the cache (now)
+            self._drop(key, None)
+            return
         kind = "MODIFIED" if key in self._objects else "ADDED"
-        self._store(key, obj)
-        self._changed(kind, obj)
+        self._store(key, trimmed)
+        self._changed(kind, trimmed)
 
     def _delete(self, obj):
-        key = _key(obj)
+        self._drop(_key(obj), self._trim(obj) if obj.get("metadata") else None)
+
+    def _drop(self, key, last):
+        """Forget ``key``; listeners see its ``last`` (trimmed) state, else the cached one."""
         old = self._objects.pop(key, None)
         self._unindex(key)
         if old is not None:
-            self._changed("DELETED", self._trim(obj) if obj.get("metadata") else old)
+            self._changed("DELETED", last if last is not None else old)
 
-    def _replace(self, listResult):
-        """Swap in a fresh LIST, emitting the difference as events."""
-        kind = (listResult.get("kind") or "")[:-4] if str(listResult.get("kind", "")).endswith(
+    def _trimPage(self, page):
+        """One LIST page's items as ``(key, trimmed)``, trimmed as the page
+        arrives (see :meth:`~kibaship_dns01.interfaces.IKubernetesClient.list`);
+        items of typed lists (``ConfigMapList``) get the kind and apiVersion
+        they lack."""
+        kind = (page.get("kind") or "")[:-4] if str(page.get("kind", "")).endswith(
             "List") else None
-        apiVersion = listResult.get("apiVersion")
-        fresh = {}
-        for item in listResult.get("items") or []:
+        apiVersion = page.get("apiVersion")
+        trimmed = []
+        for item in page.get("items") or ():
             if kind:
                 item.setdefault("kind", kind)
             if apiVersion:
                 item.setdefault("apiVersion", apiVersion)
-            obj = self._trim(item)
-            fresh[_key(obj)] = obj
+            kept = self._trim(item)
+            if kept is not None:
+                trimmed.append((_key(item), kept))
+        return trimmed
+
+    def _replace(self, listResult):
+        """Swap in a fresh LIST (its items ``(key, trimmed)`` pairs, see
+        :meth:`_trimPage`), emitting the difference as events."""
+        fresh = dict(listResult.get("items") or ())
         old = self._objects
         for key in [k for k in old if k not in fresh]:
             gone = self._objects.pop(key)
             self._unindex(key)
-            self._changed("DELETED", gone)
+            self._changed("DELETED", gone, count=False)
         for key, obj in fresh.items():
             before = old.get(key)
-            if before is not None and _rvOf(before) == _rvOf(obj):
+            if before is not None and self._version(before) == self._version(obj):
                 continue
             self._store(key, obj)
-            self._changed("ADDED" if before is None else "MODIFIED", obj)
+            self._changed("ADDED" if before is None else "MODIFIED", obj, count=False)
+        self._size.set(len(self._objects))
 
-    def _changed(self, kind, obj):
-        metrics.CACHE_OBJECTS.labels(cache=self.name).set(len(self._objects))
+    def _changed(self, kind, obj, count=True):
+        """Tell the listeners; ``count=False`` within a relist, which sets the
+        size gauge once at its end."""
+        if count:
+            self._size.set(len(self._objects))
         for fn in list(self._listeners):
             try:
                 fn(kind, obj)
@@ -364,7 +397,7 @@ class Informer(service.Service):
                                  kind=kind)
 
     def _markSynced(self):
-        metrics.CACHE_OBJECTS.labels(cache=self.name).set(len(self._objects))
+        self._size.set(len(self._objects))
         if self.hasSynced:
             return
         self.hasSynced = True

@@ -22,7 +22,7 @@ the idempotency records and the mark live; a relist after that finds no mark
 and appends nothing.  Which Valkey: see :mod:`.targets`.
 """
 from twisted.application import service
-from twisted.internet import task
+from twisted.internet import defer, task
 from twisted.logger import Logger
 
 from kibaship_dns01 import metrics
@@ -120,9 +120,13 @@ class CertificateWatcher(service.Service):
     name = "certificate-progress"
 
     def __init__(self, client, publisher, targets, clock, book, notes, window, follower,
-                 limit=8):
+                 limit=8, startAfter=None):
         """:param follower: the :class:`~.challenges.ChallengeFollower`, whose
-        ``target`` turns settings into a Valkey target the same way."""
+        ``target`` turns settings into a Valkey target the same way.
+        :param startAfter: ``fn() -> Deferred``; the Certificate LIST waits for it
+        (the resolver's readiness: ``/readyz`` does not wait for Certificates, so
+        a restart's CPU goes first to the caches it does wait for)."""
+        self._startAfter = startAfter
         self._publisher = publisher
         self._clock = clock
         self._book = book
@@ -141,7 +145,12 @@ class CertificateWatcher(service.Service):
         log.info("watching Certificates labelled {label} for issued/failed events; Certificates"
                  " without it (platform certificates using defaultProjectUUID) get none",
                  label=PROJECT_LABEL)
-        self.informer.startService()
+        waited = self._startAfter() if self._startAfter is not None else defer.succeed(None)
+        waited.addCallback(self._startInformer)
+
+    def _startInformer(self, _):
+        if self.running and not self.informer.running:
+            self.informer.startService()
 
     def stopService(self):
         super().stopService()

@@ -35,7 +35,8 @@ class ProgressService(service.MultiService):
             clusterResourceNamespace=clusterResourceNamespace, window=window,
             refreshInterval=refreshInterval, maxReminders=maxReminders)
         self.certificates = CertificateWatcher(client, publisher, targets, clock, self.book,
-                                               self.notes, window, self.follower)
+                                               self.notes, window, self.follower,
+                                               startAfter=resolver.whenReady)
         self.certificates.setServiceParent(self)
 
     def startService(self):

@@ -1,5 +1,6 @@
 """Challenge objects: the trimmed cache form, the ``spec.key`` index, matching a request."""
 import json
+import sys
 
 import attr
 from twisted.logger import Logger
@@ -22,8 +23,9 @@ def _get(obj, *path):
     return obj
 
 
-#: Canonical copies of small values most Challenges share (namespace, issuerRef,
-#: webhook group/solver, owner apiVersion/kind), bounded so odd input cannot grow it.
+#: Canonical copies of small values most Challenges share (issuerRef, the webhook
+#: solver, a chain's IssuerRef), bounded so odd input cannot grow it; strings
+#: are interned instead (:func:`_sharedStr`).
 _SHARED = {}
 _SHARED_MAX = 4096
 
@@ -39,7 +41,9 @@ def _shared(key, make=None):
 
 
 def _sharedStr(value):
-    return _shared(("s", value), lambda: value) if isinstance(value, str) else value
+    """The interned copy of a string that many cached objects hold (namespace,
+    state, owner kind): held only while some object refers to it."""
+    return sys.intern(value) if type(value) is str else value
 
 
 def _trimOwner(ref):
@@ -60,8 +64,8 @@ STATUS_FIELDS = ("state", "reason", "processing", "presented")
 def _sharedWebhook(webhook, strategy=None):
     """The solver (webhook group, name, issuer config; ``cnameStrategy``) as one
     shared dict: every Challenge of one issuer carries the same."""
-    names = _strItems({key: value for key, value in webhook.items()
-                       if key in ("groupName", "solverName")})
+    names = tuple((key, webhook[key]) for key in ("groupName", "solverName")
+                  if isinstance(webhook.get(key), str))
     config = webhook.get("config")
     configKey = json.dumps(config, sort_keys=True) if config is not None else None
 
@@ -120,10 +124,11 @@ def trimChallenge(obj):
     if isinstance(spec.get("issuerRef"), dict):
         items = _strItems(spec["issuerRef"])
         trimmedSpec["issuerRef"] = _shared(("issuerRef",) + items, lambda: dict(items))
-    strategy = _get(spec, "solver", "dns01", "cnameStrategy")
+    dns01 = _get(spec, "solver", "dns01") or {}
+    strategy = dns01.get("cnameStrategy") if isinstance(dns01, dict) else None
     strategy = strategy if isinstance(strategy, str) else None
     out = {"metadata": trimmed, "spec": trimmedSpec}
-    webhook = _get(spec, "solver", "dns01", "webhook")
+    webhook = dns01.get("webhook") if isinstance(dns01, dict) else None
     if isinstance(webhook, dict):
         trimmedSpec["solver"] = _sharedWebhook(webhook, strategy)
         if "creationTimestamp" in meta:

@@ -5,7 +5,8 @@ from kibaship_dns01.kube import errors
 from kibaship_dns01.project import (
     PROJECT_LABEL, InvalidProjectLabel, IssuerRef, ProjectLabels, hasProjectLabel, isProjectUUID,
     parseProjectLabels, withLabels)
-from kibaship_dns01.resolve.challenges import _challengeRef, _get, describe, followsCNAME
+from kibaship_dns01.resolve.challenges import (
+    _challengeRef, _get, _shared, describe, followsCNAME)
 from kibaship_dns01.resolve.errors import (
     _DEFAULT_HINT, _MISSING_LABEL_HINT, ChallengeGone, ResolutionError, TransientResolutionError)
 
@@ -89,6 +90,12 @@ def certificateNameOf(kind, obj):
     return name if isinstance(name, str) and name else None
 
 
+def _issuerRef(spec):
+    """One shared :class:`IssuerRef` per issuer: every chain of an issuer has the same."""
+    ref = IssuerRef.fromSpec(spec)
+    return _shared(("IssuerRef", ref.name, ref.kind, ref.group), lambda: ref)
+
+
 def _revisionOf(obj):
     value = _get(obj, "metadata", "annotations", REVISION_ANNOTATION)
     return value if isinstance(value, str) and value.isdigit() else None
@@ -111,13 +118,23 @@ class Chain:
     wildcard: bool
     #: ``cnameStrategy: Follow`` on the Challenge's solver
     followsCNAME: bool
-    #: the object whose labels count, e.g. ``Certificate certificates/ad-x``
-    labelsFrom: str
+    #: the kind and name of the object whose labels count (in the Challenge's
+    #: namespace, like the whole chain); see :attr:`labelsFrom`
+    labelsKind: str
+    labelsName: str
     #: its validated labels
     project: ProjectLabels
     #: the Certificate revision being issued (the Order's or request's
     #: ``cert-manager.io/certificate-revision``), when known
     certificateRevision: object = None
+
+    @property
+    def labelsFrom(self):
+        """The object whose labels count, e.g. ``Certificate certificates/ad-x``.
+
+        Built when asked (error messages): one per cached chain would be the
+        largest thing the chain holds that no other cache shares."""
+        return "%s %s/%s" % (self.labelsKind, self.challengeNamespace, self.labelsName)
 
     @property
     def certificateNamespace(self):
@@ -159,12 +176,17 @@ class Chain:
 class ChainWalker:
     """Walks Challenge -> Order -> CertificateRequest -> Certificate.
 
-    Stateless apart from the client: :class:`ChallengeResolver` owns caching
-    and the overall deadline.
+    Stateless apart from the client and the Order cache: :class:`ChallengeResolver`
+    owns caching and the overall deadline.
+
+    :param orders: an :class:`~kibaship_dns01.resolve.orders.OrderCache` (or
+        ``None``): the Order comes from it when it holds the one the
+        Challenge names, so a labelled chain costs no API round trip.
     """
 
-    def __init__(self, client):
+    def __init__(self, client, orders=None):
         self._client = client
+        self._orders = orders
 
     async def walk(self, challenge):
         """:return: the :class:`Chain` of ``challenge`` (a Challenge object)."""
@@ -173,7 +195,8 @@ class ChainWalker:
             raise self._broken(challenge, describe("Challenge", challenge),
                                "controller ownerReference to an Order")
         kind, child = ORDER, describe("Challenge", challenge)
-        obj = await self._fetch(challenge, child, _Hop(ORDER, orderRef["name"], orderRef.get("uid")))
+        hop = _Hop(ORDER, orderRef["name"], orderRef.get("uid"))
+        obj = self._cachedOrder(challenge, hop) or await self._fetch(challenge, child, hop)
         orderName, certificateName, revision = obj["metadata"]["name"], None, None
         while True:
             certificateName = certificateNameOf(kind, obj) or certificateName
@@ -210,9 +233,15 @@ class ChainWalker:
         return Chain(
             challengeNamespace=meta["namespace"], challengeName=meta["name"],
             challengeUID=meta.get("uid") or "", orderName=orderName,
-            certificateName=certificateName, issuerRef=IssuerRef.fromSpec(spec.get("issuerRef")),
+            certificateName=certificateName, issuerRef=_issuerRef(spec.get("issuerRef")),
             wildcard=bool(spec.get("wildcard")), followsCNAME=followsCNAME(challenge),
-            labelsFrom=labelsFrom, project=project, certificateRevision=revision)
+            labelsKind=kind.kind, labelsName=_get(obj, "metadata", "name"), project=project,
+            certificateRevision=revision)
+
+    def _cachedOrder(self, challenge, hop):
+        if self._orders is None:
+            return None
+        return self._orders.lookup(challenge["metadata"]["namespace"], hop.name, hop.uid)
 
     async def _fetch(self, challenge, child, hop):
         """GET the next object; a deleted or replaced owner means the chain is gone."""

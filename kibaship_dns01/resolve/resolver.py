@@ -1,6 +1,4 @@
 """The resolver service: cache lookup, bounded fallback LISTs, cached chains."""
-import collections
-
 from twisted.application import service
 from twisted.internet import defer
 from twisted.python.failure import Failure
@@ -14,6 +12,7 @@ from kibaship_dns01.kube.informer import Informer
 from kibaship_dns01.resolve.challenges import (
     CHALLENGES_PATH, KEY_INDEX, ChallengeQuery, _get, challengeKeys, trimChallenge)
 from kibaship_dns01.resolve.errors import ChallengeGone, ResolutionError, TransientResolutionError
+from kibaship_dns01.resolve.orders import OrderCache
 from kibaship_dns01.resolve.ownerchain import ChainWalker
 
 #: Upper bound on cached chains; entries normally leave on the Challenge's
@@ -22,6 +21,11 @@ MAX_CACHED_CHAINS = 20000
 
 
 # --- the resolver service ------------------------------------------------------
+
+def _trimmedItems(page):
+    """A fallback LIST keeps only the trimmed Challenges of each page as it arrives."""
+    return [trimChallenge(obj) for obj in page.get("items") or ()]
+
 
 class KeyWaiters:
     """Lookups waiting for the watch to deliver a Challenge with their key.
@@ -82,8 +86,9 @@ class KeyWaiters:
 class ChallengeResolver(service.Service):
     """Resolves challenge requests to :class:`~kibaship_dns01.project.ProjectContext`.
 
-    Owns the cluster-wide Challenge :class:`~kibaship_dns01.kube.informer.Informer`;
-    ready once that cache has synced.
+    Owns the cluster-wide Challenge :class:`~kibaship_dns01.kube.informer.Informer`
+    and the cache of Kibaship Orders (:mod:`~kibaship_dns01.resolve.orders`);
+    ready once both have synced.
     """
 
     name = "challenge-cache"
@@ -96,8 +101,9 @@ class ChallengeResolver(service.Service):
         self.solverName = solverName
         self.lookupTimeout = lookupTimeout
         self._maxChains = maxCachedChains
-        self._walker = ChainWalker(client)
-        self._chains = collections.OrderedDict()
+        self.orders = OrderCache(client, clock)
+        self._walker = ChainWalker(client, self.orders)
+        self._chains = {}  # uid -> Chain, least recently used first (insertion order)
         self._lists = SharedCalls()
         self._walks = SharedCalls()
         self._keyWaiters = KeyWaiters(clock)
@@ -111,17 +117,27 @@ class ChallengeResolver(service.Service):
     def startService(self):
         super().startService()
         self.informer.startService()
+        self.orders.informer.startService()
 
     def stopService(self):
-        """Stop the cache and abandon pending lookups (their timers and fallback LISTs)."""
+        """Stop the caches and abandon pending lookups (their timers and fallback LISTs)."""
         super().stopService()
         self._keyWaiters.cancelAll()
         self._lists.cancelAll()
         self._walks.cancelAll()
-        return self.informer.stopService()
+        return defer.gatherResults([self.informer.stopService(),
+                                    self.orders.informer.stopService()]).addCallback(
+            lambda _: None)
 
     def isReady(self):
-        return bool(self.informer.hasSynced)
+        """Both caches synced: before that every first Present would GET its Order."""
+        return bool(self.informer.hasSynced and self.orders.informer.hasSynced)
+
+    def whenReady(self):
+        """A new Deferred firing ``None`` once :meth:`isReady` (never fails)."""
+        return defer.gatherResults([self.informer.whenSynced(),
+                                    self.orders.informer.whenSynced()]).addCallback(
+            lambda _: None)
 
     # cache of walked chains
 
@@ -140,12 +156,15 @@ class ChallengeResolver(service.Service):
             self._keyWaiters.notify(obj)
 
     def _remember(self, uid, chain):
+        """Cache ``chain``, dropping the least recently walked beyond the bound
+        (a plain dict in insertion order: an ``OrderedDict`` node per chain
+        would cost more than the rest of what a chain keeps of its own)."""
         if not uid:
             return
+        self._chains.pop(uid, None)
         self._chains[uid] = chain
-        self._chains.move_to_end(uid)
         while len(self._chains) > self._maxChains:
-            self._chains.popitem(last=False)
+            del self._chains[next(iter(self._chains))]
         self._countChains()
 
     def _countChains(self):
@@ -256,8 +275,8 @@ class ChallengeResolver(service.Service):
                 "/apis/acme.cert-manager.io/v1/namespaces/%s/challenges" % (namespace,))
         where = "in namespace %s" % (namespace,) if namespace else "in all namespaces"
         try:
-            return await self._lists.call(path, lambda: self._client.list(path).addCallback(
-                lambda result: [trimChallenge(obj) for obj in result.get("items") or ()]))
+            return await self._lists.call(path, lambda: self._client.list(
+                path, pageItems=_trimmedItems).addCallback(lambda result: result["items"]))
         except errors.Forbidden as e:
             raise ResolutionError(
                 "cannot list Challenges %s: %s; the daemon's ClusterRole needs list on"

@@ -73,18 +73,20 @@ class FakeKubernetesClient:
     def get(self, path, params=None):
         return self._call("get", path, params, lambda: self.store.getPath(path, params))
 
-    def list(self, path, params=None):
-        return defer.ensureDeferred(self._listAll(path, dict(params or {})))
+    def list(self, path, params=None, pageItems=None):
+        return defer.ensureDeferred(self._listAll(path, dict(params or {}),
+                                                  pageItems or (lambda page: page["items"])))
 
-    async def _listAll(self, path, params):
+    async def _listAll(self, path, params, pageItems):
         """Follow ``continue`` tokens like the real client: one call per page."""
         first = await self._call("list", path, params, lambda: self.store.listPath(path, params))
         result, token = first, first["metadata"].get("continue")
+        result["items"] = list(pageItems(first))
         while token:
             pageParams = dict(params, **{"continue": token})
             page = await self._call("list", path, pageParams,
                                     lambda p=pageParams: self.store.listPath(path, p))
-            result["items"].extend(page["items"])
+            result["items"].extend(pageItems(page))
             token = page["metadata"].get("continue")
         result["metadata"].pop("continue", None)
         result["metadata"].pop("remainingItemCount", None)

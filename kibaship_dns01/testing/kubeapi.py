@@ -154,7 +154,8 @@ class _APIResource(Resource):
     def _crud(self, request, method, path, params, name):
         store = self._server.store
         if method == "GET":
-            return _dumps(store.getPath(path, params) if name else store.listPath(path, params))
+            return _dumps(store.getPath(path, params) if name else store.listPath(
+                path, params, copies=False))
         if method == "POST" and name is None:
             request.setResponseCode(201)
             return _dumps(store.postPath(path, self._body(request)))

@@ -20,6 +20,7 @@ resolver depend on it:
 - SubjectAccessReview / TokenReview endpoints whose decisions tests program.
 """
 import base64
+import bisect
 import collections
 import copy
 import datetime
@@ -279,6 +280,26 @@ def _decodeContinue(token):
         raise _badRequest("continue key is not valid: %s" % (e,))
 
 
+#: LIST snapshots kept for their continue pages (a few LISTs page at once at most)
+_SNAPSHOTS_KEPT = 8
+
+
+@attr.s(slots=True, frozen=True)
+class _ListSnapshot:
+    """One LIST's matching objects at its resourceVersion: ``keys`` in list
+    order, ``positions`` their ``(namespace, name)`` for finding a continue
+    point by bisection, ``state`` key -> object (shared, never mutated)."""
+
+    keys = attr.ib()
+    positions = attr.ib()
+    state = attr.ib()
+
+    @classmethod
+    def of(cls, state, selector):
+        keys = sorted(k for k, o in state.items() if selector.matches(o))
+        return cls(keys, [(k[1] or "", k[2]) for k in keys], state)
+
+
 _EXPIRED_CONTINUE = (
     "The provided continue parameter is too old to display a consistent list result. "
     "You can start a new list without the continue parameter.")
@@ -294,6 +315,7 @@ class KubeStore:
     def __init__(self, historyLimit=1000, resources=DEFAULT_RESOURCES):
         self._objects = {}
         self._history = collections.deque()
+        self._snapshots = collections.OrderedDict()
         self._historyLimit = historyLimit
         self._compactedRV = 0
         self._rv = 1
@@ -551,8 +573,9 @@ class KubeStore:
         return copy.deepcopy(obj)
 
     def _inScope(self, resource, namespace):
+        collection = resource.collectionPath
         for key, obj in self._objects.items():
-            if key[0] == resource.collectionPath and (namespace is None or key[1] == namespace):
+            if key[0] == collection and (namespace is None or key[1] == namespace):
                 yield key, obj
 
     def _snapshot(self, resource, namespace, rv):
@@ -572,8 +595,13 @@ class KubeStore:
                 state[event.key] = event.prev
         return state
 
-    def listPath(self, path, params=None):
-        """LIST a collection (``limit``, ``continue``, selectors) as a List object."""
+    def listPath(self, path, params=None, copies=True):
+        """LIST a collection (``limit``, ``continue``, selectors) as a List object.
+
+        :param copies: ``False`` returns the stored objects themselves as items,
+            for a caller that only serialises them (the stand-in server):
+            deep-copying every item of every page was most of a large LIST's cost.
+        """
         params = params or {}
         self._enter("list", path, params)
         resource, namespace, name = self.parsePath(path)
@@ -583,14 +611,38 @@ class KubeStore:
         rv, start = self._rv, None
         if params.get("continue"):
             rv, start = _decodeContinue(params["continue"])
-        state = self._snapshot(resource, namespace, rv) if start is not None else dict(
-            self._inScope(resource, namespace))
-        keys = sorted(k for k, o in state.items() if selector.matches(o))
+        snapshot = self._listSnapshot(resource, namespace, rv, start is not None, params,
+                                      selector)
+        first = 0
         if start is not None:
             after = tuple(start.split("/", 1)) if "/" in start else ("", start)
-            keys = [k for k in keys if (k[1] or "", k[2]) > after]
+            first = bisect.bisect_right(snapshot.positions, after)
         counted = not (params.get("labelSelector") or params.get("fieldSelector"))
-        return self._page(resource, state, keys, rv, self._limit(params), counted)
+        return self._page(resource, snapshot, first, rv, self._limit(params), counted, copies)
+
+    def _listSnapshot(self, resource, namespace, rv, continued, params, selector):
+        """The matching objects at ``rv``, sorted: built once per LIST and reused
+        by each of its ``continue`` pages (a page used to rebuild it all).
+
+        Stored objects are replaced on change, never mutated, so a snapshot
+        holding references stays what the scope was at ``rv``; an expired
+        ``rv`` still answers 410 whether or not the snapshot is kept.
+        """
+        if continued and rv < self._compactedRV:
+            raise _fail(410, "Expired", _EXPIRED_CONTINUE)
+        cacheKey = (resource.collectionPath, namespace, rv, params.get("labelSelector") or "",
+                    params.get("fieldSelector") or "")
+        snapshot = self._snapshots.get(cacheKey)
+        if snapshot is not None:
+            self._snapshots.move_to_end(cacheKey)
+            return snapshot
+        state = self._snapshot(resource, namespace, rv) if continued else dict(
+            self._inScope(resource, namespace))
+        snapshot = _ListSnapshot.of(state, selector)
+        self._snapshots[cacheKey] = snapshot
+        while len(self._snapshots) > _SNAPSHOTS_KEPT:
+            self._snapshots.popitem(last=False)
+        return snapshot
 
     @staticmethod
     def _limit(params):
@@ -600,27 +652,30 @@ class KubeStore:
             raise _badRequest("invalid limit: %r" % (params.get("limit"),))
         return limit if limit > 0 else None
 
-    def _page(self, resource, state, keys, rv, limit, counted):
-        """One page; ``remainingItemCount`` only without selectors (ListMeta docs)."""
-        page, rest = (keys[:limit], keys[limit:]) if limit else (keys, [])
+    def _page(self, resource, snapshot, first, rv, limit, counted, copies=True):
+        """One page from ``first``; ``remainingItemCount`` only without selectors
+        (ListMeta docs)."""
+        end = min(first + limit, len(snapshot.keys)) if limit else len(snapshot.keys)
+        page = snapshot.keys[first:end]
         metadata = {"resourceVersion": str(rv)}
-        if rest:
+        if end < len(snapshot.keys):
             last = page[-1]
             metadata["continue"] = _encodeContinue(rv, "%s/%s" % (last[1] or "", last[2]))
             if counted:
-                metadata["remainingItemCount"] = len(rest)
-        items = [self._listItem(resource, state[k]) for k in page]
+                metadata["remainingItemCount"] = len(snapshot.keys) - end
+        items = [self._listItem(resource, snapshot.state[k], copies) for k in page]
         return {"kind": resource.listKind, "apiVersion": resource.apiVersion,
                 "metadata": metadata, "items": items}
 
     @staticmethod
-    def _listItem(resource, obj):
+    def _listItem(resource, obj, copies=True):
         """Typed (core) lists carry no kind/apiVersion per item; CRD lists do."""
-        item = copy.deepcopy(obj)
         if not resource.group:
+            item = copy.deepcopy(obj) if copies else dict(obj)
             item.pop("kind", None)
             item.pop("apiVersion", None)
-        return item
+            return item
+        return copy.deepcopy(obj) if copies else obj
 
     def watchPath(self, path, params, onEvent, onEnd):
         """Start a WATCH; returns a :class:`Watch`.
