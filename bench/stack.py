@@ -205,6 +205,7 @@ class Stack:
                                     logPath=os.path.join(self.workdir, "daemon.log"))
         started, ownBefore = time.monotonic(), ownCPU()
         self.daemon.start()
+        self._daemonPid = self.daemon.pid  # the transport forgets it once the process ended
         if onSpawn is not None:
             onSpawn(self.daemon.pid)
         await self.daemon.waitReady("https://localhost:%d" % self.port,
@@ -213,9 +214,8 @@ class Stack:
 
     async def stopDaemon(self):
         if self.daemon is not None:
-            pid = self.daemon.pid
             await self.daemon.stop()
-            os.replace(self.daemon.logPath, self.daemon.logPath + ".%d" % pid)
+            os.replace(self.daemon.logPath, self.daemon.logPath + ".%d" % self._daemonPid)
             self.daemon = None
 
     async def startFloor(self):

@@ -26,6 +26,7 @@ from kibaship_dns01.config import Defaults, SeenIssuerConfigs
 from kibaship_dns01.credentials import SecretReader
 from kibaship_dns01.kube.client import KubeClient
 from kibaship_dns01.logs import buildObserver
+from kibaship_dns01.memory import MemoryTrimmer
 from kibaship_dns01.progress.service import ProgressService
 from kibaship_dns01.resolve import ChallengeResolver
 from kibaship_dns01.solver import Solver, TargetFactory
@@ -277,4 +278,5 @@ def buildService(settings, reactor, kubeConfig, stdout=None):
                    gracePeriod=settings.shutdownGracePeriod).setServiceParent(root)
     if settings.metricsPort:
         buildMetricsService(settings, reactor).setServiceParent(root)
+    MemoryTrimmer(reactor).setServiceParent(root)
     return root

@@ -284,8 +284,10 @@ def makeService(options):
     """Build the daemon's ``MultiService`` from parsed :class:`Options`."""
     from twisted.internet import reactor
 
+    from kibaship_dns01.limits import ensureOpenFiles
     from kibaship_dns01.service import StopOnSIGTERM, buildService
 
+    ensureOpenFiles(options.settings.maxConnections)
     root = buildService(options.settings, reactor, options.kubeConfig)
     StopOnSIGTERM(reactor).setServiceParent(root)
     return root

@@ -294,7 +294,7 @@ class MatrixTests(TestCase):
                          ["CN=front-proxy-ca-2", "CN=kubernetes-client-ca"])
 
     async def caNames(self):
-        options = httpclient._clientOptions("localhost", self.site.ca.certPEM)
+        options = httpclient.clientTLSOptions("localhost", self.site.ca.certPEM)
         endpoint = SSL4ClientEndpoint(reactor, "127.0.0.1", self.site.port, options)
         proto = _CANames()
         await connectProtocol(endpoint, proto)

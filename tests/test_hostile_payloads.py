@@ -53,6 +53,8 @@ class Stack:
         self.client = MemoryClient(self.site)
 
     def post(self, body):
+        if self.client.transport.disconnecting:  # closed after its last answer: reconnect
+            self.client = MemoryClient(self.site)
         return parseResponse(self.client.send(postRequest(SOLVER_PATH, body)))
 
     def entries(self, target=None):

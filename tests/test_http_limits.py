@@ -10,6 +10,7 @@ from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
 
 from kibaship_dns01 import metrics
+from kibaship_dns01.api.channel import ABORT_TIMEOUT
 from kibaship_dns01.api.connections import REFUSAL_LOG_INTERVAL, LimitedTLSFactory
 from kibaship_dns01.api.discovery import APIIdentity
 from kibaship_dns01.api.site import APIResource, APISite
@@ -74,12 +75,65 @@ class ReadDeadlineTests(SynchronousTestCase):
         self.assertEqual(timeouts("body") - before, 1)
         self.assertEqual(self.solver.calls, [])
 
-    def test_anOversizedBodySentSlowlyIsCutOffToo(self):
-        request = postRequest(SOLVER_PATH, b"x" * (2 * 1024 * 1024))
-        for i in range(5):
-            self.client.send(request[i * 65536:(i + 1) * 65536])
+    def test_anOversizedChunkedBodySentSlowlyIsCutOffToo(self):
+        head = (b"POST " + SOLVER_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+        self.client.send(head)
+        for _ in range(5):
+            self.client.send(b"10000\r\n" + b"x" * 65536 + b"\r\n")
             self.clock.advance(1)
         self.assertTimedOut("body", self.client.transport.value(), 5)
+
+    def oversizedHead(self, length):
+        return (b"POST " + SOLVER_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % length)
+
+    def test_aBodyAnnouncedOverTheLimitIsRefusedAtOnce(self):
+        """``Content-Length`` over ``--max-body-bytes``: 413 at once, not after the body
+        timeout; what follows the head is read and dropped, never parsed as a request,
+        and the connection closes once the body is over (issue 12)."""
+        smuggled = postRequest(SOLVER_PATH, BODY)
+        length = 2 * 1024 * 1024
+        response = parseResponse(self.client.send(self.oversizedHead(length) + smuggled))
+        self.assertEqual(response.code, 413)
+        self.assertEqual(json.loads(response.body)["reason"], "RequestEntityTooLarge")
+        self.assertEqual(response.headers[b"connection"], b"close")
+        self.assertFalse(self.client.transport.disconnecting, "still reading the body")
+        self.client.send(b"x" * (length - len(smuggled) - 1))
+        self.assertFalse(self.client.transport.disconnecting)
+        # the last body byte, and a client that did not wait for the close
+        self.assertEqual(self.client.send(b"x" + smuggled), b"", "nothing after the 413")
+        self.assertTrue(self.client.transport.disconnecting, "closed at the body's end")
+        self.assertEqual(self.client.send(smuggled), b"")
+        self.assertEqual(self.solver.calls, [], "the bytes after the head were not a request")
+
+    def test_aRefusedBodyThatNeverEndsIsCutAtTheBodyDeadline(self):
+        self.client.send(self.oversizedHead(10 ** 12))
+        self.clock.advance(5)
+        self.assertTrue(self.client.transport.disconnecting)
+        self.assertEqual(self.client.transport.value(), b"", "no 408 after the 413")
+        self.clock.advance(ABORT_TIMEOUT)
+        self.assertTrue(self.client.transport.disconnected)
+
+    def test_largeAndChunkedBodiesStayInMemory(self):
+        """Twisted puts chunked bodies and bodies of 100,000 bytes or more in a temporary
+        file; the Deployment's /tmp is a 16 MiB emptyDir (issue 12's slow-clients drill)."""
+        import tempfile
+
+        def noTemporaryFiles(*args, **kw):
+            raise AssertionError("a request body was written to a temporary file")
+
+        self.patch(tempfile, "TemporaryFile", noTemporaryFiles)
+        big = json.loads(BODY)
+        big["request"]["config"] = {"uiHints": {"note": "x" * 200000}}
+        response = parseResponse(self.client.send(postRequest(SOLVER_PATH, json.dumps(
+            big).encode())))
+        self.assertEqual(response.code, 201, response.body)
+        chunked = (b"POST " + SOLVER_PATH.encode() + b" HTTP/1.1\r\nHost: x\r\n"
+                   b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+                   b"%x\r\n%s\r\n0\r\n\r\n" % (len(BODY), BODY))
+        self.assertEqual(parseResponse(self.client.send(chunked)).code, 201)
+        self.assertEqual(len(self.solver.calls), 2)
 
     def test_keptAliveConnectionsGetAFreshDeadlinePerRequest(self):
         for _ in range(3):

@@ -261,6 +261,25 @@ class IdleEvictionTests(SynchronousTestCase):
         self.assertEqual([c.closed for c in made], [True, True])
         self.assertEqual(clock.getDelayedCalls(), [])
 
+    def test_distinctTargetsAreCapped(self):
+        """Tenants write issuer configs: 100 distinct usernames must not keep 100
+        clients (issue 12's fuzz drill); the least recently used idle ones go first."""
+        clock = Clock()
+        made = []
+        publisher = ValkeyPublisher(clock, maxClients=3, clientFactory=lambda t: (
+            made.append(FakeClient(t)) or made[-1]))
+        publisher.startService()
+        busy = defer.Deferred()
+        publisher._run(ValkeyTarget(seeds="busy:1"), lambda client: busy)
+        for n in range(100):
+            clock.advance(1)
+            self.successResultOf(publisher.check(ValkeyTarget(seeds="a:1", username="u%d" % n)))
+        self.assertEqual(len(publisher._entries), 3)
+        open_ = [c.target.username or c.target.seeds[0] for c in made if not c.closed]
+        self.assertEqual(open_, ["busy:1", "u98", "u99"], "in flight kept, then the newest")
+        busy.callback(None)
+        self.successResultOf(publisher.stopService())
+
     def test_newerCredentialsCallableUsed(self):
         publisher = ValkeyPublisher(Clock(), clientFactory=FakeClient)
         publisher.startService()

@@ -41,7 +41,6 @@ stand-in sends watch BOOKMARKs every few seconds, as kube-apiserver does (about
 once a minute), so that a quiet watch can resume from a recent version.
 """
 import collections
-import json
 import os
 import sys
 import time

@@ -5,6 +5,7 @@ encode) -> respond.  Routing happens after authorization, as in
 ``k8s.io/apiserver``, so an unauthenticated caller learns nothing about paths.
 Every error is a Kubernetes ``Status`` (SPEC §4).
 """
+import io
 import time
 
 from twisted.internet import defer
@@ -34,7 +35,15 @@ class BoundedRequest(server.Request):
 
     Twisted reads the whole body before ``render``; without this a client
     could make us buffer any amount.  Bytes past the limit are discarded and
-    the request is answered 413 without parsing.
+    the request is answered 413 without parsing (a body *announced* over the
+    limit is answered at once by the channel: see :mod:`~kibaship_dns01.api.channel`).
+
+    The body is always buffered in memory: Twisted's default puts chunked
+    bodies and bodies of 100,000 bytes or more in a temporary file, and in the
+    Deployment ``/tmp`` is a 16 MiB ``emptyDir`` (the root is read-only), so a
+    few unauthenticated clients sending large bodies slowly would fill it and
+    get the pod evicted (found by issue 12's slow-clients drill).  In memory it
+    is bounded by ``maxBodyBytes`` per connection.
     """
 
     tooLarge = False
@@ -45,10 +54,10 @@ class BoundedRequest(server.Request):
         self.started = time.monotonic()
 
     def gotLength(self, length):
+        # replaces Twisted's, whose only job is choosing BytesIO or a temporary file
         if length is not None and length > self.channel.site.maxBodyBytes:
             self.tooLarge = True
-            length = 0
-        super().gotLength(length)
+        self.content = io.BytesIO()
 
     def handleContentChunk(self, data):
         if self.tooLarge:

@@ -28,7 +28,8 @@ class Response:
         return json.loads(self.body)
 
 
-def _clientOptions(hostname, caPEM, clientPair=None):
+def clientTLSOptions(hostname, caPEM, clientPair=None):
+    """Client TLS options trusting ``caPEM`` (nothing else), presenting ``clientPair`` if given."""
     trust = ssl.Certificate.loadPEM(caPEM) if caPEM else None
     kw = {"trustRoot": trust} if trust is not None else {}
     if clientPair is not None:
@@ -44,7 +45,7 @@ class _Policy:
         self.clientPair = clientPair
 
     def creatorForNetloc(self, hostname, port):
-        return _clientOptions(hostname.decode("ascii"), self.caPEM, self.clientPair)
+        return clientTLSOptions(hostname.decode("ascii"), self.caPEM, self.clientPair)
 
 
 class Session:
@@ -106,7 +107,7 @@ class _Handshake(Protocol):
 
 async def peerCertificatePEM(reactor, host, port, caPEM, hostname="localhost"):
     """The PEM certificate a TLS server presents to a new connection."""
-    endpoint = SSL4ClientEndpoint(reactor, host, port, _clientOptions(hostname, caPEM))
+    endpoint = SSL4ClientEndpoint(reactor, host, port, clientTLSOptions(hostname, caPEM))
     proto = _Handshake()
     await connectProtocol(endpoint, proto)
     return await proto.done

@@ -4,7 +4,11 @@ It implements :class:`~kibaship_dns01.interfaces.IStreamPublisher` and owns
 one :class:`~kibaship_dns01.valkey.cluster.ClusterClient` per distinct
 :class:`~kibaship_dns01.valkey.target.ValkeyTarget` (issuers may point at
 different clusters), created on first use, closed when idle for
-``idleTimeout`` and all closed by ``stopService``.
+``idleTimeout`` and all closed by ``stopService``.  At most ``maxClients``
+are kept: a target comes from an issuer's config, which tenants write, so
+every distinct ``username`` or timeout would otherwise cost a client (about
+140 KiB and a socket per node) for ``idleTimeout``; past the cap the least
+recently used idle client is closed first (the fuzz drill of issue 12 found it).
 
 ``append`` is the interface method (fires the entry id); ``appendEvent``
 fires an :class:`AppendResult` with the sequence number and whether the call
@@ -84,11 +88,13 @@ class ValkeyPublisher(service.Service):
 
     name = "valkey-publisher"
 
-    def __init__(self, reactor=None, poolSize=2, idleTimeout=600.0, clientFactory=None):
+    def __init__(self, reactor=None, poolSize=2, idleTimeout=600.0, clientFactory=None,
+                 maxClients=32):
         if reactor is None:
             from twisted.internet import reactor
         self.reactor = reactor
         self.idleTimeout = idleTimeout
+        self.maxClients = maxClients
         self._clientFactory = clientFactory or (
             lambda target: ClusterClient(reactor, target, poolSize=poolSize))
         self._entries = {}
@@ -126,11 +132,20 @@ class ValkeyPublisher(service.Service):
                                     "or stopping); retry shortly")
         entry = self._entries.get(target)
         if entry is None:
+            self._makeRoom()
             entry = self._entries[target] = _Entry(
                 self._clientFactory(target), self.reactor.seconds())
         # an equal target may carry a newer credentials callable
         entry.client.target = target
         return entry
+
+    def _makeRoom(self):
+        """Below ``maxClients`` again by closing the least recently used idle clients
+        (clients with calls in flight stay: the cap may be exceeded while they run)."""
+        idle = sorted((e.lastUsed, i, t) for i, (t, e) in enumerate(self._entries.items())
+                      if e.inFlight == 0)
+        for _, _, target in idle[:max(0, len(self._entries) - self.maxClients + 1)]:
+            self._entries.pop(target).client.close()
 
     def _run(self, target, call):
         """Run ``call(client)`` counting it as in flight for idle eviction."""
