@@ -86,7 +86,7 @@ def _daemonSite(clock, chains):
                     TargetFactory(SecretReader(kube, clock)), clock, Defaults())
     api = APIResource(APIIdentity(group=GROUP, solver=SOLVER), solver, authenticator=authn,
                       authorizer=authz, clock=clock)
-    return APISite(api, reactor=clock)
+    return APISite(api, logSuccesses=False, reactor=clock)  # as the daemon at --log-level info
 
 
 def _bodies(chains, action="Present"):

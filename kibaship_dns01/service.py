@@ -184,7 +184,7 @@ def buildAPISite(settings, tls, solver, clock, authenticator=None, authorizer=No
     return APISite(resource, maxBodyBytes=settings.maxBodyBytes,
                    headerTimeout=settings.requestHeaderTimeout,
                    bodyTimeout=settings.requestBodyTimeout, idleTimeout=settings.idleTimeout,
-                   reactor=clock)
+                   logSuccesses=settings.logLevel == "debug", reactor=clock)
 
 
 class QuietSite(Site):

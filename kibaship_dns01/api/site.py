@@ -265,11 +265,15 @@ class APISite(server.Site):
 
     def __init__(self, resource, maxBodyBytes=DEFAULT_MAX_BODY,
                  headerTimeout=DEFAULT_HEADER_TIMEOUT, bodyTimeout=DEFAULT_BODY_TIMEOUT,
-                 idleTimeout=DEFAULT_IDLE_TIMEOUT, **kw):
+                 idleTimeout=DEFAULT_IDLE_TIMEOUT, logSuccesses=True, **kw):
         # no form parsing: it parses every POST's Content-Type through the email
         # package only to find that a ChallengePayload is not a form
         super().__init__(resource, parsePOSTFormSubmission=False, timeout=idleTimeout, **kw)
         self.maxBodyBytes = maxBodyBytes
+        #: whether answers below 400 are logged (at debug) at all; the daemon passes
+        #: ``--log-level debug``, since the observer would drop them anyway and making
+        #: the event is a measurable part of a retry's CPU
+        self.logSuccesses = logSuccesses
         self.headerTimeout = headerTimeout
         self.bodyTimeout = bodyTimeout
 
@@ -279,10 +283,11 @@ class APISite(server.Site):
         requests only at higher verbosity; every Present/CleanUp already has its
         ``challenge_decision`` line, and a second line per request would double the
         logging cost of the busiest path."""
+        metrics.labelled(metrics.HTTP_REQUESTS, _route(request), str(request.code)).inc()
+        if request.code < 400 and not self.logSuccesses:
+            return
         user = request.user.name if getattr(request, "user", None) else None
         duration = time.monotonic() - request.started
-        route = _route(request)
-        metrics.labelled(metrics.HTTP_REQUESTS, route, str(request.code)).inc()
         emit = log.info if request.code >= 400 else log.debug
         emit("{method} {path} {code} {duration_ms}ms user={user}",
                  method=request.method.decode("ascii", "replace"), path=_path(request),
