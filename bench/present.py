@@ -74,7 +74,7 @@ class PresentBench:
         rss = rssMiB(self.stack.daemon.pid)
         self.rows.append(report.valueRow("rss_cached", "RSS, %d Challenges cached" % len(
             self.cached), rss, "%.1f MiB" % rss))
-        await self.afterTrim("RSS, %d Challenges cached, after a heap trim" % len(self.cached))
+        await self.afterTrim()
         await self.warmUp()
         if self.wants("floor"):
             await self.stack.startFloor()
@@ -109,9 +109,9 @@ class PresentBench:
         self.rows.append(report.valueRow(rssKey, rssLabel, rss, "%.1f MiB" % rss))
         say("daemon ready in %.2f s, RSS %.1f MiB" % (seconds, rss))
         if rssKey == "rss_cached":
-            await self.afterTrim(rssLabel + ", after a heap trim")
+            await self.afterTrim()
 
-    async def afterTrim(self, label):
+    async def afterTrim(self, label="  the same after a heap trim"):
         """RSS once the daemon's periodic heap trim (``kibaship_dns01.memory``) has run
         after the cache filled: what stays, rather than the decoding's freed garbage
         glibc had not yet handed back.  Not in a ``--quick`` smoke run."""
