@@ -39,10 +39,8 @@ from bench.drills import common, ingress  # noqa: E402
 from bench.drills.common import say  # noqa: E402
 from bench.stack import cpuSeconds, rssMiB  # noqa: E402
 from kibaship_dns01.testing.certmanager import numberedChains, projectUUIDs  # noqa: E402
-from kibaship_dns01.testing.daemon import ChildOutput  # noqa: E402
 from kibaship_dns01.testing.polling import pollUntil  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 CLASSES = ("payload", "http", "credentials")
 MIX = {"payload": 60, "http": 25, "credentials": 15}
 
@@ -151,14 +149,8 @@ class FuzzDrill:
         them send it, and read the daemon once it is done and again after the pause."""
         workers = []
         for i, spec in enumerate(specs):
-            path = os.path.join(self.stack.workdir, "fuzz-%d.json" % i)
-            with open(path, "w") as f:
-                json.dump(spec, f)
-            proto = ChildOutput()
-            argv = [sys.executable, os.path.join(HERE, "fuzzworker.py"), path]
-            transport = self.reactor.spawnProcess(proto, argv[0], argv, env=dict(os.environ),
-                                                  path=self.stack.workdir)
-            workers.append((proto, transport))
+            workers.append(ingress.spawnClient(self.reactor, self.stack, "fuzzworker.py",
+                                               "fuzz-%d" % i, spec))
         say("%d workers drawing %d inputs with hypothesis ..." % (
             len(specs), self.args.budget + self.args.warmup))
         self.parts = []

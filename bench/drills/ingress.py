@@ -15,7 +15,9 @@ daemon did:
 * :func:`section`: a heading and aligned rows in a :class:`~bench.drills.common.Tally`.
 """
 import collections
+import json
 import os
+import sys
 import time
 
 from twisted.internet import task
@@ -24,7 +26,10 @@ from bench.drills.common import Tally
 from bench.drills.wire import identityFiles
 from bench.stack import logProblems, rssMiB
 from kibaship_dns01.testing import pki
+from kibaship_dns01.testing.daemon import ChildOutput
 from kibaship_dns01.testing.valkeycluster import inThread, streamEntries as _parseXRange
+
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 # --- identities ----------------------------------------------------------------
@@ -40,6 +45,21 @@ def writeIdentities(stack):
     for name, pair in pairs.items():
         pair.writeTo(*identityFiles(stack.workdir, name))
     return {name: identityFiles(stack.workdir, name) for name in ("front-proxy", *pairs)}
+
+
+# --- client processes --------------------------------------------------------------
+
+def spawnClient(reactor, stack, script, name, spec):
+    """Run ``bench/drills/<script>`` in its own process with ``spec`` (written as
+    ``<name>.json`` in the work directory); :return: ``(ChildOutput, transport)``."""
+    path = os.path.join(stack.workdir, name + ".json")
+    with open(path, "w") as f:
+        json.dump(spec, f)
+    proto = ChildOutput()
+    argv = [sys.executable, os.path.join(HERE, script), path]
+    transport = reactor.spawnProcess(proto, argv[0], argv, env=dict(os.environ),
+                                     path=stack.workdir)
+    return proto, transport
 
 
 # --- /proc probes ----------------------------------------------------------------

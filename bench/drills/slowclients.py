@@ -42,10 +42,8 @@ from bench.drills.ingress import mib  # noqa: E402
 from bench.stack import rssMiB  # noqa: E402
 from kibaship_dns01.api.connections import DEFAULT_MAX_CONNECTIONS  # noqa: E402
 from kibaship_dns01.testing.certmanager import numberedChains, projectUUIDs  # noqa: E402
-from kibaship_dns01.testing.daemon import ChildOutput  # noqa: E402
 from kibaship_dns01.testing.polling import pollUntil  # noqa: E402
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 #: the Deployment's memory limit (deploy/base/deployment.yaml)
 DEPLOYMENT_LIMIT_MIB = 384
 P99_TARGET_MS = 50.0
@@ -126,17 +124,12 @@ class SlowClientsDrill:
     async def attackers(self, modes, hold):
         """Start ``bench/drills/attackers.py``; :return: ``(proto, transport)`` once every
         connection is up."""
-        path = os.path.join(self.stack.workdir, "attack-%d.json" % len(self.figures))
         spec = {"host": "127.0.0.1", "port": self.stack.port,
                 "caFile": os.path.join(self.stack.workdir, "ca.crt"),
                 "request": base64.b64encode(self.normal[0]).decode(),
                 "interval": self.args.interval, "hold": hold, "modes": modes, "ramp": 60}
-        with open(path, "w") as f:
-            json.dump(spec, f)
-        proto = ChildOutput()
-        argv = [sys.executable, os.path.join(HERE, "attackers.py"), path]
-        transport = self.reactor.spawnProcess(proto, argv[0], argv, env=dict(os.environ),
-                                              path=self.stack.workdir)
+        proto, transport = ingress.spawnClient(self.reactor, self.stack, "attackers.py",
+                                               "attack-%d" % len(self.figures), spec)
         up = json.loads(await proto.firstLine().addTimeout(120, self.reactor))
         return proto, transport, up
 
