@@ -205,7 +205,6 @@ class Stack:
                                     logPath=os.path.join(self.workdir, "daemon.log"))
         started, ownBefore = time.monotonic(), ownCPU()
         self.daemon.start()
-        self._daemonPid = self.daemon.pid  # the transport forgets it once the process ended
         if onSpawn is not None:
             onSpawn(self.daemon.pid)
         await self.daemon.waitReady("https://localhost:%d" % self.port,
@@ -215,7 +214,7 @@ class Stack:
     async def stopDaemon(self):
         if self.daemon is not None:
             await self.daemon.stop()
-            os.replace(self.daemon.logPath, self.daemon.logPath + ".%d" % self._daemonPid)
+            os.replace(self.daemon.logPath, self.daemon.logPath + ".%d" % self.daemon.pid)
             self.daemon = None
 
     async def startFloor(self):

@@ -81,6 +81,7 @@ class DaemonProcess:
         self.logPath = logPath
         self.proto = ChildOutput()
         self.transport = None
+        self._pid = None
 
     def start(self):
         argv = TWISTD + ["-n", "--pidfile=", "kibaship-dns01"] + self.args
@@ -96,11 +97,13 @@ class DaemonProcess:
         finally:
             if childFDs is not None:
                 os.close(logFD)  # the child holds its own copy
+        self._pid = self.transport.pid  # the transport forgets it once the process ended
 
     @property
     def pid(self):
-        """The daemon's process id (``twistd -n`` runs in the spawned process itself)."""
-        return self.transport.pid
+        """The daemon's process id (``twistd -n`` runs in the spawned process itself),
+        still known once it has exited (to name its log, say)."""
+        return self._pid
 
     @property
     def output(self):
