@@ -211,10 +211,16 @@ def checkDaemon(tally, stack):
     """No crash, nothing unexpected in the log."""
     alive = stack.daemon is not None and not stack.daemon.proto.ended.called
     tally.check("daemon still running (no crash)", alive)
-    problems = logProblems(stack.daemon.logPath)
-    tally.check("no error, traceback or unhandled failure in the daemon's log", not problems,
-                "%d line(s), first: %s" % (len(problems), problems[0][:300]) if problems
-                else "%s clean" % os.path.basename(stack.daemon.logPath))
+    tally.check(*logVerdict(stack.daemon.logPath))
+
+
+def logVerdict(path):
+    """``(what, passed, detail)``: :func:`~bench.stack.logProblems` (errors,
+    tracebacks, unhandled failures) found nothing in the daemon's log at ``path``."""
+    problems = logProblems(path)
+    return ("no error, traceback or unhandled failure in the daemon's log", not problems,
+            "%d line(s), first: %s" % (len(problems), problems[0][:300]) if problems
+            else "%s clean" % os.path.basename(path))
 
 
 # --- running ---------------------------------------------------------------------

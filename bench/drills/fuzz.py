@@ -284,7 +284,7 @@ class FuzzDrill:
             ("no 5xx other than 503", not [s for s in fiveXX if s != "503"],
              ", ".join("%s: %d" % kv for kv in sorted(fiveXX.items()))),
             ("no violation seen by the clients", violations == 0, ""),
-            ingress.logVerdict(self.stack.daemon.logPath),
+            common.logVerdict(self.stack.daemon.logPath),
             ("nothing appended for a refused or bent input", mainNew + canaryNew + sum(
                 otherNew.values()) == 0, ", ".join("%s: %d" % kv for kv in otherNew.items())),
             ("RSS after the last round's pause within %g %% of the baseline (after the "

@@ -24,7 +24,7 @@ from twisted.internet import task
 
 from bench.drills.common import Tally
 from bench.drills.wire import identityFiles
-from bench.stack import logProblems, rssMiB
+from bench.stack import rssMiB
 from kibaship_dns01.testing import pki
 from kibaship_dns01.testing.daemon import ChildOutput
 from kibaship_dns01.testing.valkeycluster import inThread, streamEntries as _parseXRange
@@ -198,15 +198,6 @@ def countsBy(metrics, name, label):
 
 
 # --- the daemon's log ---------------------------------------------------------------
-
-def logVerdict(path, what="the daemon's log"):
-    """``(what, passed, detail)``: ``logProblems`` (errors, tracebacks, unhandled
-    failures) found nothing in ``path``."""
-    problems = logProblems(path)
-    return ("no error, traceback or unhandled failure in %s" % what, not problems,
-            "%d line(s), first: %s" % (len(problems), problems[0][:300]) if problems
-            else "clean")
-
 
 def logCount(path, needle):
     """Lines of a log holding ``needle``."""

@@ -288,7 +288,7 @@ class SlowClientsDrill:
              "%s -> %s" % (mib(attack["before"]["rss"]), mib(attack["after"]["rss"]))),
             ("--max-connections idle connections fit the Deployment's %d MiB" %
              DEPLOYMENT_LIMIT_MIB, self.capRSS() < DEPLOYMENT_LIMIT_MIB, mib(self.capRSS())),
-            ingress.logVerdict(self.stack.daemon.logPath),
+            common.logVerdict(self.stack.daemon.logPath),
         ]
         if "cap" in f:
             cap = f["cap"]
