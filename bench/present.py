@@ -26,7 +26,7 @@ sys.path.insert(0, ROOT)
 
 
 from bench import pyspy, report  # noqa: E402
-from bench.stack import Stack, commitDescription, rssMiB, runWithCluster  # noqa: E402
+from bench.stack import Stack, commitDescription, fillSizes, rssMiB, runWithCluster  # noqa: E402
 from kibaship_dns01.memory import DEFAULT_INTERVAL as TRIM_INTERVAL  # noqa: E402
 from kibaship_dns01.testing.certmanager import numberedChains, projectUUIDs  # noqa: E402
 
@@ -364,9 +364,7 @@ def parseArgs(argv):
                    " restart: the daemon's start after the restart (with --only restart)")
     p.add_argument("--workdir", help="keep certificates, logs and profiles here")
     args = p.parse_args(argv)
-    for name, (full, quick) in SIZES.items():
-        if getattr(args, name) is None:
-            setattr(args, name, quick if args.quick else full)
+    fillSizes(args, SIZES)
     if args.profile:
         pyspy.findPySpy()
         args.profile = os.path.abspath(args.profile)

@@ -39,6 +39,15 @@ SUCCESS = '"success":true'
 
 # --- running a bench or drill ---------------------------------------------------
 
+def fillSizes(args, sizes):
+    """Give every option of ``sizes`` (``{dest: (default, --quick default)}``) the
+    command line left unset its full or its ``--quick`` value; :return: ``args``."""
+    for name, (full, quick) in sizes.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick if args.quick else full)
+    return args
+
+
 def commitDescription():
     """The checked-out commit, ``+uncommitted changes`` when tracked files differ."""
     def git(*argv):

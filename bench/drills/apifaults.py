@@ -54,6 +54,7 @@ from twisted.internet.task import deferLater  # noqa: E402
 from bench import loadgen  # noqa: E402
 from bench.drills import common  # noqa: E402
 from bench.drills.common import percentile, say, seconds  # noqa: E402
+from bench.stack import fillSizes  # noqa: E402
 from kibaship_dns01.testing.certmanager import numberedChains, projectUUIDs  # noqa: E402
 
 FAULTS = ("restart", "slow", "500", "429")
@@ -87,11 +88,8 @@ def parseArgs(argv):
     p.add_argument("--quick", action="store_true",
                    help="200 cached Challenges, 3 s + 12 s + 8 s per fault")
     args = p.parse_args(argv)
-    defaults = {"cached": (1000, 200), "pre": (5.0, 3.0), "fault_seconds": (30.0, 12.0),
-                "post": (15.0, 8.0)}
-    for name, (full, quick) in defaults.items():
-        if getattr(args, name) is None:
-            setattr(args, name, quick if args.quick else full)
+    fillSizes(args, {"cached": (1000, 200), "pre": (5.0, 3.0), "fault_seconds": (30.0, 12.0),
+                     "post": (15.0, 8.0)})
     args.faults = [f for f in args.faults.split(",") if f]
     unknown = set(args.faults) - set(FAULTS)
     if unknown:

@@ -42,6 +42,7 @@ from twisted.internet.task import deferLater  # noqa: E402
 from bench import loadgen  # noqa: E402
 from bench.drills import common  # noqa: E402
 from bench.drills.common import percentile, say, seconds  # noqa: E402
+from bench.stack import fillSizes  # noqa: E402
 from kibaship_dns01.testing.certmanager import numberedChains, projectUUIDs  # noqa: E402
 from kibaship_dns01.testing.valkeycluster import streamEntries  # noqa: E402
 from kibaship_dns01.valkey.cluster import ClusterClient  # noqa: E402
@@ -70,8 +71,7 @@ def parseArgs(argv):
     p.add_argument("--timeout", type=float, default=30.0, help="per attempt, in s")
     p.add_argument("--quick", action="store_true", help="1,000 Presents over 12 projects")
     args = p.parse_args(argv)
-    if args.presents is None:
-        args.presents = 1000 if args.quick else 10000
+    fillSizes(args, {"presents": (10000, 1000)})
     if args.quick:
         args.projects = min(args.projects, 12)
     return args

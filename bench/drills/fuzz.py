@@ -37,7 +37,7 @@ sys.path.insert(0, ROOT)
 
 from bench.drills import common, ingress  # noqa: E402
 from bench.drills.common import say  # noqa: E402
-from bench.stack import cpuSeconds, rssMiB  # noqa: E402
+from bench.stack import cpuSeconds, fillSizes, rssMiB  # noqa: E402
 from kibaship_dns01.testing.certmanager import numberedChains, projectUUIDs  # noqa: E402
 from kibaship_dns01.testing.polling import pollUntil  # noqa: E402
 
@@ -72,13 +72,8 @@ def parseArgs(argv):
     unknown = set(args.only) - set(CLASSES)
     if unknown:
         p.error("unknown class(es): %s" % ", ".join(sorted(unknown)))
-    if args.budget is None:
-        args.budget = 3000 if args.quick else 100000
-    if args.pause is None:
-        args.pause = 35.0 if args.quick else 40.0
-    if args.warmup is None:
-        args.warmup = 400 if args.quick else 2000
-    return args
+    return fillSizes(args, {"budget": (100000, 3000), "pause": (40.0, 35.0),
+                            "warmup": (2000, 400)})
 
 
 def shares(budget, classes, workers):

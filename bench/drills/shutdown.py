@@ -35,7 +35,7 @@ from twisted.internet import defer, task  # noqa: E402
 
 from bench.drills import common, ingress, wire  # noqa: E402
 from bench.drills.common import say  # noqa: E402
-from bench.stack import logProblems  # noqa: E402
+from bench.stack import fillSizes, logProblems  # noqa: E402
 from kibaship_dns01.api.connections import CLOSE_SETTLE  # noqa: E402
 from kibaship_dns01.api.lifecycle import CANCEL_SETTLE  # noqa: E402
 from kibaship_dns01.testing.certmanager import numberedChains, projectUUIDs  # noqa: E402
@@ -61,9 +61,7 @@ def parseArgs(argv):
     p.add_argument("--only", choices=("grace", "deployment"), help="one scenario only")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
-    if args.in_flight is None:
-        args.in_flight = 40 if args.quick else 200
-    return args
+    return fillSizes(args, {"in_flight": (200, 40)})
 
 
 class Scenario:

@@ -39,7 +39,7 @@ from twisted.internet import defer  # noqa: E402
 from bench.drills import common, ingress  # noqa: E402
 from bench.drills.common import say  # noqa: E402
 from bench.drills.ingress import mib  # noqa: E402
-from bench.stack import rssMiB  # noqa: E402
+from bench.stack import fillSizes, rssMiB  # noqa: E402
 from kibaship_dns01.api.connections import DEFAULT_MAX_CONNECTIONS  # noqa: E402
 from kibaship_dns01.testing.certmanager import numberedChains, projectUUIDs  # noqa: E402
 from kibaship_dns01.testing.polling import pollUntil  # noqa: E402
@@ -68,11 +68,8 @@ def parseArgs(argv):
     p.add_argument("--no-cap", action="store_true", help="skip the over-the-cap phase")
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
-    for name, full, quick in (("slowloris", 1000, 200), ("greedy", 60, 12), ("idle", 1000, 200),
-                              ("baseline", 15.0, 5.0), ("attack", 60.0, 15.0)):
-        if getattr(args, name) is None:
-            setattr(args, name, quick if args.quick else full)
-    return args
+    return fillSizes(args, {"slowloris": (1000, 200), "greedy": (60, 12), "idle": (1000, 200),
+                            "baseline": (15.0, 5.0), "attack": (60.0, 15.0)})
 
 
 def split(total, weights):
