@@ -135,3 +135,41 @@ class IReadiness(Interface):
 
     def isReady():
         """:return: ``True`` once loaded and current."""
+
+
+class IDelegationStore(Interface):
+    """The challenge keys served at delegation labels (SPEC §13, issue 21).
+
+    Every replica reads the same store, so a key added before a Present is
+    answered is served by all of them.  Labels are those of
+    :mod:`kibaship_dns01.delegation.names`; keys are the ACME key
+    authorization digests cert-manager sends (43 base64url characters).
+    """
+
+    def add(label, key, ttl):
+        """Serve ``key`` at ``label`` for ``ttl`` seconds from now (idempotent: adding
+        a key again only renews its expiry). :return: Deferred firing ``None``
+        once every replica would serve it."""
+
+    def withdraw(label, key):
+        """Stop serving ``key`` at ``label`` (idempotent). :return: Deferred firing ``None``."""
+
+    def keys(label):
+        """The keys now served at ``label``.
+
+        :return: Deferred firing a sequence of ``str`` (empty: nothing served);
+            it fails when the store cannot answer (the DNS responder then says
+            SERVFAIL, never a wrong NXDOMAIN).
+        """
+
+
+class ICNAMEChecker(Interface):
+    """Whether a user's ``_acme-challenge`` name already delegates (issue 21)."""
+
+    def check(name, target):
+        """Does ``name`` resolve, through the recursive resolvers, to a CNAME whose
+        target is ``target`` (both without the trailing dot)?
+
+        :return: Deferred firing ``True``, ``False``, or ``None`` when the resolvers
+            did not answer in time; it never fails.
+        """
