@@ -91,6 +91,11 @@ class Defaults:
     def addr(self):
         return f"{self.valkeyService}.{self.valkeyNamespace}.svc.cluster.local:{self.valkeyPort}"
 
+    def valkeySettings(self):
+        """The ``ValkeySettings`` of the daemon's own Valkey (what an issuer config
+        without ``valkey`` gets)."""
+        return parseIssuerConfig(None, self.valkeyNamespace, self).valkey
+
     @classmethod
     def fromSettings(cls, s):
         return cls(valkeyNamespace=s.valkeyNamespace, valkeyService=s.valkeyService,

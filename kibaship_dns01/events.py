@@ -147,18 +147,22 @@ def requestChallengeID(request, context):
                        request.key)
 
 
-def buildEvent(request, context, config, now, eventID=None, deadlineHint=None):
+def buildEvent(request, context, config, now, eventID=None, deadlineHint=None,
+               delegation=None):
     """The v1 event for ``request`` in ``context`` under issuer ``config``.
 
     :param now: an aware ``datetime`` (from the injected clock).
     :param deadlineHint: seconds the user has left, when known.
+    :param delegation: a ``present``'s CNAME offer (``Delegation.asPayload``), when
+        delegated renewals are on and the challenge is eligible.
     """
     namespace = context.certificateNamespace or context.challengeNamespace
     cid = requestChallengeID(request, context)
     payload = _challengePayload(request.operation, cid, request.resolvedFQDN,
                                 request.resolvedZone, request.key, config.ttl, request.dnsName,
                                 request.delegated, context, now)
-    _withOptional(payload, uiHints=config.uiHintsDict or None, deadlineHint=deadlineHint)
+    _withOptional(payload, uiHints=config.uiHintsDict or None, deadlineHint=deadlineHint,
+                  delegation=delegation)
     return _envelope(context, request.operation, cid, namespace, payload, now, eventID)
 
 
@@ -190,6 +194,8 @@ def presentMark(event, context, now, ttl):
     details = {"challenge_id": event.challengeID, "fqdn": payload["fqdn"],
                "zone": payload["zone"], "ttl": payload["ttl"],
                "delegated": payload["delegated"], "presentedAt": round(now.timestamp(), 3)}
+    if "delegation" in payload:  # the follower tells the user once the CNAME appears
+        details["delegation"] = payload["delegation"]
     fields = {markChallengeField(context.challengeUID): json.dumps(details, sort_keys=True),
               MARK_PRESENTED_AT: str(details["presentedAt"])}
     if context.certificateRevision:
@@ -219,6 +225,31 @@ def buildStatusEvent(context, details, challenge, phase, now, key, reminder=None
     _withOptional(payload, rcode=phase.rcode, reminder=reminder)
     namespace = payload["namespace"]
     return _envelope(context, STATUS, cid, namespace, payload, now, None, key)
+
+
+DELEGATION_ACTIVE = "delegation_active"
+
+
+def delegationActiveKey(delegation):
+    """One ``delegation_active`` event per delegation name (within the progress window)."""
+    return "%s:%s" % (DELEGATION_ACTIVE, delegation["value"])
+
+
+def buildDelegationActiveEvent(context, details, challenge, now):
+    """A ``delegation_active`` event: the user's CNAME to the delegation name is now in
+    place (seen while cert-manager worked on the challenge), so this challenge and every
+    renewal complete without them.
+
+    :param details: the mark's record of the Present, with the ``delegation`` it offered.
+    """
+    spec = challenge.get("spec") or {}
+    cid = details["challenge_id"]
+    payload = _challengePayload(DELEGATION_ACTIVE, cid, details["fqdn"], details["zone"],
+                                spec["key"], details["ttl"], spec.get("dnsName") or "",
+                                bool(details.get("delegated")), context, now)
+    payload["delegation"] = dict(details["delegation"], active=True)
+    return _envelope(context, DELEGATION_ACTIVE, cid, payload["namespace"], payload, now, None,
+                     delegationActiveKey(details["delegation"]))
 
 
 def certificateID(namespace, name):

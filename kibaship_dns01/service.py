@@ -24,6 +24,11 @@ from kibaship_dns01.api.tls import ReloadingServerTLS
 from kibaship_dns01.auth.factory import buildAuth
 from kibaship_dns01.config import Defaults, SeenIssuerConfigs
 from kibaship_dns01.credentials import SecretReader
+from kibaship_dns01.delegation.check import CNAMEChecker
+from kibaship_dns01.delegation.names import DelegationNamer
+from kibaship_dns01.delegation.offer import DelegationOffer
+from kibaship_dns01.delegation.secret import loadSecret
+from kibaship_dns01.delegation.store import ValkeyDelegationStore
 from kibaship_dns01.kube.client import KubeClient
 from kibaship_dns01.logs import buildObserver
 from kibaship_dns01.memory import MemoryTrimmer
@@ -222,16 +227,18 @@ def buildTargets(settings, client, clock):
     return TargetFactory(SecretReader(client, clock), settings.idempotencyWindow)
 
 
-def buildSolver(settings, client, resolver, publisher, clock, targets=None, seenConfigs=None):
+def buildSolver(settings, client, resolver, publisher, clock, targets=None, seenConfigs=None,
+                delegation=None):
     """The real solver over the given Kubernetes client, resolver and publisher."""
     targets = targets or buildTargets(settings, client, clock)
     return Solver(resolver, publisher, targets, clock, Defaults.fromSettings(settings),
                   dryRun=settings.dryRun,
                   markSeconds=settings.progressWindow if settings.progressEvents else None,
-                  seenConfigs=seenConfigs)
+                  seenConfigs=seenConfigs, delegation=delegation)
 
 
-def buildProgress(settings, client, resolver, publisher, clock, targets, seenConfigs):
+def buildProgress(settings, client, resolver, publisher, clock, targets, seenConfigs,
+                  delegation=None):
     """The progress events (status/issued/failed), or ``None`` when turned off or dry."""
     if not settings.progressEvents or settings.dryRun:
         return None
@@ -239,7 +246,24 @@ def buildProgress(settings, client, resolver, publisher, clock, targets, seenCon
                            Defaults.fromSettings(settings), seenConfigs=seenConfigs,
                            clusterResourceNamespace=settings.clusterResourceNamespace,
                            window=settings.progressWindow,
-                           refreshInterval=settings.progressRefreshInterval)
+                           refreshInterval=settings.progressRefreshInterval,
+                           checker=delegation.checker if delegation else None)
+
+
+def buildDelegation(settings, publisher, targets, clock):
+    """The :class:`DelegationOffer` of ``--delegation-zone``, or ``None`` when it is off.
+
+    Its keys live on the daemon's own Valkey, whatever Valkey an issuer names.
+    """
+    if not settings.delegationOn:
+        return None
+    namer = DelegationNamer(loadSecret(settings.delegationSecretFile), settings.delegationZone)
+    valkey = Defaults.fromSettings(settings).valkeySettings()
+    store = ValkeyDelegationStore(
+        publisher, lambda: defer.ensureDeferred(targets.target(valkey)), clock)
+    checker = CNAMEChecker(settings.dnsResolvers, clock)
+    return DelegationOffer(namer, store, checker, settings.delegationNamespaces,
+                           keyTTL=settings.idempotencyWindow)
 
 
 def buildService(settings, reactor, kubeConfig, stdout=None):
@@ -265,9 +289,11 @@ def buildService(settings, reactor, kubeConfig, stdout=None):
     publisher = ValkeyPublisher(reactor)
     publisher.setServiceParent(root)
     targets, seenConfigs = buildTargets(settings, client, reactor), SeenIssuerConfigs()
-    solver = buildSolver(settings, client, resolver, publisher, reactor, targets, seenConfigs)
+    delegation = buildDelegation(settings, publisher, targets, reactor)
+    solver = buildSolver(settings, client, resolver, publisher, reactor, targets, seenConfigs,
+                         delegation)
     progress = buildProgress(settings, client, resolver, publisher, reactor, targets,
-                             seenConfigs)
+                             seenConfigs, delegation)
     if progress is not None:
         progress.setServiceParent(root)
     site = buildAPISite(settings, tls, solver, reactor, authenticator=auth.authenticator,

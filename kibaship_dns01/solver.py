@@ -10,7 +10,6 @@ failing CleanUp keeps the Challenge's finalizer:
   longer be determined (objects gone, labels removed, config now invalid) it
   logs, counts and reports success: there is no stream left to tell.
 """
-import collections
 import datetime
 
 from twisted.internet import defer
@@ -21,9 +20,11 @@ from kibaship_dns01 import metrics
 from kibaship_dns01.challenge import PRESENT, SolverError
 from kibaship_dns01.config import ConfigError, Defaults, parseIssuerConfig
 from kibaship_dns01.credentials import SecretError
+from kibaship_dns01.delegation.offer import Ineligible
 from kibaship_dns01.events import (
     SEQUENCE_FIELD, buildEvent, idempotencyKeyOf, presentMark, requestChallengeID, withSequence)
 from kibaship_dns01.interfaces import ISolver
+from kibaship_dns01.memo import BoundedMemo
 from kibaship_dns01.names import challengeFQDN
 from kibaship_dns01.resolve import ResolutionError
 from kibaship_dns01.valkey import streamKey
@@ -48,28 +49,6 @@ def _operationBudget(connectTimeout, readTimeout):
     """Room for a connect, a command and one retry of each, within the bounds above."""
     return min(MAX_OPERATION_BUDGET,
                max(MIN_OPERATION_BUDGET, 2 * (connectTimeout + readTimeout)))
-
-
-class BoundedMemo:
-    """A small LRU map for values derived from what issuers send (configs, targets):
-    the few distinct values a cluster has stay, a flood of distinct ones cannot grow it."""
-
-    def __init__(self, size=256):
-        self.size = size
-        self._entries = collections.OrderedDict()
-
-    def get(self, key):
-        value = self._entries.get(key)
-        if value is not None:
-            self._entries.move_to_end(key)
-        return value
-
-    def put(self, key, value):
-        """Remember ``value``; :return: it."""
-        self._entries[key] = value
-        if len(self._entries) > self.size:
-            self._entries.popitem(last=False)
-        return value
 
 
 class TargetFactory:
@@ -128,11 +107,15 @@ class Solver:
     """The real solver: publishes the challenge's DNS instructions to the project stream."""
 
     def __init__(self, resolver, publisher, targets, clock, defaults=Defaults(), dryRun=False,
-                 markSeconds=None, seenConfigs=None):
+                 markSeconds=None, seenConfigs=None, delegation=None):
         """:param markSeconds: with progress events on, a Present also writes the
         Certificate's mark (kept this long) that they read; ``None``: no mark.
         :param seenConfigs: a :class:`~kibaship_dns01.config.SeenIssuerConfigs`
-        told every valid issuer config a request carried."""
+        told every valid issuer config a request carried.
+        :param delegation: a :class:`~kibaship_dns01.delegation.offer.DelegationOffer`
+        when ``--delegation-zone`` is set: Presents then also serve their key at the
+        project's delegation name (before they are answered) and offer its CNAME."""
+        self._offer = delegation
         self._markSeconds = markSeconds
         self._seenConfigs = seenConfigs
         self._parsed = BoundedMemo()
@@ -184,15 +167,24 @@ class Solver:
         record.update(challenge_id=cid, project_uuid=context.projectUUID, stream=stream,
                       certificate=f"{context.certificateNamespace}/{context.certificateName}")
         key = idempotencyKeyOf(cid, request.operation)
+        delegation = self._delegation(request, context, record, cleanup)
+        retry = not self._dryRun and self._appended.get(key)
+        active = await self._serve(request, delegation, cleanup, check=not retry)
         result = None
-        if not self._dryRun and self._appended.get(key):
+        if retry:
             # a retry of what this process appended: ask Valkey whether the record
             # still stands before building the whole event again
             result = await self._valkey(request, config, stream, cleanup, lambda target: (
                 self._publisher.confirm(target, context.projectUUID, key)))
         if result is None:
+            offered = None
+            if delegation is not None and not cleanup:
+                if retry:  # the record was lost: this append is a first one again
+                    active = await self._offer.isActive(delegation)
+                offered = delegation.asPayload(active)
+                record.update(delegation_active=active)
             now = self._now()
-            event = buildEvent(request, context, config, now)
+            event = buildEvent(request, context, config, now, delegation=offered)
             record.update(event_id=event.eventID)
             if self._dryRun:
                 record.update(event=withSequence(event.fields, 0))
@@ -251,6 +243,62 @@ class Solver:
                 "such a name, so nothing was published" % (
                     request.resolvedFQDN, challengeFQDN(request.dnsName),
                     context.challengeNamespace, context.challengeName), reason="fqdn_mismatch")
+
+    def _delegation(self, request, context, record, cleanup):
+        """The challenge's :class:`~kibaship_dns01.delegation.names.Delegation`, or ``None``
+        (delegation off, or not offered: the reason goes to the log line).
+
+        A ``resolvedFQDN`` inside the delegation zone (cert-manager followed the
+        user's CNAME there) must be this project's own name: the key is only ever
+        served there, so a Present for another name would wait forever.
+        """
+        if self._offer is None:
+            return None
+        delegation = self._offer.delegationFor(context, request.dnsName)
+        if isinstance(delegation, Ineligible):
+            record.update(delegation_skipped=delegation.reason)
+            inZone = self._offer.zoneName(request.resolvedFQDN)
+            if inZone and not cleanup:
+                raise SolverError(
+                    "request.resolvedFQDN %s lies in the delegation zone %s, but %s; only "
+                    "eligible certificates have keys served there" % (
+                        request.resolvedFQDN, self._offer.zone, delegation.message),
+                    reason="delegation_ineligible")
+            return None
+        foreign = self._offer.foreignName(request.resolvedFQDN, delegation)
+        if foreign and not cleanup:
+            raise SolverError(
+                "%s is a CNAME to %s, which is not the delegation name of project %s: this "
+                "project's keys are served only at %s. If this project owns %s, point the "
+                "CNAME at %s; nothing was published" % (
+                    delegation.name, foreign, context.projectUUID, delegation.value,
+                    request.dnsName, delegation.value), reason="delegation_foreign")
+        record.update(delegation=delegation.value)
+        return delegation
+
+    async def _serve(self, request, delegation, cleanup, check):
+        """Store (Present) or withdraw (CleanUp) the key at ``delegation``'s label, before
+        the event is appended, so a Present's 201 means every replica serves it.
+
+        :param check: ask, meanwhile, whether the user's CNAME is in place.
+        :return: the check's answer (``True``/``False``/``None``); ``None`` unchecked.
+        """
+        if delegation is None or self._dryRun:
+            return None
+        active = self._offer.isActive(delegation) if check and not cleanup else None
+        try:
+            if cleanup:
+                await self._offer.withdraw(delegation, request.key)
+            else:
+                await self._offer.serve(delegation, request.key)
+        except (ValkeyError, SecretError) as e:
+            message = getattr(e, "message", None) or str(e)
+            raise SolverError(
+                "could not %s the key served at %s (delegated renewals) on the daemon's "
+                "Valkey: %s; cert-manager will retry" % (
+                    "withdraw" if cleanup else "store", delegation.value, message),
+                reason="delegation_store")
+        return (await active) if active is not None else None
 
     async def _valkey(self, request, config, stream, cleanup, call):
         """``call(target)`` (an append or a confirmation), its failures judged by policy."""

@@ -15,7 +15,7 @@ from twisted.python import usage
 
 from kibaship_dns01.durations import parseDuration
 from kibaship_dns01.logs import LEVELS
-from kibaship_dns01.names import isDNS1123Subdomain
+from kibaship_dns01.names import isDNS1123Label, isDNS1123Subdomain
 
 ENV_PREFIX = "KIBASHIP_DNS01_"
 
@@ -58,6 +58,21 @@ class Settings:
     progressRefreshInterval: float = 0.0
     progressWindow: float = 8 * 86400.0
     clusterResourceNamespace: str = "cert-manager"
+    # delegated renewals (issue 21): off while delegationZone is empty
+    delegationZone: str = ""
+    delegationSecretFile: object = None
+    delegationNameservers: tuple = ()
+    delegationNameserverAddresses: tuple = ()
+    delegationNamespaces: tuple = ("certificates",)
+    dnsPort: int = 5353
+    dnsBindAddress: str = ""
+    dnsResolvers: tuple = ()
+    dnsRateLimit: float = 100.0
+    dnsRateLimitSlip: int = 2
+
+    @property
+    def delegationOn(self):
+        return bool(self.delegationZone)
 
 
 def _port(flag, value, allowZero=False):
@@ -119,6 +134,60 @@ def _address(flag, value):
 def _dnsName(flag, value):
     if not isDNS1123Subdomain(value):
         raise usage.UsageError(f"--{flag}: {value!r} is not a lower-case DNS name")
+    return value
+
+
+def _zone(flag, value):
+    """A delegation zone: a DNS name, any case, trailing dot optional; ``""``: off."""
+    if not value:
+        return ""
+    return _dnsName(flag, value.lower().rstrip("."))
+
+
+def _list(flag, value, item):
+    """A comma-separated list, each element checked by ``item(flag, element)``."""
+    return tuple(item(flag, v.strip()) for v in (value or "").split(",") if v.strip())
+
+
+def _namespaceOrAll(flag, value):
+    if value != "*" and not isDNS1123Label(value):
+        raise usage.UsageError(f"--{flag}: {value!r} is neither a namespace name nor *")
+    return value
+
+
+def _hostPort(flag, value, defaultPort=53):
+    """``ip``, ``ip:port`` or ``[ipv6]:port`` -> ``(ip, port)``."""
+    host, port = value, defaultPort
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        if rest:
+            port = _port(flag, rest.lstrip(":"))
+    elif value.count(":") == 1:
+        host, port = value.split(":")
+        port = _port(flag, port)
+    return _address(flag, host), port
+
+
+def _number(flag, value, minimum=0.0):
+    try:
+        n = float(value)
+    except (TypeError, ValueError):
+        raise usage.UsageError(f"--{flag}: {value!r} is not a number")
+    if not n >= minimum or n == float("inf"):
+        raise usage.UsageError(f"--{flag}: must be at least {minimum:g}, got {value!r}")
+    return n
+
+
+def _secretFile(flag, value):
+    """The delegation secret's file, checked now (read again when the service is built)."""
+    if not value:
+        return None
+    from kibaship_dns01.delegation.secret import DelegationSecretError, loadSecret
+
+    try:
+        loadSecret(_file(flag, value))
+    except DelegationSecretError as e:
+        raise usage.UsageError(f"--{flag}: {e}")
     return value
 
 
@@ -222,6 +291,34 @@ FLAGS = (
     _f("cluster-resource-namespace", "cert-manager", "cert-manager's --cluster-resource-namespace"
        ": where Secrets named by a ClusterIssuer's webhook config are read for progress events",
        "clusterResourceNamespace", _dnsName),
+) + (
+    # delegated renewals (docs/configuration.md, "Delegated renewals")
+    _f("delegation-zone", "", "turns delegated renewals on: the zone the platform delegated to "
+       "this daemon's DNS responder (e.g. acme.kibaship.com); absent: off", "delegationZone",
+       _zone),
+    _f("delegation-secret-file", "", "file holding at least 32 random bytes that delegation "
+       "names are derived from (required with --delegation-zone; never change it)",
+       "delegationSecretFile", _secretFile),
+    _f("delegation-nameservers", "", "NS names served at the zone apex, comma-separated "
+       "(default: ns1.<zone>)", "delegationNameservers", _list, item=_dnsName),
+    _f("delegation-nameserver-addresses", "", "IP addresses served as A/AAAA for in-zone "
+       "nameserver names (the DNS Service's external address), comma-separated",
+       "delegationNameserverAddresses", _list, item=_address),
+    _f("delegation-namespaces", "certificates", "namespaces whose Certificates are offered "
+       "delegation, comma-separated; * for all", "delegationNamespaces", _list,
+       item=_namespaceOrAll),
+    _f("dns-port", "5353", "UDP and TCP port of the DNS responder (with --delegation-zone; 0: "
+       "any free port, logged)", "dnsPort", _port, allowZero=True),
+    _f("dns-bind-address", "", "address the DNS responder listens on (default: "
+       "--bind-address)", "dnsBindAddress", lambda flag, v: _address(flag, v) if v else ""),
+    _f("dns-resolvers", "", "recursive resolvers (ip[:port], comma-separated) asked whether a "
+       "user's CNAME is in place (default: the nameservers of /etc/resolv.conf)",
+       "dnsResolvers", _list, item=_hostPort),
+    _f("dns-rate-limit", "100", "DNS responses per second to one source network (IPv4 /24, "
+       "IPv6 /56) before rate limiting; 0: no limit", "dnsRateLimit", _number),
+    _f("dns-rate-limit-slip", "2", "of the rate-limited responses, every Nth is a truncated "
+       "answer (the resolver retries over TCP) and the others are dropped; 0: drop all",
+       "dnsRateLimitSlip", _integer),
 )
 
 
@@ -277,7 +374,26 @@ class Options(usage.Options):
 
     def _validate(self):
         values = {f.field: f.convert(f.name, self[f.name]) for f in FLAGS}
+        if values["delegationZone"]:
+            _completeDelegation(values)
         return Settings(dryRun=bool(self["dry-run"]), **values)
+
+
+def _completeDelegation(values):
+    """With --delegation-zone: the secret is required, and the defaults that depend on
+    other flags are filled in."""
+    zone = values["delegationZone"]
+    if not values["delegationSecretFile"]:
+        raise usage.UsageError("--delegation-secret-file is required with --delegation-zone")
+    values["delegationNameservers"] = values["delegationNameservers"] or ("ns1." + zone,)
+    values["dnsBindAddress"] = values["dnsBindAddress"] or values["bindAddress"]
+    if not values["dnsResolvers"]:
+        from kibaship_dns01.delegation.check import resolversFromResolvConf
+
+        values["dnsResolvers"] = tuple(resolversFromResolvConf())
+        if not values["dnsResolvers"]:
+            raise usage.UsageError("--dns-resolvers: none given and /etc/resolv.conf lists no "
+                                   "nameserver; name the recursive resolvers to ask")
 
 
 def makeService(options):

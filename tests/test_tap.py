@@ -10,7 +10,9 @@ from kibaship_dns01.testing.kubeapi import StandInAPIServer
 from tests.support import tempDir, writeServingFiles
 
 
-class OptionsTests(SynchronousTestCase):
+class OptionsCase(SynchronousTestCase):
+    """Parses flags over a valid serving pair and kubeconfig, with a clean environment."""
+
     def setUp(self):
         self.dir = tempDir(self)
         _, self.cert, self.key = writeServingFiles(self.dir)
@@ -25,6 +27,9 @@ class OptionsTests(SynchronousTestCase):
         opts = Options()
         opts.parseOptions(self.base + list(args))
         return opts.settings
+
+
+class OptionsTests(OptionsCase):
 
     def test_defaults(self):
         s = self.parse()
@@ -104,6 +109,94 @@ class OptionsTests(SynchronousTestCase):
             f.write(b"not a key")
         e = self.assertRaises(usage.UsageError, self.parse)
         self.assertIn("--tls-cert-file/--tls-private-key-file", str(e))
+
+
+class DelegationFlagsTests(OptionsCase):
+    """--delegation-* and --dns-*: off by default, complete when on, clear when wrong."""
+
+    def setUp(self):
+        super().setUp()
+        self.secret = os.path.join(self.dir, "delegation-secret")
+        with open(self.secret, "w") as f:
+            f.write("0123456789abcdef0123456789abcdef\n")
+
+    def on(self, *args):
+        return self.parse("--delegation-zone", "ACME.Kibaship.test.", "--delegation-secret-file",
+                          self.secret, "--dns-resolvers", "10.0.0.10", *args)
+
+    def test_offByDefault(self):
+        s = self.parse()
+        self.assertFalse(s.delegationOn)
+        self.assertEqual((s.delegationZone, s.dnsPort, s.delegationNamespaces),
+                         ("", 5353, ("certificates",)))
+
+    def test_onWithDefaults(self):
+        s = self.on("--bind-address", "127.0.0.1")
+        self.assertTrue(s.delegationOn)
+        self.assertEqual(
+            (s.delegationZone, s.delegationSecretFile, s.delegationNameservers,
+             s.delegationNameserverAddresses, s.dnsBindAddress, s.dnsResolvers, s.dnsRateLimit,
+             s.dnsRateLimitSlip),
+            ("acme.kibaship.test", self.secret, ("ns1.acme.kibaship.test",), (), "127.0.0.1",
+             (("10.0.0.10", 53),), 100.0, 2))
+
+    def test_everyFlag(self):
+        s = self.on("--delegation-nameservers", "ns1.acme.kibaship.test, ns2.kibaship.test",
+                    "--delegation-nameserver-addresses", "203.0.113.10,2001:db8::53",
+                    "--delegation-namespaces", "certificates,platform", "--dns-port", "53",
+                    "--dns-bind-address", "::", "--dns-resolvers", "1.1.1.1:5353,[2001:db8::1]:53",
+                    "--dns-rate-limit", "20.5", "--dns-rate-limit-slip", "0")
+        self.assertEqual(
+            (s.delegationNameservers, s.delegationNameserverAddresses, s.delegationNamespaces,
+             s.dnsPort, s.dnsBindAddress, s.dnsResolvers, s.dnsRateLimit, s.dnsRateLimitSlip),
+            (("ns1.acme.kibaship.test", "ns2.kibaship.test"), ("203.0.113.10", "2001:db8::53"),
+             ("certificates", "platform"), 53, "::", (("1.1.1.1", 5353), ("2001:db8::1", 53)),
+             20.5, 0))
+
+    def test_environment(self):
+        env = dict(os.environ, KIBASHIP_DNS01_DELEGATION_ZONE="acme.kibaship.test",
+                   KIBASHIP_DNS01_DELEGATION_SECRET_FILE=self.secret,
+                   KIBASHIP_DNS01_DNS_RESOLVERS="10.0.0.10", KIBASHIP_DNS01_DNS_PORT="1053")
+        self.patch(os, "environ", env)
+        s = self.parse()
+        self.assertEqual((s.delegationZone, s.dnsPort), ("acme.kibaship.test", 1053))
+
+    def test_resolversDefaultToResolvConf(self):
+        from kibaship_dns01.delegation import check
+        self.patch(check, "resolversFromResolvConf", lambda: [("10.96.0.10", 53)])
+        s = self.parse("--delegation-zone", "acme.kibaship.test", "--delegation-secret-file",
+                       self.secret)
+        self.assertEqual(s.dnsResolvers, (("10.96.0.10", 53),))
+        self.patch(check, "resolversFromResolvConf", lambda: [])
+        e = self.assertRaises(usage.UsageError, self.parse, "--delegation-zone",
+                              "acme.kibaship.test", "--delegation-secret-file", self.secret)
+        self.assertIn("/etc/resolv.conf lists no nameserver", str(e))
+
+    def test_badValues(self):
+        short = os.path.join(self.dir, "short")
+        with open(short, "w") as f:
+            f.write("too short")
+        for args, message in [
+                (("--delegation-zone", "acme.kibaship.test"),
+                 "--delegation-secret-file is required with --delegation-zone"),
+                (("--delegation-zone", "acme_kibaship.test", "--delegation-secret-file",
+                  self.secret), "--delegation-zone: 'acme_kibaship.test' is not"),
+                (("--delegation-zone", "a.test", "--delegation-secret-file", short),
+                 "--delegation-secret-file: %s holds 9 bytes" % short),
+                (("--delegation-secret-file", "/nonexistent"),
+                 "--delegation-secret-file: /nonexistent does not exist"),
+                (("--delegation-nameserver-addresses", "ns1.example"),
+                 "--delegation-nameserver-addresses: 'ns1.example' is not an IP address"),
+                (("--delegation-namespaces", "Certificates"),
+                 "--delegation-namespaces: 'Certificates' is neither a namespace name nor *"),
+                (("--dns-port", "70000"), "--dns-port: 70000 is outside 1-65535"),
+                (("--dns-resolvers", "dns.google"), "--dns-resolvers: 'dns.google' is not an IP"),
+                (("--dns-resolvers", "1.1.1.1:x"), "--dns-resolvers: 'x' is not a port"),
+                (("--dns-rate-limit", "-1"), "--dns-rate-limit: must be at least 0"),
+                (("--dns-rate-limit", "nan"), "--dns-rate-limit: must be at least 0"),
+                (("--dns-rate-limit-slip", "x"), "--dns-rate-limit-slip: 'x' is not an integer")]:
+            e = self.assertRaises(usage.UsageError, self.parse, *args)
+            self.assertIn(message, str(e))
 
 
 class DurationTests(SynchronousTestCase):

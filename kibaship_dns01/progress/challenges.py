@@ -35,7 +35,9 @@ from kibaship_dns01 import metrics
 from kibaship_dns01.config import ConfigError, parseIssuerConfig
 from kibaship_dns01.credentials import SecretError
 from kibaship_dns01.events import (
-    SEQUENCE_FIELD, STATUS, buildStatusEvent, markChallengeField)
+    DELEGATION_ACTIVE, SEQUENCE_FIELD, STATUS, buildDelegationActiveEvent, buildStatusEvent,
+    markChallengeField)
+from kibaship_dns01.memo import BoundedMemo
 from kibaship_dns01.progress import phases
 from kibaship_dns01.progress.jobs import KeyedJobs
 from kibaship_dns01.resolve import ResolutionError
@@ -81,7 +83,14 @@ class ChallengeFollower:
 
     def __init__(self, resolver, publisher, targets, clock, book, notes, *, defaults,
                  seenConfigs, clusterResourceNamespace, window, refreshInterval=0.0,
-                 maxReminders=MAX_REMINDERS, limit=8):
+                 maxReminders=MAX_REMINDERS, limit=8, checker=None):
+        """:param checker: an ``ICNAMEChecker`` when delegated renewals are on: at each
+        transition of a challenge whose Present offered a delegation that was not yet
+        in place, it asks again, and the first time the CNAME is seen a
+        ``delegation_active`` event says so."""
+        self._checker = checker
+        #: delegation names seen in place (or announced) by this process
+        self._active = BoundedMemo(size=16384)
         self._resolver = resolver
         self._informer = resolver.informer
         self._publisher = publisher
@@ -198,6 +207,7 @@ class ChallengeFollower:
         details = target and await self._presented(uid, context, target, where)
         if details is None:
             return self._remember(uid, meta, state, phase, reminder)
+        await self._delegationSeen(context, details, obj, target, where)
         key = "%s:status:%s:%s" % (details["challenge_id"], state, phase.name)
         if reminder is not None:
             key += ":reminder:%d" % (reminder,)
@@ -207,6 +217,28 @@ class ChallengeFollower:
             window=self._window)
         self._remember(uid, meta, state, phase, reminder)
         self._landed(result, event, phase, details, where, reminder)
+
+    async def _delegationSeen(self, context, details, obj, target, where):
+        """Say ``delegation_active`` once, when a CNAME the Present offered appears."""
+        offered = details.get("delegation")
+        if not offered or offered.get("active") is True or self._checker is None \
+                or self._active.get(offered["value"]):
+            return
+        if await self._checker.check(offered["name"], offered["value"]) is not True:
+            return
+        event = buildDelegationActiveEvent(context, details, obj, utcNow(self._clock))
+        result = await self._publisher.appendEvent(
+            target, context.projectUUID, event.fields, event.idempotencyKey,
+            sequenceField=SEQUENCE_FIELD, window=self._window)
+        self._active.put(offered["value"], True)
+        if not result.duplicate:
+            metrics.PROGRESS_EVENTS.labels(operation=DELEGATION_ACTIVE, phase="").inc()
+        log.info("{challenge}: {name} now delegates to {value}: delegation_active {outcome}",
+                 log_kind="progress_event", operation=DELEGATION_ACTIVE, challenge=where,
+                 name=offered["name"], value=offered["value"], challenge_id=event.challengeID,
+                 stream=result.stream, entry_id=result.entryId, sequence=result.sequence,
+                 duplicate=result.duplicate,
+                 outcome="already published" if result.duplicate else "published")
 
     def _remember(self, uid, meta, state, phase, reminder):
         self._said[uid] = (meta.get("namespace"), meta.get("name"), state, phase.name, reminder)

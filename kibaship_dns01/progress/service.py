@@ -1,7 +1,6 @@
 """The progress service: the Challenge follower and the Certificate watcher together."""
 from twisted.application import service
 
-from kibaship_dns01.config import parseIssuerConfig
 from kibaship_dns01.progress.certificates import CertificateWatcher
 from kibaship_dns01.progress.challenges import MAX_REMINDERS, ChallengeFollower
 from kibaship_dns01.progress.targets import Notes, TargetBook
@@ -25,15 +24,15 @@ class ProgressService(service.MultiService):
 
     def __init__(self, client, resolver, publisher, targets, clock, defaults, *, seenConfigs,
                  clusterResourceNamespace="cert-manager", window=DEFAULT_WINDOW,
-                 refreshInterval=0.0, maxReminders=MAX_REMINDERS):
+                 refreshInterval=0.0, maxReminders=MAX_REMINDERS, checker=None):
         super().__init__()
-        self.book = TargetBook(parseIssuerConfig(None, defaults.valkeyNamespace, defaults).valkey)
+        self.book = TargetBook(defaults.valkeySettings())
         self.notes = Notes()
         self.follower = ChallengeFollower(
             resolver, publisher, targets, clock, self.book, self.notes, defaults=defaults,
             seenConfigs=seenConfigs,
             clusterResourceNamespace=clusterResourceNamespace, window=window,
-            refreshInterval=refreshInterval, maxReminders=maxReminders)
+            refreshInterval=refreshInterval, maxReminders=maxReminders, checker=checker)
         self.certificates = CertificateWatcher(client, publisher, targets, clock, self.book,
                                                self.notes, window, self.follower,
                                                startAfter=resolver.whenReady)

@@ -211,6 +211,14 @@ class ValkeyPublisher(service.Service):
         # record is counted by the append that follows
         return d.addBoth(lambda r: r if r is None else self._countAppend(r, started))
 
+    def execute(self, target, key, op):
+        """``op(connection)`` on the primary serving ``key`` of ``target``'s cluster,
+        routed and retried as every append is (``op`` must be idempotent and write
+        its first command at once); for the other keys the daemon keeps there
+        (:mod:`kibaship_dns01.delegation.store`).  Failures are counted."""
+        return self._run(target, lambda client: client.execute(key, op)).addErrback(
+            self._countError)
+
     def readFields(self, target, projectUUID, key, fields):
         """``HMGET key fields`` on a key of ``projectUUID``'s hash tag.
 
