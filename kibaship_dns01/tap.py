@@ -293,15 +293,15 @@ FLAGS = (
        "clusterResourceNamespace", _dnsName),
 ) + (
     # delegated renewals (docs/configuration.md, "Delegated renewals")
-    _f("delegation-zone", "", "turns delegated renewals on: the zone the platform delegated to "
+    _f("delegation-zone", None, "turns delegated renewals on: the zone the platform delegated to "
        "this daemon's DNS responder (e.g. acme.kibaship.com); absent: off", "delegationZone",
        _zone),
-    _f("delegation-secret-file", "", "file holding at least 32 random bytes that delegation "
+    _f("delegation-secret-file", None, "file holding at least 32 random bytes that delegation "
        "names are derived from (required with --delegation-zone; never change it)",
        "delegationSecretFile", _secretFile),
-    _f("delegation-nameservers", "", "NS names served at the zone apex, comma-separated "
+    _f("delegation-nameservers", None, "NS names served at the zone apex, comma-separated "
        "(default: ns1.<zone>)", "delegationNameservers", _list, item=_dnsName),
-    _f("delegation-nameserver-addresses", "", "IP addresses served as A/AAAA for in-zone "
+    _f("delegation-nameserver-addresses", None, "IP addresses served as A/AAAA for in-zone "
        "nameserver names (the DNS Service's external address), comma-separated",
        "delegationNameserverAddresses", _list, item=_address),
     _f("delegation-namespaces", "certificates", "namespaces whose Certificates are offered "
@@ -309,9 +309,9 @@ FLAGS = (
        item=_namespaceOrAll),
     _f("dns-port", "5353", "UDP and TCP port of the DNS responder (with --delegation-zone; 0: "
        "any free port, logged)", "dnsPort", _port, allowZero=True),
-    _f("dns-bind-address", "", "address the DNS responder listens on (default: "
+    _f("dns-bind-address", None, "address the DNS responder listens on (default: "
        "--bind-address)", "dnsBindAddress", lambda flag, v: _address(flag, v) if v else ""),
-    _f("dns-resolvers", "", "recursive resolvers (ip[:port], comma-separated) asked whether a "
+    _f("dns-resolvers", None, "recursive resolvers (ip[:port], comma-separated) asked whether a "
        "user's CNAME is in place (default: the nameservers of /etc/resolv.conf)",
        "dnsResolvers", _list, item=_hostPort),
     _f("dns-rate-limit", "100", "DNS responses per second to one source network (IPv4 /24, "

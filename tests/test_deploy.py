@@ -594,7 +594,8 @@ class DocumentationTests(SynchronousTestCase):
 
         self.assertEqual(sorted(self.samples), sorted(
             "%s-%s" % (operation, part) for operation in ("present", "cleanup", "status",
-                                                          "issued", "failed")
+                                                          "issued", "failed",
+                                                          "delegated-present", "delegation_active")
             for part in ("entry", "event-data")))
         eventData = {"$schema": self.schema["$schema"], "$defs": self.schema["$defs"],
                      "$ref": "#/$defs/eventData"}
@@ -627,6 +628,26 @@ class DocumentationTests(SynchronousTestCase):
         issued = self.samples["issued-event-data"]["payload"]
         self.assertEqual(issued["certificate_id"],
                          certificateID(issued["namespace"], issued["certificate"]))
+
+    def test_delegationSamplesValidate(self):
+        from kibaship_dns01.delegation.names import DelegationNamer
+        from kibaship_dns01.testing.eventschema import validateEntry
+
+        present = validateEntry(self.samples["delegated-present-entry"])
+        self.assertEqual(present, self.samples["delegated-present-event-data"])
+        offered = present["payload"]["delegation"]
+        self.assertEqual(offered, DelegationNamer(b"x" * 32, "acme.kibaship.com").delegationFor(
+            present["project_uuid"], present["payload"]["dnsName"]).asPayload(False))
+        active = validateEntry(self.samples["delegation_active-entry"])
+        self.assertEqual(active, self.samples["delegation_active-event-data"])
+        self.assertEqual(active["payload"]["delegation"], dict(offered, active=True))
+        self.assertEqual((active["operation"], active["payload"]["challenge_id"]),
+                         ("delegation_active", present["payload"]["challenge_id"]))
+        # the schema holds delegation_active to active: true
+        broken = json.loads(self.samples["delegation_active-entry"]["event_data"])
+        broken["payload"]["delegation"]["active"] = False
+        self.assertRaises(jsonschema.ValidationError, validateEntry, dict(
+            self.samples["delegation_active-entry"], event_data=json.dumps(broken)))
 
     def test_schemaRejectsBrokenSample(self):
         entry = dict(self.samples["present-entry"], operation="presented")
