@@ -86,9 +86,13 @@ class Defaults:
     connectTimeout: float = 5.0
     readTimeout: float = 3.0
     minReplicas: int = 0
+    #: ``--valkey-address``: replaces the Service's in-cluster name when set
+    address: object = None
 
     @property
     def addr(self):
+        if self.address:
+            return self.address
         return f"{self.valkeyService}.{self.valkeyNamespace}.svc.cluster.local:{self.valkeyPort}"
 
     def valkeySettings(self):
@@ -101,7 +105,7 @@ class Defaults:
         return cls(valkeyNamespace=s.valkeyNamespace, valkeyService=s.valkeyService,
                    valkeyPort=s.valkeyPort, valkeySecret=s.valkeySecret,
                    connectTimeout=s.valkeyConnectTimeout, readTimeout=s.valkeyReadTimeout,
-                   minReplicas=s.valkeyMinReplicas)
+                   minReplicas=s.valkeyMinReplicas, address=s.valkeyAddress)
 
 
 _TYPE_NAMES = {str: "a string", bool: "a boolean", int: "an integer", dict: "an object"}

@@ -54,6 +54,7 @@ class Settings:
     valkeyReadTimeout: float
     valkeyMinReplicas: int
     idempotencyWindow: float
+    valkeyAddress: object = None
     progressEvents: bool = True
     progressRefreshInterval: float = 0.0
     progressWindow: float = 8 * 86400.0
@@ -168,6 +169,16 @@ def _hostPort(flag, value, defaultPort=53):
     return _address(flag, host), port
 
 
+def _valkeyAddress(flag, value):
+    from kibaship_dns01.valkey.target import parseAddress
+
+    try:
+        parseAddress(value)
+    except ValueError as e:
+        raise usage.UsageError(f"--{flag}: {e}")
+    return value
+
+
 def _number(flag, value, minimum=0.0):
     try:
         n = float(value)
@@ -272,6 +283,9 @@ FLAGS = (
     _f("valkey-secret", "kibaship-valkey-cluster-kibaship-com",
        "Secret (in --valkey-namespace) holding the Valkey password as its only key",
        "valkeySecret", _dnsName),
+    _f("valkey-address", None, "host:port of the Valkey cluster, instead of <valkey-service>."
+       "<valkey-namespace>.svc.cluster.local:<valkey-port> (a Valkey outside the cluster)",
+       "valkeyAddress", lambda flag, v: _valkeyAddress(flag, v) if v else None),
     _f("valkey-connect-timeout", "5s", "default Valkey connect timeout", "valkeyConnectTimeout",
        _duration),
     _f("valkey-read-timeout", "3s", "default Valkey command timeout", "valkeyReadTimeout",

@@ -153,6 +153,18 @@ class DelegationFlagsTests(OptionsCase):
              ("certificates", "platform"), 53, "::", (("1.1.1.1", 5353), ("2001:db8::1", 53)),
              20.5, 0))
 
+    def test_valkeyAddressReplacesTheServiceName(self):
+        from kibaship_dns01.config import Defaults
+
+        self.assertEqual(Defaults.fromSettings(self.parse()).addr,
+                         "kibaship-valkey-cluster-kibaship-com.kibaship-operator.svc.cluster.local"
+                         ":6379")
+        defaults = Defaults.fromSettings(self.parse("--valkey-address", "127.0.0.1:7000"))
+        self.assertEqual((defaults.addr, defaults.valkeySettings().addr,
+                          defaults.valkeySettings().passwordSecret.name),
+                         ("127.0.0.1:7000", "127.0.0.1:7000",
+                          "kibaship-valkey-cluster-kibaship-com"))
+
     def test_environment(self):
         env = dict(os.environ, KIBASHIP_DNS01_DELEGATION_ZONE="acme.kibaship.test",
                    KIBASHIP_DNS01_DELEGATION_SECRET_FILE=self.secret,
@@ -194,7 +206,8 @@ class DelegationFlagsTests(OptionsCase):
                 (("--dns-resolvers", "1.1.1.1:x"), "--dns-resolvers: 'x' is not a port"),
                 (("--dns-rate-limit", "-1"), "--dns-rate-limit: must be at least 0"),
                 (("--dns-rate-limit", "nan"), "--dns-rate-limit: must be at least 0"),
-                (("--dns-rate-limit-slip", "x"), "--dns-rate-limit-slip: 'x' is not an integer")]:
+                (("--dns-rate-limit-slip", "x"), "--dns-rate-limit-slip: 'x' is not an integer"),
+                (("--valkey-address", "valkey"), "--valkey-address: Valkey address 'valkey' is not")]:
             e = self.assertRaises(usage.UsageError, self.parse, *args)
             self.assertIn(message, str(e))
 
