@@ -116,7 +116,7 @@ class KnotTests(TestCase):
     async def test_stopEndsTheProcessAndRemovesItsFiles(self):
         knot = await startKnot(self)
         pid, directory = knot.process.pid, knot.directory
-        self.assertTrue(os.path.isfile(os.path.join(directory, "knot.conf")))
+        self.assertTrue(os.path.isfile(os.path.join(directory, "knotd.conf")))
         await knot.stop()
         assertGone(self, pid)
         self.assertFalse(os.path.exists(directory))

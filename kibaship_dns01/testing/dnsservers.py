@@ -318,7 +318,80 @@ async def answers(reactor, server, name, rdtype, check, options=()):
         return False
 
 
-# --- knot: the user's authoritative server -----------------------------------------------
+# --- the servers ---------------------------------------------------------------------
+
+class LoopbackServer:
+    """What both servers share: a private directory, a free port, one child
+    process, a bounded start that cleans up after itself, an idempotent stop.
+
+    A subclass names its ``program`` and the ``tools`` it needs, writes its
+    configuration (``_config``), may prepare more files (``_prepare``), says
+    how to run it (``_argv``), when it answers (``_answers``), and what to
+    check once it does (``_started``).
+    """
+
+    program = None
+    tools = ()
+
+    def __init__(self, reactor, host="127.0.0.1", startTimeout=START_TIMEOUT):
+        self.reactor = reactor
+        self.host = host
+        self.startTimeout = startTimeout
+        self.port = None
+        self.directory = None
+        self.process = None
+
+    @property
+    def address(self):
+        """``(host, port)`` to query."""
+        return (self.host, self.port)
+
+    def _path(self, name):
+        return os.path.join(self.directory, name)
+
+    @property
+    def _configPath(self):
+        return self._path(self.program + ".conf")
+
+    async def start(self):
+        """Write the configuration, start the server, wait until it answers.
+        :return: self."""
+        for tool in (self.program,) + self.tools:
+            findTool(tool)
+        self.directory = tempfile.mkdtemp(prefix="kibaship-%s-" % (self.program,))
+        try:
+            self.port = freeDNSPort(self.host)
+            with open(self._configPath, "w") as f:
+                f.write(self._config())
+            await self._prepare()
+            self.process = ServerProcess(self.reactor, self._argv(),
+                                         self._path(self.program + ".log"))
+            self.process.start()
+            await waitUntilAnswering(self.reactor, self.process, self._answers,
+                                     self.startTimeout, self._describe())
+            await self._started()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    def _describe(self):
+        return "%s on %s@%d" % (self.program, self.host, self.port)
+
+    async def _prepare(self):
+        pass
+
+    async def _started(self):
+        pass
+
+    async def stop(self):
+        """Stop the server (bounded) and remove its directory; safe to call twice."""
+        if self.process is not None:
+            await self.process.stop()
+        if self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.directory = None
+
 
 def _userAndGroup():
     """``user:group`` of this process, for knot's ``server.user`` (no privilege drop)."""
@@ -333,7 +406,7 @@ def _absolute(name, zone):
     return name if name.endswith(".") else "%s.%s" % (name, zone)
 
 
-class KnotServer:
+class KnotServer(LoopbackServer):
     """``knotd`` authoritative for ``zone`` on ``host``:<free port>, as the current user.
 
     :param records: ``(name, type, data)`` triples in zone-file syntax, names
@@ -342,32 +415,21 @@ class KnotServer:
         SOA, an NS ``ns1`` and its A record (``host``) are added.
     """
 
+    program = "knotd"
+    tools = ("knotc", "dig")
+
     def __init__(self, reactor, zone, records=(), host="127.0.0.1", ttl=60,
                  startTimeout=START_TIMEOUT):
-        self.reactor = reactor
+        super().__init__(reactor, host, startTimeout)
         self.zone = zone.lower().rstrip(".") + "."
-        self.host = host
         self.ttl = ttl
-        self.startTimeout = startTimeout
-        self.port = None
         self.serial = 1
-        self.directory = None
-        self.process = None
         self._records = [(_absolute(n, self.zone), t.upper(), d) for n, t, d in records]
 
-    @property
-    def address(self):
-        """``(host, port)`` to query."""
-        return (self.host, self.port)
-
-    def _path(self, name):
-        return os.path.join(self.directory, name)
-
     def _config(self):
-        d = self.directory
         return "\n".join([
             "server:",
-            '    rundir: "%s"' % (d,),
+            '    rundir: "%s"' % (self.directory,),
             '    pidfile: "%s"' % (self._path("knot.pid"),),
             "    user: %s" % (_userAndGroup(),),
             "    listen: %s@%d" % (self.host, self.port),
@@ -379,11 +441,11 @@ class KnotServer:
             "control:",
             '    listen: "%s"' % (self._path("knot.sock"),),
             "log:",
-            '  - target: "%s"' % (self._path("knot.log"),),
+            '  - target: "%s"' % (self._path(self.program + ".log"),),
             "    any: info",
             "template:",
             "  - id: default",
-            '    storage: "%s"' % (d,),
+            '    storage: "%s"' % (self.directory,),
             '    file: "%s.zone"',
             # The zone file is the one source of truth: knot never writes it back and
             # keeps no journal, so a rewritten file plus zone-reload is a whole new zone.
@@ -393,6 +455,16 @@ class KnotServer:
             "zone:",
             "  - domain: %s" % (self.zone,),
             ""])
+
+    def _argv(self):
+        return [findTool(self.program), "-c", self._configPath]
+
+    def _describe(self):
+        return "knotd for %s on %s@%d" % (self.zone, self.host, self.port)
+
+    async def _prepare(self):
+        os.mkdir(self._path("db"))
+        await self._publish(self._records, self.serial)
 
     def _zoneFile(self):
         lines = ["$ORIGIN %s" % (self.zone,), "$TTL %d" % (self.ttl,),
@@ -422,41 +494,16 @@ class KnotServer:
             raise
 
     def _knotc(self, *args):
-        return checkedTool(self.reactor, [findTool("knotc"), "-c", self._path("knot.conf"),
+        return checkedTool(self.reactor, [findTool("knotc"), "-c", self._configPath,
                                           "-t", "5", *args])
 
-    async def start(self):
-        """Write the configuration and zone, start ``knotd``, wait until it
-        answers for the zone. :return: self."""
-        knotd = findTool("knotd")
-        findTool("knotc")
-        findTool("dig")
-        self.directory = tempfile.mkdtemp(prefix="kibaship-knot-")
-        try:
-            os.mkdir(self._path("db"))
-            self.port = freeDNSPort(self.host)
-            with open(self._path("knot.conf"), "w") as f:
-                f.write(self._config())
-            await self._publish(self._records, self.serial)
-            self.process = ServerProcess(self.reactor, [knotd, "-c", self._path("knot.conf")],
-                                         self._path("knot.log"))
-            self.process.start()
-            await self._waitForSerial(self.startTimeout, "knotd for %s on %s@%d"
-                                      % (self.zone, self.host, self.port))
-        except BaseException:
-            await self.stop()
-            raise
-        return self
-
-    def _servesSerial(self):
+    def _answers(self):
+        """Whether knot serves the zone with the current serial, authoritatively."""
         def check(answer):
             soa = answer.values("SOA")
             return (answer.status == "NOERROR" and "aa" in answer.flags and bool(soa)
                     and int(soa[0].split()[2]) == self.serial)
         return answers(self.reactor, self.address, self.zone, "SOA", check, ("+norec",))
-
-    async def _waitForSerial(self, timeout, what):
-        await waitUntilAnswering(self.reactor, self.process, self._servesSerial, timeout, what)
 
     async def setRecord(self, name, rdtype, *data):
         """Replace every ``name`` ``rdtype`` record with one per ``data`` (none:
@@ -466,25 +513,15 @@ class KnotServer:
         records = [r for r in self._records if (r[0], r[1]) != (name, rdtype)]
         await self._publish(records + [(name, rdtype, d) for d in data], self.serial + 1)
         await self._knotc("-b", "zone-reload", self.zone)
-        await self._waitForSerial(self.startTimeout, "knotd to serve %s serial %d"
-                                  % (self.zone, self.serial))
+        await waitUntilAnswering(self.reactor, self.process, self._answers, self.startTimeout,
+                                 "knotd to serve %s serial %d" % (self.zone, self.serial))
 
     async def removeRecord(self, name, rdtype):
         """Remove every ``name`` ``rdtype`` record (as the user deleting it)."""
         await self.setRecord(name, rdtype)
 
-    async def stop(self):
-        """Stop ``knotd`` (bounded) and remove its directory; safe to call twice."""
-        if self.process is not None:
-            await self.process.stop()
-        if self.directory is not None:
-            shutil.rmtree(self.directory, ignore_errors=True)
-            self.directory = None
 
-
-# --- unbound: the recursive resolver ---------------------------------------------------------
-
-class UnboundResolver:
+class UnboundResolver(LoopbackServer):
     """``unbound`` on ``host``:<free port>, resolving each stub zone at its server.
 
     :param stubs: ``{zone: (host, port)}``, e.g. the user's zone at
@@ -493,23 +530,13 @@ class UnboundResolver:
         machine cannot reach: keep queries inside the stubs.
     """
 
+    program = "unbound"
+    tools = ("unbound-control", "dig")
+
     def __init__(self, reactor, stubs, host="127.0.0.1", startTimeout=START_TIMEOUT):
-        self.reactor = reactor
+        super().__init__(reactor, host, startTimeout)
         self.stubs = {zone.lower().rstrip(".") + ".": tuple(server)
                       for zone, server in stubs.items()}
-        self.host = host
-        self.startTimeout = startTimeout
-        self.port = None
-        self.directory = None
-        self.process = None
-
-    @property
-    def address(self):
-        """``(host, port)`` to query."""
-        return (self.host, self.port)
-
-    def _path(self, name):
-        return os.path.join(self.directory, name)
 
     def _config(self):
         ipv6 = ":" in self.host or any(":" in h for h, _ in self.stubs.values())
@@ -532,7 +559,7 @@ class UnboundResolver:
             '    pidfile: "%s"' % (self._path("unbound.pid"),),
             "    do-daemonize: no",
             "    use-syslog: no",
-            '    logfile: "%s"' % (self._path("unbound.log"),),
+            '    logfile: "%s"' % (self._path(self.program + ".log"),),
             "    verbosity: 1",
             # no DNSSEC validation: the test zones are unsigned and have no trust anchor
             '    module-config: "iterator"',
@@ -548,38 +575,20 @@ class UnboundResolver:
                       "    stub-addr: %s@%d" % (host, port)]
         return "\n".join(lines) + "\n"
 
+    def _argv(self):
+        return [findTool(self.program), "-d", "-c", self._configPath]
+
     def _control(self, *args):
-        return checkedTool(self.reactor, [findTool("unbound-control"), "-c",
-                                          self._path("unbound.conf"), *args])
+        return checkedTool(self.reactor, [findTool("unbound-control"), "-c", self._configPath,
+                                          *args])
 
-    async def _answers(self):
+    def _answers(self):
         # unbound answers localhost. itself: proof it serves, without asking a stub
-        return await answers(self.reactor, self.address, "localhost.", "A",
-                             lambda a: a.status == "NOERROR")
+        return answers(self.reactor, self.address, "localhost.", "A",
+                       lambda a: a.status == "NOERROR")
 
-    async def start(self):
-        """Write the configuration, start ``unbound``, wait until it answers.
-        :return: self."""
-        unbound = findTool("unbound")
-        findTool("unbound-control")
-        findTool("dig")
-        self.directory = tempfile.mkdtemp(prefix="kibaship-unbound-")
-        try:
-            self.port = freeDNSPort(self.host)
-            with open(self._path("unbound.conf"), "w") as f:
-                f.write(self._config())
-            self.process = ServerProcess(
-                self.reactor, [unbound, "-d", "-c", self._path("unbound.conf")],
-                self._path("unbound.log"))
-            self.process.start()
-            await waitUntilAnswering(self.reactor, self.process, self._answers,
-                                     self.startTimeout,
-                                     "unbound on %s@%d" % (self.host, self.port))
-            await self._control("status")
-        except BaseException:
-            await self.stop()
-            raise
-        return self
+    async def _started(self):
+        await self._control("status")
 
     async def flush(self, *zones):
         """Forget everything cached under ``zones`` (default: every stub zone),
@@ -589,11 +598,3 @@ class UnboundResolver:
             await self._control("flush_zone", zone)
         await self._control("flush_negative")
         await self._control("flush_infra", "all")
-
-    async def stop(self):
-        """Stop ``unbound`` (bounded) and remove its directory; safe to call twice."""
-        if self.process is not None:
-            await self.process.stop()
-        if self.directory is not None:
-            shutil.rmtree(self.directory, ignore_errors=True)
-            self.directory = None
