@@ -829,6 +829,20 @@ class DocumentationTests(SynchronousTestCase):
         for field in config._VALKEY_FIELDS:
             self.assertIn(f"`valkey.{field}`", text)
 
+    def test_runbookMetricsAreExported(self):
+        """Every metric the runbook names is one the daemon exports. The DNS responder's
+        (kibaship_dns01_dns_*, issue 21) are checked once the daemon exports any of them."""
+        from kibaship_dns01 import metrics
+
+        families = {f.name for f in metrics.REGISTRY.collect()}
+        named = set(re.findall(r"`(kibaship_dns01_\w+)", (DOCS / "runbook.md").read_text()))
+        self.assertIn("kibaship_dns01_dns_queries_total", named)
+        missing = sorted(n for n in named
+                         if n not in families and n.removesuffix("_total") not in families)
+        if not any(f.startswith("kibaship_dns01_dns_") for f in families):
+            missing = [n for n in missing if not n.startswith("kibaship_dns01_dns_")]
+        self.assertEqual(missing, [])
+
     def test_troubleshootingCoversTheCommonErrors(self):
         text = (DOCS / "troubleshooting.md").read_text()
         for symptom in ("could not find the requested resource", "cannot create resource",
