@@ -175,6 +175,15 @@ class UnboundTests(TestCase):
         fresh = await dig(reactor, unbound.address, "www.example.test", "A")
         self.assertEqual(fresh.values("A"), ["192.0.2.2"])
 
+    async def test_badStubRefusedWithUnboundsMessage(self):
+        unbound = UnboundResolver(reactor, {USER_ZONE: ("not-an-address", 53)})
+        self.addCleanup(lambda: defer.ensureDeferred(unbound.stop()))
+        e = await self.assertFailure(defer.ensureDeferred(unbound.start()), DNSServerError)
+        self.assertIn("unbound-checkconf", str(e))
+        self.assertIn("cannot parse stub example.test.", str(e))
+        self.assertIsNone(unbound.process, "unbound was never started")
+        self.assertIsNone(unbound.directory)
+
     async def test_stopEndsTheProcess(self):
         unbound = await startUnbound(self, {})
         pid, directory = unbound.process.pid, unbound.directory

@@ -48,7 +48,7 @@ from kibaship_dns01.testing.polling import PollTimeout, pollUntil
 
 #: program -> the Debian package that installs it
 PACKAGES = {"knotd": "knot", "knotc": "knot", "unbound": "unbound",
-            "unbound-control": "unbound", "dig": "bind9-dnsutils"}
+            "unbound-control": "unbound", "unbound-checkconf": "unbound", "dig": "bind9-dnsutils"}
 #: Debian puts the daemons in sbin, which is not on an ordinary user's PATH
 SBIN = ("/usr/sbin", "/sbin")
 
@@ -531,7 +531,7 @@ class UnboundResolver(LoopbackServer):
     """
 
     program = "unbound"
-    tools = ("unbound-control", "dig")
+    tools = ("unbound-control", "unbound-checkconf", "dig")
 
     def __init__(self, reactor, stubs, host="127.0.0.1", startTimeout=START_TIMEOUT):
         super().__init__(reactor, host, startTimeout)
@@ -577,6 +577,10 @@ class UnboundResolver(LoopbackServer):
 
     def _argv(self):
         return [findTool(self.program), "-d", "-c", self._configPath]
+
+    async def _prepare(self):
+        # a stub unbound cannot use fails here with unbound's own message, not as a timeout
+        await checkedTool(self.reactor, [findTool("unbound-checkconf"), self._configPath])
 
     def _control(self, *args):
         return checkedTool(self.reactor, [findTool("unbound-control"), "-c", self._configPath,
