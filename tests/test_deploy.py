@@ -100,6 +100,65 @@ def assertChangedSettingsReached(testCase, docs, settings=CHANGED_SETTINGS):
                        "value": settings["valkeyNamespace"]}, container(docs)["env"])
 
 
+#: what deploy/overlays/delegation (and the chart's ci/delegation-values.yaml) set
+DELEGATION_SETTINGS = {
+    "KIBASHIP_DNS01_DELEGATION_ZONE": "acme.example.com",
+    "KIBASHIP_DNS01_DELEGATION_NAMESERVERS": "ns1.acme.example.com,ns2.acme.example.com",
+    "KIBASHIP_DNS01_DELEGATION_NAMESERVER_ADDRESSES": "203.0.113.53",
+    "KIBASHIP_DNS01_DELEGATION_NAMESPACES": "certificates"}
+DELEGATION_ARGS = ["--delegation-secret-file=/etc/kibaship-dns01/delegation/secret",
+                   "--dns-port=5353"]
+DNS_INGRESS = {"ports": [{"port": 5353, "protocol": "UDP"}, {"port": 5353, "protocol": "TCP"}]}
+_DELEGATION_ENV = ("KIBASHIP_DNS01_DELEGATION_", "KIBASHIP_DNS01_DNS_")
+
+
+def withoutDelegation(docs):
+    """``docs`` less everything delegated renewals add: what the install is without it."""
+    docs = [d for d in copy.deepcopy(docs) if d["metadata"]["name"] != "kibaship-dns01-dns"
+            and d["kind"] != "Secret"]
+    c = container(docs)
+    pod = one(docs, "Deployment")["spec"]["template"]["spec"]
+    c["args"] = [a for a in c["args"] if a not in DELEGATION_ARGS]
+    c["env"] = [e for e in c["env"] if not e["name"].startswith(_DELEGATION_ENV)]
+    c["ports"] = [p for p in c["ports"] if not p["name"].startswith("dns-")]
+    c["volumeMounts"] = [m for m in c["volumeMounts"] if m["name"] != "delegation-secret"]
+    pod["volumes"] = [v for v in pod["volumes"] if v["name"] != "delegation-secret"]
+    for policy in checkDeploy.find(docs, "NetworkPolicy"):
+        policy["spec"]["ingress"] = [r for r in policy["spec"]["ingress"] if r != DNS_INGRESS]
+    return docs
+
+
+def assertDelegationOff(testCase, docs):
+    """Nothing of delegated renewals in the install (either install)."""
+    testCase.assertEqual(withoutDelegation(docs), docs)
+    testCase.assertEqual(checkDeploy.Install(docs).setting("delegation-zone"), None)
+
+
+def assertDelegationOn(testCase, docs, settings=DELEGATION_SETTINGS,
+                       secretName="kibaship-dns01-delegation", optional=()):
+    """Every piece of delegated renewals is in the install (either install)."""
+    c = container(docs)
+    testCase.assertEqual([a for a in c["args"] if a in DELEGATION_ARGS], DELEGATION_ARGS)
+    env = {e["name"]: e.get("value") for e in c["env"] if e["name"].startswith(_DELEGATION_ENV)}
+    testCase.assertEqual(env, settings)
+    testCase.assertEqual([(p["name"], p["containerPort"], p["protocol"]) for p in c["ports"]
+                          if p["name"].startswith("dns-")],
+                         [("dns-udp", 5353, "UDP"), ("dns-tcp", 5353, "TCP")])
+    inst = checkDeploy.Install(docs)
+    volume, mount = checkDeploy.secretVolume(inst, "delegation-secret-file")
+    testCase.assertEqual((volume["secret"]["secretName"], mount["mountPath"], mount["readOnly"]),
+                         (secretName, "/etc/kibaship-dns01/delegation", True))
+    service = one(docs, "Service", "kibaship-dns01-dns")
+    testCase.assertEqual((service["spec"]["type"], service["spec"]["externalTrafficPolicy"]),
+                         ("LoadBalancer", "Local"))
+    testCase.assertEqual([(p["name"], p["port"], p["protocol"], p["targetPort"])
+                          for p in service["spec"]["ports"]],
+                         [("dns-udp", 53, "UDP", "dns-udp"), ("dns-tcp", 53, "TCP", "dns-tcp")])
+    testCase.assertTrue(checkDeploy._selects(service["spec"]["selector"], inst.podLabels()))
+    testCase.assertIn(DNS_INGRESS, one(docs, "NetworkPolicy")["spec"]["ingress"])
+    testCase.assertEqual(checkDeploy.checkInstall(docs, optional=optional), [])
+
+
 class KubectlRequirementTests(SynchronousTestCase):
     """A missing kubectl is a clear failure in CI and a clear skip elsewhere."""
 
@@ -141,7 +200,7 @@ class RenderTests(SynchronousTestCase):
     def test_kustomizationsFound(self):
         found = {d.relative_to(checkDeploy.DEPLOY).as_posix()
                  for d in checkDeploy.findKustomizations()}
-        self.assertEqual(found, {"base", "overlays/example"})
+        self.assertEqual(found, {"base", "overlays/example", "overlays/delegation"})
 
     def test_everyKustomizationIsClean(self):
         for directory in checkDeploy.findKustomizations():
@@ -425,6 +484,124 @@ class NetworkAndServiceTests(SynchronousTestCase):
         self.assertDetected(mutate, "set --metrics-port", checkDeploy.checkServices)
 
 
+DELEGATION_OVERLAY = checkDeploy.DEPLOY / "overlays" / "delegation"
+
+
+def delegationOverlay(testCase):
+    return rendered(testCase, DELEGATION_OVERLAY)
+
+
+class DelegationTests(SynchronousTestCase):
+    """Delegated renewals: off in the base, everything of it with the component, and
+    every rule of it checked."""
+
+    def test_offInBaseAndExample(self):
+        for directory in (checkDeploy.BASE, checkDeploy.DEPLOY / "overlays" / "example"):
+            assertDelegationOff(self, rendered(self, directory))
+
+    def test_componentAddsEveryPiece(self):
+        assertDelegationOn(self, delegationOverlay(self))
+
+    def test_componentAddsNothingElse(self):
+        example = rendered(self, checkDeploy.DEPLOY / "overlays" / "example")
+        self.assertEqual(withoutDelegation(delegationOverlay(self)), example)
+
+    def test_settingsRequired(self):
+        requireKubectl(self)
+        tmp = Path(tempfile.mkdtemp())
+        self.addCleanup(shutil.rmtree, tmp)
+        shutil.copytree(checkDeploy.DEPLOY, tmp / "deploy")
+        overlay = tmp / "deploy" / "overlays" / "delegation"
+        kustomization = overlay / "kustomization.yaml"
+        kustomization.write_text(kustomization.read_text().replace(
+            "  - delegation-settings.yaml\n", ""))
+        e = self.assertRaises(checkDeploy.CheckError, checkDeploy.render, overlay)
+        self.assertIn("nothing selected by ConfigMap", str(e))
+        self.assertIn("kibaship-dns01-delegation-settings", str(e))
+
+    def assertDetected(self, mutate, expected, docs=None):
+        docs = delegationOverlay(self) if docs is None else docs
+        mutate(docs)
+        self.assertIn(expected, "\n".join(checkDeploy.checkDelegation(checkDeploy.Install(docs))))
+
+    def test_eachRuleChecked(self):
+        def dns(docs):
+            return one(docs, "Service", "kibaship-dns01-dns")["spec"]
+
+        def mount(docs):
+            return [m for m in container(docs)["volumeMounts"]
+                    if m["name"] == "delegation-secret"][0]
+
+        def dnsRule(docs):
+            rules = one(docs, "NetworkPolicy")["spec"]["ingress"]
+            return rules[rules.index(DNS_INGRESS)]
+        cases = [
+            (lambda d: container(d)["ports"].pop(), "--dns-port 5353 for both UDP and TCP"),
+            (lambda d: dns(d).update(externalTrafficPolicy="Cluster"),
+             "externalTrafficPolicy must be Local"),
+            (lambda d: dns(d)["ports"].pop(0), "none serves DNS to --dns-port 5353"),
+            (lambda d: d.remove(one(d, "Service", "kibaship-dns01-dns")), "none serves DNS"),
+            (lambda d: dnsRule(d).update({"from": [{"namespaceSelector": {}}]}),
+             "ingress must allow --dns-port 5353 over UDP and TCP from anywhere"),
+            (lambda d: dnsRule(d)["ports"].pop(0), "from anywhere"),
+            (lambda d: mount(d).update(subPath="secret"), "uses subPath"),
+            (lambda d: mount(d).pop("readOnly"), "delegation-secret must be readOnly"),
+            (lambda d: container(d)["args"].__setitem__(
+                container(d)["args"].index(DELEGATION_ARGS[0]),
+                "--delegation-secret-file=/tmp/secret"),
+             "--delegation-secret-file must point into a mounted Secret volume"),
+        ]
+        for mutate, expected in cases:
+            self.assertDetected(mutate, expected)
+
+    def test_dnsWithoutZoneDetected(self):
+        def strayPort(docs):
+            container(docs)["ports"].append({"name": "dns-udp", "containerPort": 5353,
+                                             "protocol": "UDP"})
+        self.assertDetected(strayPort, "--delegation-zone is not set", docs=base(self))
+        docs = delegationOverlay(self)
+        container(docs)["env"] = [e for e in container(docs)["env"]
+                                  if e["name"] != "KIBASHIP_DNS01_DELEGATION_ZONE"]
+        problems = checkDeploy.checkDelegation(checkDeploy.Install(docs))
+        self.assertIn("Service/kibaship-dns01/kibaship-dns01-dns: serves DNS but "
+                      "--delegation-zone is not set", problems)
+
+    def test_ipBlockFromAnywhereAccepted(self):
+        docs = delegationOverlay(self)
+        rules = one(docs, "NetworkPolicy")["spec"]["ingress"]
+        rules[rules.index(DNS_INGRESS)]["from"] = [{"ipBlock": {"cidr": "0.0.0.0/0"}}]
+        self.assertEqual(checkDeploy.checkDelegation(checkDeploy.Install(docs)), [])
+
+
+class DelegationFlagContractTests(SynchronousTestCase):
+    """The deploy checks know issue 21's flags before tap.py does, and tap.py wins."""
+
+    def test_contractFlagsKnown(self):
+        defaults, _ = checkDeploy.deployFlags()
+        for flag in checkDeploy.DELEGATION_FLAGS:
+            self.assertIn(flag, defaults)
+        inst = checkDeploy.Install(delegationOverlay(self))
+        self.assertEqual(checkDeploy.checkFlags(inst), [])
+        self.assertEqual(inst.setting("dns-port"), "5353")
+
+    def test_tapWins(self):
+        self.patch(checkDeploy, "daemonFlags",
+                   lambda: ({"dns-port": "6053", "secure-port": "8443"}, set()))
+        defaults, _ = checkDeploy.deployFlags()
+        self.assertEqual((defaults["dns-port"], defaults["delegation-zone"]), ("6053", None))
+
+    def test_tapDefaultsAreTheContracts(self):
+        """Once tap.py defines a delegation flag, its default is the contract's (the
+        manifests rely on them, e.g. --dns-port 5353 behind the container ports)."""
+        defaults, _ = checkDeploy.daemonFlags()
+        shared = [f for f in checkDeploy.DELEGATION_FLAGS if f in defaults]
+        if not shared:
+            raise SkipTest("kibaship_dns01/tap.py defines no delegation flag yet (issue 21)")
+        for flag in shared:
+            self.assertEqual(None if defaults[flag] is None else str(defaults[flag]),
+                             checkDeploy.DELEGATION_FLAGS[flag], flag)
+
+
 class FlagTests(SynchronousTestCase):
     """Args and KIBASHIP_DNS01_* variables are flags the daemon accepts."""
 
@@ -672,6 +849,20 @@ class DocumentationTests(SynchronousTestCase):
             self.assertIn(f"`{field}`", text)
         for field in config._VALKEY_FIELDS:
             self.assertIn(f"`valkey.{field}`", text)
+
+    def test_runbookMetricsAreExported(self):
+        """Every metric the runbook names is one the daemon exports. The DNS responder's
+        (kibaship_dns01_dns_*, issue 21) are checked once the daemon exports any of them."""
+        from kibaship_dns01 import metrics
+
+        families = {f.name for f in metrics.REGISTRY.collect()}
+        named = set(re.findall(r"`(kibaship_dns01_\w+)", (DOCS / "runbook.md").read_text()))
+        self.assertIn("kibaship_dns01_dns_queries_total", named)
+        missing = sorted(n for n in named
+                         if n not in families and n.removesuffix("_total") not in families)
+        if not any(f.startswith("kibaship_dns01_dns_") for f in families):
+            missing = [n for n in missing if not n.startswith("kibaship_dns01_dns_")]
+        self.assertEqual(missing, [])
 
     def test_troubleshootingCoversTheCommonErrors(self):
         text = (DOCS / "troubleshooting.md").read_text()

@@ -15,17 +15,24 @@ from pathlib import Path
 
 import jsonschema
 import yaml
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.internet import reactor
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from kibaship_dns01 import tap
 from kibaship_dns01.testing import pki
+from kibaship_dns01.testing.dnsservers import checkedTool
 from tests.support import tempDir
-from tests.test_deploy import (CHANGED_SETTINGS, REPO, _loadScript, assertChangedSettingsReached,
-                               checkDeploy, container, one, rendered)
+from tests.test_deploy import (CHANGED_SETTINGS, DELEGATION_OVERLAY, REPO, _loadScript,
+                               assertChangedSettingsReached, assertDelegationOff,
+                               assertDelegationOn, checkDeploy, container, one, rendered,
+                               withoutDelegation)
 
 CHART = checkDeploy.CHART
 OVERLAY = checkDeploy.DEPLOY / "overlays" / "example"
 EXAMPLE_VALUES = CHART / "ci" / "example-values.yaml"
+DELEGATION_VALUES = CHART / "ci" / "delegation-values.yaml"
 RELEASE = NAMESPACE = "kibaship-dns01"
 OPTIONAL = checkDeploy.HELM_OPTIONAL
 
@@ -199,6 +206,16 @@ class DriftTests(SynchronousTestCase):
         charted = {objectKey(d) for _, d in exampleSources(self)}
         self.assertEqual(kustomize - charted, set(KUSTOMIZE_ONLY))
         self.assertEqual(charted - kustomize, set())
+
+    def test_chartRendersTheDelegationOverlay(self):
+        sources = renderSources(self, "-f", str(EXAMPLE_VALUES), "-f", str(DELEGATION_VALUES))
+        messages = drift(rendered(self, DELEGATION_OVERLAY), sources,
+                         overlay=relative(DELEGATION_OVERLAY))
+        if messages:
+            self.fail(f"the chart with -f {relative(EXAMPLE_VALUES)} -f "
+                      f"{relative(DELEGATION_VALUES)} no longer renders "
+                      f"{relative(DELEGATION_OVERLAY)}; change them together:\n  "
+                      + "\n  ".join(messages))
 
     def test_baseChangeFailsWithObjectAndField(self):
         """What the lead sees after changing deploy/base's Deployment alone."""
@@ -455,7 +472,7 @@ class ChartChecksTests(SynchronousTestCase):
         self.assertEqual(checkDeploy.main(["--helm"]), 0)
 
     def test_lintStrict(self):
-        for extra in ([], ["-f", str(EXAMPLE_VALUES)]):
+        for extra in ([], ["-f", str(EXAMPLE_VALUES)], ["-f", str(DELEGATION_VALUES)]):
             result = subprocess.run([requireHelm(self), "lint", "--strict", str(CHART), *extra],
                                     capture_output=True, text=True, timeout=120)
             self.assertEqual(result.returncode, 0, result.stdout + result.stderr)
@@ -464,7 +481,7 @@ class ChartChecksTests(SynchronousTestCase):
     def test_variantsAreTheOnesAskedFor(self):
         names = [v.name for v in checkDeploy.HELM_VARIANTS]
         self.assertEqual(names, ["defaults", "namespace other-ns", "group acme.example.com",
-                                 "every toggle flipped"])
+                                 "delegation on", "every toggle flipped"])
 
     def test_brokenChartDetected(self):
         variant = checkDeploy.HELM_VARIANTS[0]
@@ -720,6 +737,232 @@ class OptionalObjectTests(SynchronousTestCase):
             checkDeploy.checkInstall(docs, optional=OPTIONAL)))
 
 
+DELEGATION_ON = setArgs(delegation__enabled="true", delegation__zone="acme.example.com")
+
+
+def delegationSecret(docs):
+    """The generated delegation secret (bytes) of a rendered chart."""
+    secret = one(docs, "Secret", "kibaship-dns01-delegation")
+    return base64.b64decode(secret["data"]["secret"])
+
+
+class DelegationChartTests(SynchronousTestCase):
+    """delegation.*: nothing when off, every piece when on, bad values refused."""
+
+    def test_offByDefault(self):
+        docs = chart(self)
+        assertDelegationOff(self, docs)
+        values = {"delegation": {"zone": "acme.example.com", "nameservers": ["ns1.example.com"],
+                                 "resolvers": ["10.0.0.10:53"], "rateLimit": 5}}
+        path = Path(tempDir(self)) / "values.yaml"
+        path.write_text(yaml.safe_dump(values))
+        self.assertEqual(chart(self, "-f", str(path)), docs, "values alone turn nothing on")
+
+    def test_onWithDefaults(self):
+        docs = chart(self, *DELEGATION_ON)
+        assertDelegationOn(self, docs, {"KIBASHIP_DNS01_DELEGATION_ZONE": "acme.example.com",
+                                        "KIBASHIP_DNS01_DELEGATION_NAMESPACES": "certificates"},
+                           optional=OPTIONAL)
+        secret = one(docs, "Secret", "kibaship-dns01-delegation")
+        self.assertEqual(secret["metadata"]["annotations"], {"helm.sh/resource-policy": "keep"})
+        self.assertRegex(delegationSecret(docs), rb"^[A-Za-z0-9]{64}$")
+        self.assertEqual(checkDeploy.validateDocument(secret), [])
+        self.assertEqual(withoutDelegation(docs), chart(self), "it adds nothing else")
+
+    def test_valuesLand(self):
+        values = {"delegation": {
+            "enabled": True, "zone": "acme.kibaship.com",
+            "nameservers": ["ns1.acme.kibaship.com", "ns2.acme.kibaship.com"],
+            "nameserverAddresses": ["203.0.113.53", "2001:db8::53"],
+            "namespaces": ["certificates", "staging"], "resolvers": ["10.96.0.10:53", "[::1]:53"],
+            "rateLimit": 0, "slip": 1,
+            "secret": {"create": True, "existingSecret": "platform-delegation"},
+            "service": {"type": "NodePort", "port": 5300,
+                        "annotations": {"example.com/lb": "dns"},
+                        "loadBalancerIP": "203.0.113.53",
+                        "loadBalancerSourceRanges": ["0.0.0.0/0", "::/0"]}}}
+        path = Path(tempDir(self)) / "values.yaml"
+        path.write_text(yaml.safe_dump(values))
+        docs = chart(self, "-f", str(path))
+        env = {e["name"]: e["value"] for e in container(docs)["env"]}
+        self.assertEqual({k: v for k, v in env.items() if k != "KIBASHIP_DNS01_VALKEY_NAMESPACE"}, {
+            "KIBASHIP_DNS01_DELEGATION_ZONE": "acme.kibaship.com",
+            "KIBASHIP_DNS01_DELEGATION_NAMESERVERS": "ns1.acme.kibaship.com,ns2.acme.kibaship.com",
+            "KIBASHIP_DNS01_DELEGATION_NAMESERVER_ADDRESSES": "203.0.113.53,2001:db8::53",
+            "KIBASHIP_DNS01_DELEGATION_NAMESPACES": "certificates,staging",
+            "KIBASHIP_DNS01_DNS_RESOLVERS": "10.96.0.10:53,[::1]:53",
+            "KIBASHIP_DNS01_DNS_RATE_LIMIT": "0", "KIBASHIP_DNS01_DNS_RATE_LIMIT_SLIP": "1"})
+        service = one(docs, "Service", "kibaship-dns01-dns")
+        self.assertEqual(service["metadata"]["annotations"], {"example.com/lb": "dns"})
+        spec = service["spec"]
+        self.assertEqual((spec["type"], spec["externalTrafficPolicy"], spec["loadBalancerIP"],
+                          spec["loadBalancerSourceRanges"], [p["port"] for p in spec["ports"]]),
+                         ("NodePort", "Local", "203.0.113.53", ["0.0.0.0/0", "::/0"], [5300, 5300]))
+        self.assertEqual(checkDeploy.find(docs, "Secret"), [], "existingSecret: none created")
+        volume, _ = checkDeploy.secretVolume(checkDeploy.Install(docs), "delegation-secret-file")
+        self.assertEqual(volume["secret"]["secretName"], "platform-delegation")
+        problems = [p for d in docs for p in checkDeploy.validateDocument(d)]
+        self.assertEqual(problems + checkDeploy.checkInstall(docs, optional=OPTIONAL), [])
+
+    def test_clusterIPKeepsNoTrafficPolicy(self):
+        docs = chart(self, *DELEGATION_ON, *setArgs(delegation__service__type="ClusterIP"))
+        service = one(docs, "Service", "kibaship-dns01-dns")
+        self.assertNotIn("externalTrafficPolicy", service["spec"])
+        self.assertEqual(checkDeploy.validateDocument(service), [])
+        self.assertEqual(checkDeploy.checkInstall(docs, optional=OPTIONAL), [])
+
+    def test_namesFollowTheRelease(self):
+        docs = chart(self, *DELEGATION_ON, release="dns01", namespace="other-ns")
+        one(docs, "Service", "dns01-kibaship-dns01-dns", "other-ns")
+        one(docs, "Secret", "dns01-kibaship-dns01-delegation", "other-ns")
+        self.assertEqual(checkDeploy.checkInstall(docs, optional=OPTIONAL), [])
+
+    def test_badValuesRefused(self):
+        for args, expected in [
+                (setArgs(delegation__enabled="true"), "at '/delegation/zone'"),
+                (setArgs(delegation__zone="Not_A_Zone"), "at '/delegation/zone'"),
+                (("--set", "delegation.nameserverAddresses[0]=ns1"),
+                 "at '/delegation/nameserverAddresses/0'"),
+                (("--set", "delegation.resolvers[0]=10.0.0.1"), "at '/delegation/resolvers/0'"),
+                (("--set-json", "delegation.namespaces=[]"), "at '/delegation/namespaces'"),
+                (setArgs(delegation__service__type="ExternalName"),
+                 "at '/delegation/service/type'"),
+                (setArgs(delegation__secret__existingSecret="x", delegation__secret__creat="true"),
+                 "additional properties 'creat' not allowed")]:
+            self.assertIn(expected, refusal(self, *args), args)
+
+    def test_secretSourceRequired(self):
+        self.assertIn("delegation.secret: set existingSecret to the Secret that holds the "
+                      "delegation secret (key secret), or create: true",
+                      refusal(self, *DELEGATION_ON, *setArgs(delegation__secret__create="false")))
+
+    def test_delegationFlagsNotRepeated(self):
+        self.assertIn("extraArgs: --delegation-zone is set by the chart; set the value "
+                      "delegation.zone instead",
+                      refusal(self, "--set", "extraArgs[0]=--delegation-zone=x"))
+        self.assertIn("extraEnv: KIBASHIP_DNS01_DNS_RATE_LIMIT is set by the chart "
+                      "(--dns-rate-limit); set the value delegation.rateLimit instead",
+                      refusal(self, "--set", "extraEnv[0].name=KIBASHIP_DNS01_DNS_RATE_LIMIT",
+                              "--set", "extraEnv[0].value=x"))
+
+
+def _plural(kind):
+    return kind.lower()[:-1] + "ies" if kind.endswith("y") else kind.lower() + "s"
+
+
+class LookupAPI(Resource):
+    """Just enough Kubernetes API for ``helm template --dry-run=server``, which runs
+    the chart's ``lookup`` against a cluster: discovery of the kinds in ``docs``,
+    GET of the objects :meth:`hold` was given, 404 for everything else. Every
+    path asked for is kept in ``requested``."""
+
+    isLeaf = True
+
+    def __init__(self, docs):
+        super().__init__()
+        self.requested = []
+        self.objects = {}
+        self.groups = {}
+        for doc in docs:
+            scoped = "namespace" in doc["metadata"]
+            resource = {"name": _plural(doc["kind"]), "singularName": doc["kind"].lower(),
+                        "namespaced": scoped, "kind": doc["kind"], "verbs": ["get", "list"]}
+            kinds = self.groups.setdefault(doc["apiVersion"], {})
+            kinds[doc["kind"]] = resource
+
+    def path(self, doc):
+        version = doc["apiVersion"]
+        prefix = "/api/" + version if "/" not in version else "/apis/" + version
+        where = "/namespaces/%s" % (doc["metadata"]["namespace"],)
+        return "%s%s/%s/%s" % (prefix, where, _plural(doc["kind"]), doc["metadata"]["name"])
+
+    def hold(self, doc):
+        self.objects[self.path(doc)] = doc
+
+    def _discovery(self, path):
+        if path == "/version":
+            return {"major": "1", "minor": "31", "gitVersion": "v1.31.0"}
+        if path == "/api":
+            return {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": []}
+        if path == "/apis":
+            groups = [{"name": gv.split("/")[0], "versions": [{"groupVersion": gv,
+                                                              "version": gv.split("/")[1]}],
+                       "preferredVersion": {"groupVersion": gv, "version": gv.split("/")[1]}}
+                      for gv in self.groups if "/" in gv]
+            return {"kind": "APIGroupList", "apiVersion": "v1", "groups": groups}
+        version = path[len("/api/"):] if path.startswith("/api/") else path[len("/apis/"):]
+        if version in self.groups:
+            return {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": version,
+                    "resources": list(self.groups[version].values())}
+        return self.objects.get(path)
+
+    def render_GET(self, request):
+        path = request.path.decode()
+        self.requested.append(path)
+        request.setHeader(b"content-type", b"application/json")
+        found = self._discovery(path)
+        if found is None:
+            request.setResponseCode(404)
+            found = {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                     "reason": "NotFound", "code": 404, "message": f"{path} not found"}
+        return json.dumps(found).encode()
+
+
+class DelegationSecretKeptTests(TestCase):
+    """The generated secret is made once and then kept: with the Secret in the
+    cluster, the chart renders the value that is there (``lookup``), so an upgrade
+    never renames a delegation. Rendered with ``helm template --dry-run=server
+    --is-upgrade`` against :class:`LookupAPI`."""
+
+    timeout = 120
+
+    def setUp(self):
+        self.api = LookupAPI(chart(self, *DELEGATION_ON))
+        listening = reactor.listenTCP(0, Site(self.api), interface="127.0.0.1")
+        self.addCleanup(listening.stopListening)
+        self.kubeconfig = Path(tempDir(self)) / "kubeconfig"
+        self.kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "test",
+            "clusters": [{"name": "test", "cluster": {
+                "server": f"http://127.0.0.1:{listening.getHost().port}"}}],
+            "users": [{"name": "test", "user": {"token": "test"}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}]}))
+
+    async def renderAgainstTheCluster(self):
+        result = await checkedTool(reactor, [
+            requireHelm(self), "template", RELEASE, str(CHART), "--namespace", NAMESPACE,
+            "--kubeconfig", str(self.kubeconfig), "--dry-run=server", "--is-upgrade",
+            "--disable-openapi-validation", *DELEGATION_ON], timeout=90)
+        return [doc for _, doc in checkDeploy.splitHelmOutput(result.stdout)]
+
+    async def test_generatedOnceThenKept(self):
+        first = await self.renderAgainstTheCluster()
+        secretPath = self.api.path(one(first, "Secret"))
+        self.assertIn(secretPath, self.api.requested, "the chart looked the Secret up")
+        self.assertRegex(delegationSecret(first), rb"^[A-Za-z0-9]{64}$")
+        self.assertNotEqual(delegationSecret(await self.renderAgainstTheCluster()),
+                            delegationSecret(first), "without a Secret: a new random value")
+
+        installed = one(first, "Secret")
+        installed["metadata"]["annotations"].update({
+            "meta.helm.sh/release-name": RELEASE, "meta.helm.sh/release-namespace": NAMESPACE})
+        self.api.hold(installed)
+        for _ in range(2):
+            upgraded = await self.renderAgainstTheCluster()
+            self.assertEqual(delegationSecret(upgraded), delegationSecret(first))
+            self.assertEqual(one(upgraded, "Secret")["metadata"]["annotations"],
+                             {"helm.sh/resource-policy": "keep"})
+
+    async def test_existingValueOfAnyShapeKept(self):
+        """A Secret the operator wrote (openssl rand -hex 32) before turning the chart's
+        generation on is kept as it is, too."""
+        secret = one(chart(self, *DELEGATION_ON), "Secret")
+        secret["data"]["secret"] = base64.b64encode(b"0123456789abcdef" * 4).decode()
+        self.api.hold(secret)
+        upgraded = await self.renderAgainstTheCluster()
+        self.assertEqual(delegationSecret(upgraded), b"0123456789abcdef" * 4)
+
+
 def _immutableDiffs(old, new):
     """Differences between two renders other than the version labels and the image tag."""
     allowed = ("labels.helm.sh/chart", "labels.app.kubernetes.io/version",
@@ -781,6 +1024,14 @@ class NotesTests(SynchronousTestCase):
         self.assertIn("--as=system:serviceaccount:cert-manager:cert-manager", notes)
         self.assertIn("{project:<project-uuid>}:events", notes)
         self.assertIn("pod-security.kubernetes.io/enforce=restricted", notes)
+
+    def test_delegationNotes(self):
+        notes = self.notes(*DELEGATION_ON)
+        self.assertIn("kubectl -n kibaship-dns01 get service kibaship-dns01-dns", notes)
+        self.assertIn("dig @<EXTERNAL-IP> acme.example.com SOA +norec", notes)
+        self.assertIn("NS records ns1.acme.example.com,", notes)
+        self.assertIn("Keep the Secret kibaship-dns01-delegation", notes)
+        self.assertNotIn("Delegated renewals", self.notes())
 
     def test_clusterIssuerInNotesWorks(self):
         notes = self.notes(*setArgs(groupName="acme.example.com", solverName="example"))

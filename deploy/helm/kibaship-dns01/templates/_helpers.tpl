@@ -83,6 +83,52 @@ effective names; scripts/check-deploy fails when these stop matching the daemon.
 {{- end }}
 
 {{/*
+Delegated renewals. The container's DNS port is fixed (the Service maps
+delegation.service.port to it); the secret is a file in a mounted Secret.
+*/}}
+{{- define "kibaship-dns01.dnsPort" -}}
+5353
+{{- end }}
+
+{{- define "kibaship-dns01.delegationSecret" -}}
+{{- .Values.delegation.secret.existingSecret | default (printf "%s-delegation" (include "kibaship-dns01.fullname" .)) }}
+{{- end }}
+
+{{- define "kibaship-dns01.delegationSecretDir" -}}
+/etc/kibaship-dns01/delegation
+{{- end }}
+
+{{- define "kibaship-dns01.delegationSecretFile" -}}
+{{- printf "%s/secret" (include "kibaship-dns01.delegationSecretDir" .) }}
+{{- end }}
+
+{{/*
+The delegation settings as KIBASHIP_DNS01_* variables (lists comma-joined);
+an empty list or null leaves the daemon's default.
+*/}}
+{{- define "kibaship-dns01.delegationEnv" -}}
+{{- $d := .Values.delegation -}}
+- name: KIBASHIP_DNS01_DELEGATION_ZONE
+  value: {{ $d.zone | quote }}
+{{- range $flag, $value := dict "NAMESERVERS" $d.nameservers "NAMESERVER_ADDRESSES" $d.nameserverAddresses "NAMESPACES" $d.namespaces }}
+{{- if $value }}
+- name: KIBASHIP_DNS01_DELEGATION_{{ $flag }}
+  value: {{ join "," $value | quote }}
+{{- end }}
+{{- end }}
+{{- with $d.resolvers }}
+- name: KIBASHIP_DNS01_DNS_RESOLVERS
+  value: {{ join "," . | quote }}
+{{- end }}
+{{- range $flag, $value := dict "RATE_LIMIT" $d.rateLimit "RATE_LIMIT_SLIP" $d.slip }}
+{{- if not (kindIs "invalid" $value) }}
+- name: KIBASHIP_DNS01_DNS_{{ $flag }}
+  value: {{ $value | toString | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
 Daemon flags the chart sets from a value, and that value's name: extraArgs and
 extraEnv may not set them a second time (a flag in args silently wins over its
 KIBASHIP_DNS01_* variable, and a second --group-name would leave the APIService
@@ -104,10 +150,24 @@ valkey-namespace: valkey.namespace
 valkey-service: valkey.serviceName
 valkey-secret: valkey.secretName
 valkey-port: valkey.port
+delegation-zone: delegation.zone
+delegation-secret-file: delegation.secret
+delegation-nameservers: delegation.nameservers
+delegation-nameserver-addresses: delegation.nameserverAddresses
+delegation-namespaces: delegation.namespaces
+dns-port: delegation.service.port
+dns-resolvers: delegation.resolvers
+dns-rate-limit: delegation.rateLimit
+dns-rate-limit-slip: delegation.slip
 {{- end }}
 
 {{- define "kibaship-dns01.validate" -}}
 {{- $managed := include "kibaship-dns01.managedFlags" . | fromYaml }}
+{{- with .Values.delegation }}
+{{- if and .enabled (not .secret.create) (not .secret.existingSecret) }}
+{{- fail "delegation.secret: set existingSecret to the Secret that holds the delegation secret (key secret), or create: true to let the chart make it" }}
+{{- end }}
+{{- end }}
 {{- range .Values.extraArgs }}
 {{- $flag := regexReplaceAll "^--([^=]*).*$" . "${1}" }}
 {{- if hasKey $managed $flag }}
