@@ -573,33 +573,15 @@ class DelegationTests(SynchronousTestCase):
         self.assertEqual(checkDeploy.checkDelegation(checkDeploy.Install(docs)), [])
 
 
-class DelegationFlagContractTests(SynchronousTestCase):
-    """The deploy checks know issue 21's flags before tap.py does, and tap.py wins."""
-
-    def test_contractFlagsKnown(self):
-        defaults, _ = checkDeploy.deployFlags()
-        for flag in checkDeploy.DELEGATION_FLAGS:
-            self.assertIn(flag, defaults)
+class DelegationFlagTests(SynchronousTestCase):
+    def test_overlayFlagsAreDaemonFlags(self):
+        """The component's args and KIBASHIP_DNS01_* variables are flags tap.py defines,
+        and --dns-port behind the container ports is its default."""
         inst = checkDeploy.Install(delegationOverlay(self))
         self.assertEqual(checkDeploy.checkFlags(inst), [])
         self.assertEqual(inst.setting("dns-port"), "5353")
-
-    def test_tapWins(self):
-        self.patch(checkDeploy, "daemonFlags",
-                   lambda: ({"dns-port": "6053", "secure-port": "8443"}, set()))
-        defaults, _ = checkDeploy.deployFlags()
-        self.assertEqual((defaults["dns-port"], defaults["delegation-zone"]), ("6053", None))
-
-    def test_tapDefaultsAreTheContracts(self):
-        """Once tap.py defines a delegation flag, its default is the contract's (the
-        manifests rely on them, e.g. --dns-port 5353 behind the container ports)."""
         defaults, _ = checkDeploy.daemonFlags()
-        shared = [f for f in checkDeploy.DELEGATION_FLAGS if f in defaults]
-        if not shared:
-            raise SkipTest("kibaship_dns01/tap.py defines no delegation flag yet (issue 21)")
-        for flag in shared:
-            self.assertEqual(None if defaults[flag] is None else str(defaults[flag]),
-                             checkDeploy.DELEGATION_FLAGS[flag], flag)
+        self.assertEqual(defaults["dns-port"], "5353")
 
 
 class FlagTests(SynchronousTestCase):
