@@ -127,6 +127,8 @@ class DelegationLabelTests(ResponderFixture, SynchronousTestCase):
         self.assertEqual({rr.name.name for rr in apex.answers}, {b"aCmE.ExAmPlE.cOm"})
         missing = self.ask("NoPe." + ZONE_NAME.upper(), dns.TXT)
         self.assertEqual(missing.message.queries[0].name.name, b"NoPe.ACME.EXAMPLE.COM")
+        self.assertEqual(_soa(missing).name.name, b"ACME.EXAMPLE.COM",
+                         "the SOA's owner: the apex as the question spells it")
 
     def test_anyIsOneSynthesizedHINFO(self):
         """RFC 8482: never the records themselves."""

@@ -27,9 +27,11 @@ What it says, in the order it decides:
   never an NXDOMAIN that the store did not say.
 
 Answers are authoritative (AA) but for REFUSED, NOTIMP, FORMERR, BADVERS and
-SERVFAIL.  Answer records carry the question's own spelling as their owner
-name, so a resolver using 0x20 sees its letter case back everywhere it
-looks; only additional data is never added (minimal responses).
+SERVFAIL.  Records carry the question's own spelling in their owner names
+(the SOA of a negative answer: the apex as the question spells it), so a
+resolver using 0x20 sees its letter case back everywhere it looks, and the
+owner compresses against the question.  No additional data is ever added
+(minimal responses): an answer stays within a few times its query's size.
 """
 import attr
 from twisted.internet import defer
@@ -118,8 +120,7 @@ class Responder:
         self._apex = zone.name.encode("ascii")
         self._suffix = b"." + self._apex
         self._names = _names(zone)
-        self._negativeSOA = dns.RRHeader(self._apex, dns.SOA, dns.IN, zone.negativeTTL,
-                                         self._names[b""][dns.SOA][0], auth=True)
+        self._soa = self._names[b""][dns.SOA][0]
         self._failureLog = ThrottledLog(
             log, clock, "the delegation store failed {count} time(s) in the last {interval}s "
             "(DNS answered SERVFAIL); the latest: {reason}", log_kind="dns_store_failure")
@@ -170,8 +171,12 @@ class Responder:
         return Answer(message, rcode, wire.udpLimit(edns))
 
     def _negative(self, query, edns, rcode):
-        """NXDOMAIN, or NOERROR without answers (NODATA): the SOA says for how long."""
-        return self._reply(query, edns, rcode, authority=[self._negativeSOA])
+        """NXDOMAIN, or NOERROR without answers (NODATA): the SOA says for how long.
+        Its owner is the apex as the question spells it, like every owner here."""
+        name = query.queries[0].name.name
+        apex = name[len(name) - len(self._apex):]
+        return self._reply(query, edns, rcode, authority=[dns.RRHeader(
+            apex, dns.SOA, dns.IN, self.zone.negativeTTL, self._soa, auth=True)])
 
     def _fromRRsets(self, query, edns, rrsets):
         """The answer at a name that exists and holds ``rrsets`` (``{type: [record]}``)."""
