@@ -316,6 +316,10 @@ class StoreFailureTests(ResponderFixture, SynchronousTestCase):
         self.serve(KEY)
         self.assertEqual(self.ask(DELEGATED).rcode, dns.OK, "room again")
 
+    def test_aStoreAnsweringNonsenseIsSERVFAIL(self):
+        self.store.keys = lambda label: defer.succeed(None)
+        self.assertServfail(self.ask(DELEGATED))
+
     def test_failuresAreLoggedAtMostOncePerInterval(self):
         self.store.failWith(ConnectionRefusedError("valkey down"))
         for _ in range(20):

@@ -10,9 +10,12 @@ Names' wire format and never blocking the reactor.
 Modules, in the order data flows:
 
 * :mod:`.zone` - the zone's name, nameservers and SOA, with their TTLs;
+* :mod:`.ratelimit` - response rate limiting per source network, decided
+  before a UDP packet is even parsed;
 * :mod:`.wire` - reading a query and writing an answer within a size;
 * :mod:`.answers` - the answer to one query (the rcode rules);
-* :mod:`.ratelimit` - response rate limiting per source network;
 * :mod:`.udp`, :mod:`.tcp` - the two transports;
 * :mod:`.service` - both listening on one address and port.
+
+docs/dns.md describes the whole for operators.
 """

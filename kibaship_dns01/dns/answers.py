@@ -49,8 +49,8 @@ log = Logger()
 DEFAULT_STORE_TIMEOUT = 2.0
 #: store lookups in flight at once; past it SERVFAIL at once (memory stays bounded)
 DEFAULT_MAX_LOOKUPS = 1024
-#: the HINFO of a minimal ANY answer (RFC 8482 §4.2)
-ANY_HINFO = dns.Record_HINFO(cpu=b"RFC8482", os=b"")
+#: the CPU field of the HINFO of a minimal ANY answer (RFC 8482 §4.2); its OS field is empty
+ANY_HINFO_CPU = b"RFC8482"
 _TRANSFERS = frozenset((dns.AXFR, dns.IXFR))
 RCODE_NAMES = {dns.OK: "noerror", dns.EFORMAT: "formerr", dns.ESERVER: "servfail",
                dns.ENAME: "nxdomain", dns.ENOTIMP: "notimp", dns.EREFUSED: "refused",
@@ -100,7 +100,7 @@ def txtRecords(keys, ttl):
     (43 ASCII characters); one that cannot be a single TXT string is not served."""
     records = []
     for key in dict.fromkeys(keys):
-        data = key.encode("utf-8") if isinstance(key, str) else bytes(key)
+        data = key if isinstance(key, bytes) else str(key).encode("utf-8")
         if 0 < len(data) <= 255:
             records.append(dns.Record_TXT(data, ttl=ttl))
     return records
@@ -147,9 +147,9 @@ class Responder:
         label = relative.decode("latin-1")
         if not isDelegationLabel(label):
             return defer.succeed(self._negative(query, edns, dns.ENAME))
-        return self._lookup(label).addCallbacks(
-            self._keysFound, self._storeFailed, callbackArgs=(query, edns),
-            errbackArgs=(query, edns))
+        # a store answering something that is not a list of keys fails here too: SERVFAIL
+        return self._lookup(label).addCallback(self._keysFound, query, edns).addErrback(
+            self._storeFailed, query, edns)
 
     def _relative(self, name):
         if name == self._apex:
@@ -183,7 +183,7 @@ class Responder:
         question = query.queries[0]
         if question.type == dns.ALL_RECORDS and rrsets:
             ttl = min(r.ttl for records in rrsets.values() for r in records)
-            records = [_hinfo(ttl)]
+            records = [dns.Record_HINFO(cpu=ANY_HINFO_CPU, os=b"", ttl=ttl)]
         else:
             records = rrsets.get(question.type)
         if not records:
@@ -223,7 +223,3 @@ class Responder:
         metrics.labelled(metrics.DNS_STORE_FAILURES, reason).inc()
         self._failureLog.report(reason="%s: %s" % (reason, failure.getErrorMessage()))
         return self._reply(query, edns, dns.ESERVER)
-
-
-def _hinfo(ttl):
-    return dns.Record_HINFO(cpu=ANY_HINFO.cpu, os=ANY_HINFO.os, ttl=ttl)

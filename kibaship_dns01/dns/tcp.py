@@ -72,6 +72,8 @@ class DNSStreamProtocol(Protocol, TimeoutMixin):
         self.factory.closed(self)
 
     def dataReceived(self, data):
+        if not self._open:  # closing: nothing more is read
+            return
         self.resetTimeout()
         self._buffer += data
         self._drain()

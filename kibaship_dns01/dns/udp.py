@@ -30,7 +30,7 @@ from kibaship_dns01.dns.ratelimit import ANSWER, SLIP
 log = Logger()
 
 #: datagrams read per reactor turn (see the module docstring; bench/bench_dns.py)
-DEFAULT_PACKETS_PER_READ = 64
+DEFAULT_PACKETS_PER_READ = 16
 
 
 class BoundedUDPPort(udp.Port):
