@@ -53,3 +53,16 @@ class ResponderFixture:
 
     def lookups(self):
         return [call[1] for call in self.store.calls if call[0] == "keys"]
+
+
+class FakeUDPTransport:
+    """What a DatagramProtocol writes to, recorded; ``refuse`` makes writes fail."""
+
+    def __init__(self):
+        self.written = []
+        self.refuse = None
+
+    def write(self, data, addr):
+        if self.refuse is not None:
+            raise self.refuse
+        self.written.append((data, addr))

@@ -24,9 +24,8 @@ from kibaship_dns01.dns.zone import Zone
 from kibaship_dns01.testing.dnsmessages import framed, readAnswer
 from kibaship_dns01.testing.fakedelegation import FakeDelegationStore
 from kibaship_dns01.testing.hostiledns import packetCases, packets
-from tests.dnssupport import KEY, KEY2, LABEL, OTHER_LABEL, ZONE_NAME
+from tests.dnssupport import KEY, KEY2, LABEL, OTHER_LABEL, ZONE_NAME, FakeUDPTransport
 from tests.support import LogCapture
-from tests.test_dns_transport import FakeUDPTransport
 
 ZONE = Zone(name=ZONE_NAME, nameservers=("ns1." + ZONE_NAME, "ns2." + ZONE_NAME),
             addresses={"ns1." + ZONE_NAME: ["192.0.2.53", "2001:db8::53"],

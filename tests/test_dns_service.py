@@ -5,6 +5,7 @@ import shutil
 import socket
 
 from twisted.internet import reactor
+from twisted.internet.error import CannotListenError
 from twisted.internet.utils import getProcessOutputAndValue
 from twisted.trial.unittest import SkipTest, TestCase
 
@@ -137,7 +138,6 @@ class DigTests(TestCase):
         taken.bind(("127.0.0.1", 0))
         service = DNSService(Responder(ZONE, self.store, reactor), "127.0.0.1",
                              taken.getsockname()[1], reactor)
-        from twisted.internet.error import CannotListenError
         self.assertRaises(CannotListenError, service.startService)
         self.assertFalse(service.running)
         self.assertIsNone(service.port)

@@ -11,33 +11,20 @@ from twisted.names import dns
 from twisted.trial.unittest import SynchronousTestCase
 
 from kibaship_dns01 import metrics
-from kibaship_dns01.dns import wire
 from kibaship_dns01.dns.answers import Responder
 from kibaship_dns01.dns.ratelimit import ResponseRateLimiter
 from kibaship_dns01.dns.tcp import ABORT_TIMEOUT, DNSStreamFactory
 from kibaship_dns01.dns.udp import BoundedUDPPort, DNSDatagramProtocol
 from kibaship_dns01.testing.dnsmessages import framed, optRecord, queryBytes, readAnswer
 from kibaship_dns01.testing.fakedelegation import FakeDelegationStore
-from tests.dnssupport import DELEGATED, KEY, LABEL, ZONE, ZONE_NAME, manyKeys
+from tests.dnssupport import (DELEGATED, KEY, LABEL, ZONE, ZONE_NAME, FakeUDPTransport,
+                              manyKeys)
 
 CLIENT = ("192.0.2.10", 40000)
 
 
 def _sample(name, labels=None):
     return metrics.REGISTRY.get_sample_value(name, labels or {}) or 0
-
-
-class FakeUDPTransport:
-    """What a DatagramProtocol writes to, recorded; ``refuse`` makes writes fail."""
-
-    def __init__(self):
-        self.written = []
-        self.refuse = None
-
-    def write(self, data, addr):
-        if self.refuse is not None:
-            raise self.refuse
-        self.written.append((data, addr))
 
 
 class UDPTests(SynchronousTestCase):

@@ -107,12 +107,12 @@ class DNSStreamProtocol(Protocol, TimeoutMixin):
         return start
 
     def _handle(self, data):
+        started = self.factory.clock.seconds()
         query = wire.parseQuery(data)
         if query is None:
             metrics.labelled(metrics.DNS_MALFORMED, "tcp").inc()
             return
         self._pending += 1
-        started = self.factory.clock.seconds()
         d = self.factory.responder.respond(query)
         d.addCallback(self._send, started)
         d.addErrback(lambda f: log.failure("answering a DNS query over TCP", f))

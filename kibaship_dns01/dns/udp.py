@@ -83,11 +83,11 @@ class DNSDatagramProtocol(DatagramProtocol):
             if action != ANSWER:
                 self._limited(action, data, addr)
                 return
+        started = self.clock.seconds()
         query = wire.parseQuery(data)
         if query is None:
             metrics.labelled(metrics.DNS_MALFORMED, "udp").inc()
             return
-        started = self.clock.seconds()
         d = self.responder.respond(query)
         d.addCallback(self._send, addr, started)
         d.addErrback(lambda f: log.failure("answering a DNS query from {peer}", f,
