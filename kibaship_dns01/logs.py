@@ -96,3 +96,36 @@ def buildObserver(stream, fmt="json", level="info"):
     inner = JSONLinesObserver(stream) if fmt == "json" else TextObserver(stream)
     predicate = LogLevelFilterPredicate(defaultLogLevel=LEVELS[level])
     return FilteringLogObserver(inner, [predicate])
+
+
+class ThrottledLog:
+    """A warning that can happen thousands of times a second (a flood, an outage).
+
+    Logged the first time, then at most once every ``interval`` seconds with how
+    many times it happened since the last line (field ``countField``), so a flood
+    of connections, queries or failures cannot flood the log as well.  ``fields``
+    (``log_kind`` ...) go on every line; :meth:`report` adds the latest details.
+    """
+
+    def __init__(self, logger, clock, format, interval=10.0, countField="count", **fields):
+        self._logger = logger
+        self._clock = clock
+        self._format = format
+        self.interval = interval
+        self._countField = countField
+        self._fields = fields
+        self._count = 0
+        self._last = None
+
+    def report(self, **details):
+        """Count one occurrence; log it (with the count) when the interval allows.
+        :return: whether a line was logged."""
+        self._count += 1
+        now = self._clock.seconds()
+        if self._last is not None and now - self._last < self.interval:
+            return False
+        fields = dict(self._fields, interval=self.interval, **details)
+        fields[self._countField] = self._count
+        self._logger.warn(self._format, **fields)
+        self._count, self._last = 0, now
+        return True

@@ -111,6 +111,44 @@ PRESENT_TO_ISSUED = Histogram(
     "From the last Present of a Certificate revision to the Certificate Ready with it.",
     buckets=_PROGRESS_BUCKETS, registry=REGISTRY)
 
+# --- DNS responder (delegated renewals) -------------------------------------
+_DNS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                0.5, 1, 2.5)
+DNS_QUERIES = Counter(
+    "kibaship_dns01_dns_queries_total",
+    "DNS queries answered, by transport (udp, tcp) and rcode (noerror, nxdomain, refused,"
+    " servfail, formerr, notimp, badvers).", ["transport", "rcode"], registry=REGISTRY)
+DNS_TRUNCATED = Counter(
+    "kibaship_dns01_dns_truncated_total",
+    "UDP answers sent with TC set because they did not fit (the requester retries over TCP).",
+    registry=REGISTRY)
+DNS_RATE_LIMITED = Counter(
+    "kibaship_dns01_dns_rate_limited_total",
+    "UDP queries over their network's response rate, by action (slip: an empty truncated"
+    " answer; drop: no answer).", ["action"], registry=REGISTRY)
+DNS_MALFORMED = Counter(
+    "kibaship_dns01_dns_malformed_total",
+    "Packets that were not a DNS query that could be read (answers included), by transport;"
+    " none is answered.", ["transport"], registry=REGISTRY)
+DNS_STORE_FAILURES = Counter(
+    "kibaship_dns01_dns_store_failures_total",
+    "Delegation store lookups that failed (answered SERVFAIL), by reason (error, timeout,"
+    " overload).", ["reason"], registry=REGISTRY)
+DNS_SEND_FAILURES = Counter(
+    "kibaship_dns01_dns_send_failures_total",
+    "UDP answers the kernel would not send (a full socket buffer under a flood).",
+    registry=REGISTRY)
+DNS_LATENCY = Histogram(
+    "kibaship_dns01_dns_answer_duration_seconds",
+    "From a query read to its answer written, by transport.", ["transport"],
+    buckets=_DNS_BUCKETS, registry=REGISTRY)
+DNS_TCP_CONNECTIONS = Gauge(
+    "kibaship_dns01_dns_tcp_connections", "Open DNS-over-TCP connections.", registry=REGISTRY)
+DNS_TCP_CLOSED = Counter(
+    "kibaship_dns01_dns_tcp_closed_total",
+    "DNS-over-TCP connections refused or closed by the server, by reason (limit, idle,"
+    " too_large).", ["reason"], registry=REGISTRY)
+
 # --- caches ----------------------------------------------------------------
 CACHE_OBJECTS = Gauge(
     "kibaship_dns01_cache_objects", "Objects held by a watch-backed cache, by cache name.",

@@ -6,7 +6,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
-from kibaship_dns01.logs import buildObserver, eventAsJSON
+from kibaship_dns01.logs import ThrottledLog, buildObserver, eventAsJSON
 
 
 def event(fmt, level=LogLevel.info, **fields):
@@ -51,3 +51,32 @@ class JSONTests(SynchronousTestCase):
         observer(event("hidden", level=LogLevel.debug))
         observer(event("shown", level=LogLevel.warn))
         self.assertEqual([json.loads(l)["msg"] for l in out.getvalue().splitlines()], ["shown"])
+
+
+class ThrottledLogTests(SynchronousTestCase):
+    def setUp(self):
+        from twisted.internet.task import Clock
+        self.clock = Clock()
+        self.events = []
+        self.log = ThrottledLog(Logger(observer=self.events.append), self.clock,
+                                "{count} in {interval}s, last {what}", interval=10.0,
+                                log_kind="flood")
+
+    def test_firstThenOncePerIntervalWithTheCount(self):
+        self.assertTrue(self.log.report(what="a"))
+        for n in range(5):
+            self.assertFalse(self.log.report(what=n))
+        self.clock.advance(9.9)
+        self.assertFalse(self.log.report(what="b"))
+        self.clock.advance(0.1)
+        self.assertTrue(self.log.report(what="c"))
+        self.assertEqual([(e["count"], e["what"], e["log_kind"], e["log_level"])
+                          for e in self.events],
+                         [(1, "a", "flood", LogLevel.warn), (7, "c", "flood", LogLevel.warn)])
+
+    def test_theCountFieldCanBeNamed(self):
+        log = ThrottledLog(Logger(observer=self.events.append), self.clock, "{refused}",
+                           countField="refused")
+        log.report()
+        self.assertEqual(self.events[0]["refused"], 1)
+        self.assertNotIn("count", self.events[0])

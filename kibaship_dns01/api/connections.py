@@ -13,6 +13,7 @@ from twisted.logger import Logger
 from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from kibaship_dns01 import metrics
+from kibaship_dns01.logs import ThrottledLog
 
 log = Logger()
 
@@ -30,9 +31,11 @@ class LimitedTLSFactory(TLSMemoryBIOFactory):
     def __init__(self, contextFactory, wrappedFactory, maxConnections, clock):
         super().__init__(contextFactory, False, wrappedFactory)
         self.maxConnections = maxConnections
-        self._clock = clock
-        self._refused = 0
-        self._lastLogged = None
+        self._refusals = ThrottledLog(
+            log, clock, "connection limit reached: {open} connections are open "
+            "(--max-connections {limit}); refused {refused} new connection(s) since the "
+            "last report, the latest from {peer}", interval=REFUSAL_LOG_INTERVAL,
+            countField="refused", log_kind="connection_limit")
         self._empty = []
 
     def buildProtocol(self, addr):
@@ -55,16 +58,8 @@ class LimitedTLSFactory(TLSMemoryBIOFactory):
 
     def _refuse(self, addr):
         metrics.HTTP_CONNECTIONS_REFUSED.inc()
-        self._refused += 1
-        now = self._clock.seconds()
-        if self._lastLogged is None or now - self._lastLogged >= REFUSAL_LOG_INTERVAL:
-            log.warn("connection limit reached: {open} connections are open "
-                     "(--max-connections {limit}); refused {refused} new connection(s) since the "
-                     "last report, the latest from {peer}", open=len(self.protocols),
-                     limit=self.maxConnections, refused=self._refused,
-                     peer=getattr(addr, "host", addr), log_kind="connection_limit")
-            self._refused = 0
-            self._lastLogged = now
+        self._refusals.report(open=len(self.protocols), limit=self.maxConnections,
+                              peer=getattr(addr, "host", addr))
 
     def channels(self):
         """The HTTP channel of every open connection."""

@@ -1,0 +1,122 @@
+"""DNS over UDP: rate limit, parse, answer, write; and a port that shares the reactor.
+
+Per datagram (:class:`DNSDatagramProtocol`): the rate limiter decides from
+the source address alone (:mod:`.ratelimit`); a packet that is not a
+readable query is counted and gets nothing (no answer, no log line); the
+answer is encoded within the requester's UDP size (TC set when it does not
+fit, :func:`.wire.encodeAnswer`).  Nothing here raises into the reactor: a
+write the kernel refuses (a full buffer under a flood) is counted.
+
+:class:`BoundedUDPPort` bounds the datagrams handled per reactor turn.
+Twisted's ``udp.Port.doRead`` reads until 256 KiB have arrived, which at
+~40 bytes a query is over 6,000 queries in one turn: under a flood the
+HTTPS listener on the same reactor would wait for all of them every turn.
+Reading ``packetsPerRead`` datagrams and returning lets the reactor serve
+every other socket between batches; the rest wait in the kernel's buffer
+(and beyond it are dropped by the kernel, which is what a flood deserves).
+"""
+import socket
+
+from twisted.internet import udp
+from twisted.internet.error import MessageLengthError
+from twisted.internet.protocol import DatagramProtocol
+from twisted.logger import Logger
+
+from kibaship_dns01 import metrics
+from kibaship_dns01.dns import wire
+from kibaship_dns01.dns.answers import RCODE_NAMES
+from kibaship_dns01.dns.ratelimit import ANSWER, SLIP
+
+log = Logger()
+
+#: datagrams read per reactor turn (see the module docstring; bench/bench_dns.py)
+DEFAULT_PACKETS_PER_READ = 16
+
+
+class BoundedUDPPort(udp.Port):
+    """A UDP port reading at most ``packetsPerRead`` datagrams each time it is readable."""
+
+    def __init__(self, port, proto, interface="", reactor=None,
+                 packetsPerRead=DEFAULT_PACKETS_PER_READ):
+        super().__init__(port, proto, interface=interface, maxPacketSize=wire.MAX_QUERY_SIZE,
+                         reactor=reactor)
+        self.packetsPerRead = packetsPerRead
+
+    def doRead(self):
+        """Twisted's loop (``udp.Port.doRead``) counted in datagrams, not bytes."""
+        for _ in range(self.packetsPerRead):
+            if not self.connected:  # stopped by a datagram handled in this batch
+                return
+            try:
+                data, addr = self.socket.recvfrom(self.maxPacketSize)
+            except (BlockingIOError, InterruptedError, ConnectionRefusedError):
+                # nothing more to read; or the ICMP error of an earlier answer
+                return
+            if self.addressFamily == socket.AF_INET6:
+                addr = addr[:2]  # without flow and scope id, as Twisted hands them
+            try:
+                self.protocol.datagramReceived(data, addr)
+            except Exception:  # a defect: keep the port serving, as Twisted does
+                log.failure("handling a datagram from {peer}", peer=addr[0])
+
+
+class DNSDatagramProtocol(DatagramProtocol):
+    """Answers the queries arriving on one UDP port with ``responder``."""
+
+    noisy = False
+
+    def __init__(self, responder, clock, limiter=None):
+        self.responder = responder
+        self.clock = clock
+        self.limiter = limiter
+        self._running = False
+
+    def startProtocol(self):
+        self._running = True
+
+    def stopProtocol(self):
+        self._running = False
+
+    def datagramReceived(self, data, addr):
+        if self.limiter is not None:
+            action = self.limiter.decide(addr[0])
+            if action != ANSWER:
+                self._limited(action, data, addr)
+                return
+        started = self.clock.seconds()
+        query = wire.parseQuery(data)
+        if query is None:
+            metrics.labelled(metrics.DNS_MALFORMED, "udp").inc()
+            return
+        d = self.responder.respond(query)
+        d.addCallback(self._send, addr, started)
+        d.addErrback(lambda f: log.failure("answering a DNS query from {peer}", f,
+                                           peer=addr[0]))
+
+    def _limited(self, action, data, addr):
+        slip = wire.slipAnswer(data) if action == SLIP else None
+        if slip is None:
+            metrics.labelled(metrics.DNS_RATE_LIMITED, "drop").inc()
+            return
+        metrics.labelled(metrics.DNS_RATE_LIMITED, "slip").inc()
+        self._write(slip, addr)
+
+    def _send(self, answer, addr, started):
+        data, truncated = wire.encodeAnswer(answer.message, answer.udpLimit)
+        if not self._write(data, addr):
+            return
+        if truncated:
+            metrics.DNS_TRUNCATED.inc()
+        metrics.labelled(metrics.DNS_QUERIES, "udp", RCODE_NAMES[answer.rcode]).inc()
+        metrics.labelled(metrics.DNS_LATENCY, "udp").observe(self.clock.seconds() - started)
+
+    def _write(self, data, addr):
+        """Send ``data``; ``False`` when the port has closed or the kernel refused it."""
+        if not self._running:
+            return False
+        try:
+            self.transport.write(data, addr)
+        except (OSError, MessageLengthError):
+            metrics.DNS_SEND_FAILURES.inc()
+            return False
+        return True
