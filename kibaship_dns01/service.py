@@ -6,6 +6,7 @@ configured.  Start order is the order added; stop is the reverse.
 """
 import signal
 
+import attr
 from prometheus_client.twisted import MetricsResource
 from twisted.application import service
 from twisted.internet import defer, task
@@ -29,6 +30,10 @@ from kibaship_dns01.delegation.names import DelegationNamer
 from kibaship_dns01.delegation.offer import DelegationOffer
 from kibaship_dns01.delegation.secret import loadSecret
 from kibaship_dns01.delegation.store import ValkeyDelegationStore
+from kibaship_dns01.dns.answers import Responder
+from kibaship_dns01.dns.ratelimit import ResponseRateLimiter
+from kibaship_dns01.dns.service import DNSService
+from kibaship_dns01.dns.zone import Zone
 from kibaship_dns01.kube.client import KubeClient
 from kibaship_dns01.logs import buildObserver
 from kibaship_dns01.memory import MemoryTrimmer
@@ -266,6 +271,30 @@ def buildDelegation(settings, publisher, targets, clock):
                            keyTTL=settings.idempotencyWindow)
 
 
+def buildZone(settings):
+    """The delegation zone as the flags describe it; the nameserver addresses are
+    served for the nameserver names inside the zone."""
+    zone = Zone(name=settings.delegationZone, nameservers=settings.delegationNameservers)
+    inZone = [ns for ns in zone.nameservers if zone.relative(ns)]
+    if not settings.delegationNameserverAddresses or not inZone:
+        return zone
+    return attr.evolve(zone, addresses={
+        ns: settings.delegationNameserverAddresses for ns in inZone})
+
+
+def buildDNSService(settings, delegation, reactor):
+    """The authoritative DNS responder for ``--delegation-zone``, serving the keys of
+    ``delegation``'s store; with ``--dns-rate-limit`` 0, no rate limiting."""
+    responder = Responder(buildZone(settings), delegation.store, reactor)
+    limiter = None
+    if settings.dnsRateLimit > 0:
+        limiter = ResponseRateLimiter(reactor, rate=settings.dnsRateLimit,
+                                      burst=max(1.0, 2 * settings.dnsRateLimit),
+                                      slip=settings.dnsRateLimitSlip)
+    return DNSService(responder, settings.dnsBindAddress, settings.dnsPort, reactor,
+                      limiter=limiter)
+
+
 def buildService(settings, reactor, kubeConfig, stdout=None):
     """The whole daemon for ``settings``.
 
@@ -302,6 +331,8 @@ def buildService(settings, reactor, kubeConfig, stdout=None):
                    clock=reactor, maxConnections=settings.maxConnections,
                    shutdownDelay=settings.shutdownDelay,
                    gracePeriod=settings.shutdownGracePeriod).setServiceParent(root)
+    if delegation is not None:
+        buildDNSService(settings, delegation, reactor).setServiceParent(root)
     if settings.metricsPort:
         buildMetricsService(settings, reactor).setServiceParent(root)
     MemoryTrimmer(reactor).setServiceParent(root)

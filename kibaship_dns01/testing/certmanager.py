@@ -114,10 +114,14 @@ class CertificateChain:
         head = [self.certificate] if self.certificate is not None else []
         return head + [self.certificateRequest, self.order] + list(self.challenges)
 
-    def addTo(self, store):
-        """Add every object to ``store``; :return: self."""
+    def addTo(self, store, certificate=True):
+        """Add every object to ``store``; :return: self.
+
+        :param certificate: ``False`` leaves the Certificate out (a :func:`renewal`'s,
+            which already exists)."""
         for obj in self.objects():
-            store.add(obj)
+            if certificate or obj is not self.certificate:
+                store.add(obj)
         return self
 
     def removeFrom(self, store):
@@ -236,6 +240,22 @@ def _challenge(order, name, issuerRef, groupName, solverName, seed, config):
     meta["finalizers"] = [CHALLENGE_FINALIZER]
     return {"apiVersion": "acme.cert-manager.io/v1", "kind": "Challenge", "metadata": meta,
             "spec": spec, "status": {"processing": True, "presented": False, "state": "pending"}}
+
+
+def renewal(chain, revision, keySeed):
+    """The next issuance of ``chain``'s Certificate, as cert-manager starts it: a new
+    CertificateRequest (``revision``), Order and Challenges with new keys, owned by the
+    same Certificate object (add it with ``addTo(store, certificate=False)``)."""
+    certificate = chain.certificate
+    meta, spec = certificate["metadata"], certificate["spec"]
+    webhook = chain.challenges[0]["spec"]["solver"]["dns01"]["webhook"]
+    new = buildChain(certificateName=meta["name"], namespace=meta["namespace"],
+                     dnsNames=spec["dnsNames"], labels=meta.get("labels") or {},
+                     issuerRef=spec["issuerRef"], groupName=webhook["groupName"],
+                     solverName=webhook["solverName"], revision=revision, keySeed=keySeed,
+                     config=webhook.get("config"), displayName=None)
+    new.certificateRequest["metadata"]["ownerReferences"] = [ownerReference(certificate)]
+    return CertificateChain(certificate, new.certificateRequest, new.order, new.challenges)
 
 
 # --- what cert-manager writes while it works (status updates) -----------------

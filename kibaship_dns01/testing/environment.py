@@ -25,6 +25,9 @@ CERT_MANAGER_USER = "system:serviceaccount:cert-manager:cert-manager"
 CERT_MANAGER_GROUPS = ("system:serviceaccounts", "system:serviceaccounts:cert-manager")
 FRONT_PROXY_CN = "front-proxy-client"
 PASSWORD_SECRET = "valkey-auth"
+#: the daemon's default Valkey Secret (--valkey-namespace / --valkey-secret defaults)
+DEFAULT_VALKEY_NS = "kibaship-operator"
+DEFAULT_VALKEY_SECRET = "kibaship-valkey-cluster-kibaship-com"
 #: what kube-apiserver's authenticator adds for a bound ServiceAccount token
 #: (Kubernetes 1.30+), which the kube-aggregator forwards as ``X-Remote-Extra-*``
 CERT_MANAGER_EXTRA = {
@@ -79,6 +82,9 @@ class LocalEnvironment:
         if self.cluster.password is not None:
             store.add(secret(CERT_MANAGER_NS, PASSWORD_SECRET,
                              {"password": self.cluster.password}))
+            # the daemon's own Valkey (--valkey-address, below): the operator's Secret
+            store.add(secret(DEFAULT_VALKEY_NS, DEFAULT_VALKEY_SECRET,
+                             {"password": self.cluster.password}))
         self.chain.addTo(store)
         self.api.setSubjectAccessReviewHandler(self._review)
         await self.api.start()
@@ -122,17 +128,35 @@ class LocalEnvironment:
                 "--kubeconfig", self.kubeconfig, "--secure-port", str(port),
                 "--bind-address", "127.0.0.1", "--metrics-port", str(metricsPort),
                 "--metrics-bind-address", "127.0.0.1", "--group-name", self.groupName,
-                "--solver-name", self.solverName, *extra]
+                "--solver-name", self.solverName, "--valkey-address", self.cluster.seeds[0],
+                *extra]
+
+    def delegationArgs(self, zone, dnsPort, resolvers=(), namespaces="certificates"):
+        """The flags of delegated renewals (issue 21): the secret file is written into
+        the work directory once and shared by every daemon of this environment."""
+        secretFile = os.path.join(self.workdir, "delegation-secret")
+        if not os.path.exists(secretFile):
+            with open(secretFile, "w") as f:
+                f.write(base64.b32encode(os.urandom(40)).decode() + "\n")
+        args = ["--delegation-zone", zone, "--delegation-secret-file", secretFile,
+                "--dns-port", str(dnsPort), "--delegation-namespaces", namespaces]
+        if resolvers:
+            args += ["--dns-resolvers", ",".join("%s:%d" % r for r in resolvers)]
+        return args
+
+    def delegationSecret(self):
+        with open(os.path.join(self.workdir, "delegation-secret"), "rb") as f:
+            return f.read().rstrip()
 
     def challengeRequest(self, action=PRESENT, challenge=None):
         return self.chain.request(challenge, resourceNamespace=CERT_MANAGER_NS, action=action,
                                   config=self.issuerConfig())
 
-    def payload(self, action=PRESENT, challenge=None):
-        """The body cert-manager POSTs."""
+    def payload(self, action=PRESENT, challenge=None, request=None):
+        """The body cert-manager POSTs (``request``: its ``request`` object as given)."""
         return {"apiVersion": "webhook.acme.cert-manager.io/v1alpha1",
                 "kind": "ChallengePayload",
-                "request": self.challengeRequest(action, challenge).raw}
+                "request": request or self.challengeRequest(action, challenge).raw}
 
     def solverPath(self):
         return f"/apis/{self.groupName}/v1alpha1/{self.solverName}"
@@ -161,12 +185,13 @@ class LocalEnvironment:
         return ("POST %s HTTP/1.1\r\n%s\r\n" % (self.solverPath(), head)).encode() + body
 
     async def post(self, baseURL, action=PRESENT, challenge=None, user=CERT_MANAGER_USER,
-                   groups=CERT_MANAGER_GROUPS):
-        """Send a Present/CleanUp as the kube-aggregator forwards cert-manager's call."""
+                   groups=CERT_MANAGER_GROUPS, requestObject=None):
+        """Send a Present/CleanUp as the kube-aggregator forwards cert-manager's call
+        (``requestObject``: a ``request`` object to send as is instead)."""
         path = self.solverPath()
         headers = {"Content-Type": ["application/json"], "X-Remote-User": [user],
                    "X-Remote-Group": list(groups)}
         return await request(self.reactor, "POST", baseURL + path,
                              caPEM=self.servingCA.certPEM, clientPair=self.frontProxy,
-                             headers=headers, body=json.dumps(self.payload(action, challenge))
-                             .encode())
+                             headers=headers, body=json.dumps(
+                                 self.payload(action, challenge, requestObject)).encode())
