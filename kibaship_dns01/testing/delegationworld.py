@@ -45,10 +45,14 @@ class DelegationWorld:
             if server is not None:
                 await server.stop()
 
+    def delegationArgs(self, replica):
+        """The ``replica``'s delegation flags: its DNS port, unbound as resolver."""
+        return self.env.delegationArgs(self.zone, self.dnsPorts[replica],
+                                       resolvers=[self.unbound.address])
+
     def daemonArgs(self, replica, port=0, extra=()):
         """The ``replica``'s flags: the environment's, plus delegated renewals."""
-        return self.env.daemonArgs(port, extra=(*self.env.delegationArgs(
-            self.zone, self.dnsPorts[replica], resolvers=[self.unbound.address]), *extra))
+        return self.env.daemonArgs(port, extra=(*self.delegationArgs(replica), *extra))
 
     def delegationFor(self, projectUUID, domain=None):
         """The delegation the daemons offer (the same secret: the same name)."""

@@ -1,6 +1,6 @@
 """Run the product's main job end to end on this machine.
 
-    python -m kibaship_dns01.testing.localrun [--keep-running] [--workdir DIR]
+    python -m kibaship_dns01.testing.localrun [--keep-running] [--workdir DIR] [--delegation]
 
 Starts a six-node Valkey cluster (password protected), a stand-in Kubernetes
 API server holding a Kibaship Certificate -> CertificateRequest -> Order ->
@@ -10,6 +10,12 @@ kube-aggregator does), moves the Challenge through pending ->
 waiting_for_dns -> valid and the Certificate to Ready, sends the
 ``CleanUp``, and prints every stream entry as the frontend receives it
 (read back with ``valkey-cli XRANGE``).
+
+``--delegation`` plays delegated renewals (issue 21) instead, with knot as the
+user's DNS and unbound as the resolver cert-manager and the CA would ask: the
+first Present offers the CNAME, the user adds it once, ``delegation_active``
+says it works, the renewal's Present says ``active: true``, and ``dig``
+through unbound shows the key the daemon serves.
 """
 import argparse
 import json
@@ -22,6 +28,7 @@ from twisted.internet import defer, task
 
 from kibaship_dns01.testing import certmanager as cm
 from kibaship_dns01.testing.daemon import DaemonProcess
+from kibaship_dns01.testing.delegationworld import DelegationWorld
 from kibaship_dns01.testing.environment import FRONT_PROXY_CN, LocalEnvironment
 from kibaship_dns01.testing.polling import pollUntil
 from kibaship_dns01.testing.ports import freePort
@@ -37,6 +44,9 @@ def _parse(argv):
     p.add_argument("--metrics-port", type=int, default=0, help="0 picks a free port")
     p.add_argument("--keep-running", action="store_true",
                    help="leave everything up until Ctrl-C")
+    p.add_argument("--delegation", action="store_true",
+                   help="delegated renewals instead: the CNAME offer, the user's one-time "
+                        "CNAME (knot), a renewal that needs nobody, dig through unbound")
     return p.parse_args(argv)
 
 
@@ -54,9 +64,15 @@ def _curlHints(env, base):
 async def _run(reactor, args, cluster):
     env = LocalEnvironment(reactor, os.path.abspath(args.workdir), cluster)
     await env.start()
+    world = DelegationWorld(reactor, env) if args.delegation else None
+    extra = ("--log-format", "text")
+    if world is not None:
+        _say("starting knot (the user's zone %s) and unbound (the resolver) ..." % (
+            world.userZone,))
+        await world.start()
+        extra = (*world.delegationArgs(0), *extra)
     metricsPort = args.metrics_port or freePort()
-    daemon = DaemonProcess(reactor, env.daemonArgs(args.port, metricsPort, ("--log-format",
-                                                                           "text")),
+    daemon = DaemonProcess(reactor, env.daemonArgs(args.port, metricsPort, extra),
                            cwd=env.workdir)
     daemon.start()
     base = f"https://localhost:{args.port}"
@@ -65,7 +81,10 @@ async def _run(reactor, args, cluster):
         _say(f"daemon ready at {base} (metrics http://127.0.0.1:{metricsPort}/metrics)")
         project = env.chain.certificate["metadata"]["labels"]["platform.kibaship.com/project-uuid"]
         key = streamKey(project)
-        ok = await _lifecycle(reactor, env, base, cluster, key)
+        if world is None:
+            ok = await _lifecycle(reactor, env, base, cluster, key)
+        else:
+            ok = await _delegated(reactor, env, world, base, cluster, key, project)
         _say(f"\nvalkey-cli -c XRANGE {key} - +   (every entry, as the frontend receives it)")
         for entryId, fields in cluster.xrange(key):
             data = json.loads(fields.pop("event_data"))
@@ -82,13 +101,15 @@ async def _run(reactor, args, cluster):
         raise
     finally:
         await daemon.stop()
+        if world is not None:
+            await world.stop()
         await env.stop()
         with open(os.path.join(env.workdir, "daemon.log"), "wb") as f:
             f.write(daemon.output)
 
 
-async def _post(env, base, action):
-    resp = await env.post(base, action=action)
+async def _post(env, base, action, challenge=None):
+    resp = await env.post(base, action=action, challenge=challenge)
     _say(f"POST {env.groupName}/v1alpha1/{env.solverName} ({action}) -> HTTP {resp.code}: "
          f"{json.dumps(resp.json()['response'])}")
     return resp.code == 201 and resp.json()["response"]["success"]
@@ -125,6 +146,82 @@ async def _lifecycle(reactor, env, base, cluster, key):
                   "issued": lambda: f" revision={payload['revision']}"}.get(
             fields["operation"], lambda: "")()
         _say(f"   stream entry {fields['sequence']}: operation={fields['operation']}{detail}")
+    return ok
+
+
+async def _step(reactor, cluster, key, count, what):
+    """Wait for the stream's ``count``-th entry; say what it is."""
+    await pollUntil(reactor, lambda: len(cluster.xrange(key)) >= count, 20.0, 0.2,
+                    what=f"entry {count} ({what})")
+    _, fields = cluster.xrange(key)[count - 1]
+    payload = json.loads(fields["event_data"])["payload"]
+    detail = {"status": lambda: f" phase={payload['phase']} state={payload['state']}",
+              "issued": lambda: f" revision={payload['revision']}"}.get(
+        fields["operation"], lambda: "")()
+    if "delegation" in payload:
+        detail += f" delegation.active={json.dumps(payload['delegation']['active'])}"
+    _say(f"   stream entry {fields['sequence']}: operation={fields['operation']}{detail}")
+    return payload
+
+
+async def _dig(world, name, replica=None):
+    """Run dig as a person would, and show what it printed."""
+    if replica is None:
+        _say("   $ " + world.resolverCommand(name))
+        answer = await world.askResolver(name)
+    else:
+        _say("   $ " + world.replicaCommand(replica, name))
+        answer = await world.askReplica(replica, name)
+    shown = [f"{r.name} {r.ttl} {r.rdclass} {r.rdtype} {r.data}" for r in answer.answer]
+    _say(f"   status: {answer.status}" + "".join("\n   " + line for line in shown))
+    return answer
+
+
+async def _delegated(reactor, env, world, base, cluster, key, project):
+    """Delegated renewals as a user lives them: the offer, one CNAME, renewals alone."""
+    store, chain = env.api.store, env.chain
+    challenge, dnsName = chain.challenges[0], chain.challenges[0]["spec"]["dnsName"]
+    ok = True
+    _say("\n== Present (first issuance): the TXT instruction, and the CNAME offered once")
+    ok = await _post(env, base, "Present") and ok
+    offer = (await _step(reactor, cluster, key, 1, "present"))["delegation"]
+    _say(f"   offer: {offer['name']} CNAME {offer['value']}  (active: "
+         f"{json.dumps(offer['active'])})")
+    _say("   the daemon already serves the key at that name:")
+    await _dig(world, offer["value"], replica=0)
+
+    _say(f"\n== The user adds, once, in their own DNS (knot, zone {world.userZone}):")
+    _say(f"   {offer['name']}. CNAME {offer['value']}.")
+    await world.addCNAME(world.delegationFor(project))
+    _say("   what cert-manager's self-check and the CA now see through the resolver:")
+    await _dig(world, offer["name"])
+    cm.setChallengeStatus(store, challenge, "pending", cm.propagationReason(dnsName))
+    await _step(reactor, cluster, key, 2, "the CNAME seen")
+    await _step(reactor, cluster, key, 3, "waiting")
+    cm.setChallengeStatus(store, challenge, "valid", cm.AUTHORIZED_REASON)
+    await _step(reactor, cluster, key, 4, "verified")
+    cm.setCertificateIssued(store, chain.certificate, 1, at=reactor.seconds())
+    await _step(reactor, cluster, key, 5, "issued")
+    ok = await _post(env, base, "CleanUp") and ok
+    await _step(reactor, cluster, key, 6, "cleanup")
+
+    _say("\n== 45 days later, the renewal: a new key, and nobody is asked")
+    renewal = cm.renewal(chain, revision=2, keySeed="renewal")
+    renewal.addTo(store, certificate=False)
+    renewed = renewal.challenges[0]
+    ok = await _post(env, base, "Present", renewed) and ok
+    ok = (await _step(reactor, cluster, key, 7, "present"))["delegation"]["active"] is True and ok
+    await world.unbound.flush()
+    answer = await _dig(world, offer["name"])
+    ok = renewed["spec"]["key"] in answer.values("TXT") and ok
+    cm.setChallengeStatus(store, renewed, "valid", cm.AUTHORIZED_REASON)
+    await _step(reactor, cluster, key, 8, "verified")
+    cm.setCertificateIssued(store, chain.certificate, 2, at=reactor.seconds())
+    await _step(reactor, cluster, key, 9, "issued")
+    ok = await _post(env, base, "CleanUp", renewed) and ok
+    await _step(reactor, cluster, key, 10, "cleanup")
+    _say("   after the CleanUp the key is withdrawn:")
+    await _dig(world, offer["value"], replica=0)
     return ok
 
 
