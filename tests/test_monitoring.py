@@ -17,12 +17,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
 
-from kibaship_dns01.testing.daemon import DaemonProcess
-from kibaship_dns01.testing.environment import LocalEnvironment
 from kibaship_dns01.testing.httpclient import request
-from kibaship_dns01.testing.ports import freePort
 from kibaship_dns01.testing.valkeycluster import inThread, sharedCluster
-from tests.support import tempDir
+from tests.support import startDaemon, tempDir
 from tests.test_deploy import REPO, _loadScript, checkDeploy
 
 MONITORING = REPO / "deploy" / "monitoring"
@@ -315,17 +312,8 @@ class ExportedMetricsTests(TestCase):
 
     async def scrape(self):
         """/metrics of a daemon that served a Present, a CleanUp and a refused call."""
-        cluster = await inThread(sharedCluster)
-        cwd = tempDir(self, "kibaship-monitoring-")
-        env = LocalEnvironment(reactor, cwd, cluster)
-        await env.start()
-        self.addCleanup(lambda: defer.ensureDeferred(env.stop()))
-        metricsPort = freePort()
-        daemon = DaemonProcess(reactor, env.daemonArgs(0, metricsPort), cwd=cwd)
-        daemon.start()
-        self.addCleanup(lambda: defer.ensureDeferred(daemon.stop()))
-        base = f"https://localhost:{await daemon.listeningPort()}"
-        await daemon.waitReady(base, env.servingCA.certPEM)
+        env, _, base, metricsPort = await startDaemon(self, await inThread(sharedCluster),
+                                                      "kibaship-monitoring-")
         for action in ("Present", "CleanUp"):
             self.assertEqual((await env.post(base, action=action)).code, 201)
         self.assertEqual((await env.post(base, user="system:serviceaccount:x:y")).code, 403)
