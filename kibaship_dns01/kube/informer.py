@@ -145,7 +145,10 @@ class Informer(service.Service):
         self._watchGrace = watchGrace
         self._objects = {}
         self._size = metrics.CACHE_OBJECTS.labels(cache=name)
-        self._lastSync = metrics.CACHE_LAST_SYNC.labels(cache=name)
+        #: when the cache last heard from the API server (``clock`` time); read at scrape
+        #: time, so a watch event costs an attribute store, not a locked ``Gauge.set``
+        self.lastHeard = 0.0
+        metrics.CACHE_LAST_SYNC.labels(cache=name).set_function(lambda: self.lastHeard)
         self._listeners = []
         self._waiters = []
         self._rv = None
@@ -394,7 +397,7 @@ class Informer(service.Service):
     def _heard(self):
         """The cache is current as of now (``kibaship_dns01_cache_last_sync_timestamp_seconds``:
         the alert on an API server that cannot be read compares it with the time)."""
-        self._lastSync.set(self.clock.seconds())
+        self.lastHeard = self.clock.seconds()
 
     def _changed(self, kind, obj, count=True):
         """Tell the listeners; ``count=False`` within a relist, which sets the
