@@ -6,10 +6,10 @@
 # stage copies only that virtualenv onto the same slim Python base, so no
 # source tree, tests, pip cache or packaging tools reach the image.
 #
-# No Docker engine runs in CI: scripts/check-image replays the build stage's
-# RUN steps in a clean virtualenv (same commands, $VENV pointing elsewhere),
-# checks the result, and lints this file.  Keep the build stage to
-# ARG/ENV/WORKDIR/COPY/RUN so that replay stays faithful.
+# CI builds this file as it is with podman (only PYTHON_IMAGE is changed, to a
+# debootstrap'd stand-in for the pinned base; no registry is reachable) and
+# runs the image as deploy/base/deployment.yaml does: scripts/image-test.
+# scripts/check-image lints it.
 
 # Pin the exact Python patch release; both stages must use the same image
 # because the virtualenv's interpreter is a symlink into the base image.

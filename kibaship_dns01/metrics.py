@@ -41,6 +41,9 @@ HTTP_CONNECTIONS = Gauge(
 HTTP_IN_FLIGHT = Gauge(
     "kibaship_dns01_http_requests_in_flight", "Requests received and not yet answered.",
     registry=REGISTRY)
+SERVING_CERT_EXPIRY = Gauge(
+    "kibaship_dns01_serving_certificate_expiration_timestamp_seconds",
+    "Unix time the serving certificate in use expires (its notAfter).", registry=REGISTRY)
 HTTP_CONNECTIONS_REFUSED = Counter(
     "kibaship_dns01_http_connections_refused_total",
     "Connections closed at once because --max-connections were open.", registry=REGISTRY)
@@ -111,6 +114,15 @@ PRESENT_TO_ISSUED = Histogram(
     "From the last Present of a Certificate revision to the Certificate Ready with it.",
     buckets=_PROGRESS_BUCKETS, registry=REGISTRY)
 
+CHALLENGES_WAITING_FOR_DNS = Gauge(
+    "kibaship_dns01_challenges_waiting_for_dns",
+    "Challenges whose last status event said waiting_for_dns: cert-manager's self-check "
+    "cannot see the TXT record the user was asked to add.", registry=REGISTRY)
+OLDEST_WAITING_FOR_DNS = Gauge(
+    "kibaship_dns01_challenge_waiting_for_dns_oldest_seconds",
+    "Seconds since the Present of the oldest Challenge now waiting_for_dns (when its user was "
+    "told to add the record); 0 when none is waiting.", registry=REGISTRY)
+
 # --- DNS responder (delegated renewals) -------------------------------------
 _DNS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                 0.5, 1, 2.5)
@@ -158,6 +170,17 @@ CACHE_LISTS = Counter(
     "Full LISTs a watch-backed cache stored, its first sync included, by cache name; more "
     "than one means its watch could not resume where it stopped (410 Expired).",
     ["cache"], registry=REGISTRY)
+CACHE_LAST_SYNC = Gauge(
+    "kibaship_dns01_cache_last_sync_timestamp_seconds",
+    "Unix time a watch-backed cache last heard from the API server (a LIST stored, a watch "
+    "event or bookmark, a watch that lasted until it timed out), by cache name; the time it "
+    "started until its first LIST. A healthy cache moves it at least every 11 minutes.",
+    ["cache"], registry=REGISTRY)
+CACHE_FAILURES = Counter(
+    "kibaship_dns01_cache_failures_total",
+    "LISTs and WATCHes of a watch-backed cache that failed or ended at once (API server "
+    "unreachable, an error status, a timeout), by cache name and verb (list, watch).",
+    ["cache", "verb"], registry=REGISTRY)
 READY = Gauge(
     "kibaship_dns01_ready", "1 when a readiness condition holds, by condition.",
     ["condition"], registry=REGISTRY)

@@ -4,7 +4,7 @@ import shutil
 import tempfile
 
 import attr
-from twisted.internet import reactor
+from twisted.internet import defer, reactor
 from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.logger import globalLogPublisher
 
@@ -12,6 +12,9 @@ from kibaship_dns01.api.tls import ReloadingServerTLS
 from kibaship_dns01.service import TLSSiteService, buildAPISite
 from kibaship_dns01.tap import Settings
 from kibaship_dns01.testing import pki
+from kibaship_dns01.testing.daemon import DaemonProcess
+from kibaship_dns01.testing.environment import LocalEnvironment
+from kibaship_dns01.testing.ports import freePort
 
 GROUP = "dns.kibaship.com"
 SOLVER = "kibaship"
@@ -48,6 +51,22 @@ def writeServingFiles(directory, ca=None):
     certFile, keyFile = os.path.join(directory, "tls.crt"), os.path.join(directory, "tls.key")
     pki.serverPair(ca).writeTo(certFile, keyFile)
     return ca, certFile, keyFile
+
+
+async def startDaemon(testCase, cluster, prefix="kibaship-e2e-"):
+    """The local environment around ``cluster`` and the real ``twistd`` daemon, ready;
+    both stopped at cleanup. :return: ``(env, daemon, base URL, metrics port)``."""
+    cwd = tempDir(testCase, prefix)
+    env = LocalEnvironment(reactor, cwd, cluster)
+    await env.start()
+    testCase.addCleanup(lambda: defer.ensureDeferred(env.stop()))
+    metricsPort = freePort()
+    daemon = DaemonProcess(reactor, env.daemonArgs(0, metricsPort), cwd=cwd)
+    daemon.start()
+    testCase.addCleanup(lambda: defer.ensureDeferred(daemon.stop()))
+    base = f"https://localhost:{await daemon.listeningPort()}"
+    await daemon.waitReady(base, env.servingCA.certPEM)
+    return env, daemon, base, metricsPort
 
 
 class LogCapture:

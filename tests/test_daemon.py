@@ -10,14 +10,13 @@ from twisted.trial.unittest import TestCase
 
 from kibaship_dns01.testing.daemon import TWISTD, DaemonProcess
 from kibaship_dns01.testing.environment import (
-    CERT_MANAGER_NS, CERT_MANAGER_USER, PASSWORD_SECRET, LocalEnvironment, secret)
+    CERT_MANAGER_NS, CERT_MANAGER_USER, PASSWORD_SECRET, secret)
 from kibaship_dns01.testing.eventschema import validateEntry
 from kibaship_dns01.testing.httpclient import request
 from kibaship_dns01.testing.kubeapi import StandInAPIServer
-from kibaship_dns01.testing.ports import freePort
 from kibaship_dns01.testing.valkeycluster import ValkeyCluster
 from kibaship_dns01.valkey import streamKey
-from tests.support import tempDir, writeServingFiles
+from tests.support import startDaemon, tempDir, writeServingFiles
 
 
 class CommandLineTests(TestCase):
@@ -79,17 +78,7 @@ class EndToEndTests(TestCase):
 
     async def startDaemon(self):
         """The environment and the real daemon, ready; stopped at cleanup."""
-        cwd = tempDir(self, "kibaship-e2e-")
-        env = LocalEnvironment(reactor, cwd, self.cluster)
-        await env.start()
-        self.addCleanup(lambda: defer.ensureDeferred(env.stop()))
-        metricsPort = freePort()
-        daemon = DaemonProcess(reactor, env.daemonArgs(0, metricsPort), cwd=cwd)
-        daemon.start()
-        self.addCleanup(lambda: defer.ensureDeferred(daemon.stop()))
-        base = f"https://localhost:{await daemon.listeningPort()}"
-        await daemon.waitReady(base, env.servingCA.certPEM)
-        return env, daemon, base, metricsPort
+        return await startDaemon(self, self.cluster)
 
     def test_rotatedValkeyPasswordIsPickedUpWithoutRestart(self):
         """The Secret and the server change password; the next call re-reads the Secret."""

@@ -823,7 +823,7 @@ class DelegationChartTests(SynchronousTestCase):
                 (setArgs(delegation__zone="Not_A_Zone"), "at '/delegation/zone'"),
                 (("--set", "delegation.nameserverAddresses[0]=ns1"),
                  "at '/delegation/nameserverAddresses/0'"),
-                (("--set", "delegation.resolvers[0]=10.0.0.1"), "at '/delegation/resolvers/0'"),
+                (("--set", "delegation.resolvers[0]=dns.example:53"), "at '/delegation/resolvers/0'"),
                 (("--set-json", "delegation.namespaces=[]"), "at '/delegation/namespaces'"),
                 (setArgs(delegation__service__type="ExternalName"),
                  "at '/delegation/service/type'"),

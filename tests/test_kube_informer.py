@@ -249,6 +249,44 @@ class RelistTests(InformerTestsBase):
         self.assertEqual((obj["kind"], obj["apiVersion"]), ("ConfigMap", "v1"))
 
 
+class FreshnessMetricsTests(InformerTestsBase):
+    """What the alert on an API server that cannot be read is computed from."""
+
+    def lastSync(self, cache="challenges"):
+        return metrics.REGISTRY.get_sample_value(
+            "kibaship_dns01_cache_last_sync_timestamp_seconds", {"cache": cache})
+
+    def failures(self, verb, cache="challenges"):
+        return metrics.REGISTRY.get_sample_value(
+            "kibaship_dns01_cache_failures_total", {"cache": cache, "verb": verb}) or 0
+
+    def test_listEventAndTimelyWatchEndMoveTheTimestamp(self):
+        self.clock.advance(1000)
+        self.informer()
+        self.assertEqual(self.lastSync(), 1000)
+        self.clock.advance(30)
+        self.store.add(challenge("a"))                  # a watch event
+        self.assertEqual(self.lastSync(), 1030)
+        self.clock.advance(400)
+        self.store.closeWatches()                       # ended after 400 s: current until then
+        self.assertEqual(self.lastSync(), 1430)
+
+    def test_failingAPIServerLeavesTheTimestampAndCountsFailures(self):
+        self.clock.advance(1000)
+        lists, watches = self.failures("list"), self.failures("watch")
+        self.fake.injectError(errors.Unavailable("connection refused"), verb="list", times=4)
+        inf = self.informer()
+        self.assertEqual(self.lastSync(), 1000, "the start counts until the first LIST")
+        for _ in range(4):
+            self.clock.advance(self.pendingDelay())
+        self.assertTrue(inf.hasSynced)
+        self.assertEqual(self.lastSync(), 1000 + 0.5 + 1 + 2 + 4)
+        self.assertEqual(self.failures("list") - lists, 4)
+        self.store.closeWatches()                       # a watch that ends at once
+        self.assertEqual(self.lastSync(), 1007.5, "a watch that ended at once proves nothing")
+        self.assertEqual(self.failures("watch") - watches, 1)
+
+
 class BackoffTests(InformerTestsBase):
     def test_listFailuresBackOffExponentiallyWithCap(self):
         self.fake.injectError(errors.Unavailable("down"), verb="list", times=9)

@@ -323,6 +323,38 @@ class RefreshTests(ProgressCase):
         self.assertEqual(reminders, [None] + list(range(1, 16)))
 
 
+class WaitingForDNSMetricsTests(ProgressCase):
+    """The gauges behind the alert for a user who never added the record."""
+
+    def gauges(self):
+        from kibaship_dns01 import metrics
+        return (metrics.REGISTRY.get_sample_value("kibaship_dns01_challenges_waiting_for_dns"),
+                metrics.REGISTRY.get_sample_value(
+                    "kibaship_dns01_challenge_waiting_for_dns_oldest_seconds"))
+
+    def test_oldestWaitingCountsFromItsPresentUntilItMovesOn(self):
+        first = cm.buildChain().addTo(self.store)
+        second = cm.buildChain("ad-other-example-com", dnsNames=("other.example.com",),
+                               keySeed="other").addTo(self.store)
+        replica = self.replica()
+        self.assertEqual(self.gauges(), (0, 0))
+        self.present(replica, first)
+        presented = self.clock.seconds()
+        self.status(first.challenges[0], "pending")
+        self.assertEqual(self.gauges(), (0, 0), "pending is not waiting for DNS yet")
+        self.status(first.challenges[0], "pending", cm.propagationReason("shop.example.com"))
+        self.clock.advance(3600)
+        self.present(replica, second)
+        secondPresented = self.clock.seconds()
+        self.status(second.challenges[0], "pending", cm.propagationReason("other.example.com"))
+        self.clock.advance(7200)
+        self.assertEqual(self.gauges(), (2, self.clock.seconds() - presented))
+        self.status(first.challenges[0], "valid", cm.AUTHORIZED_REASON)
+        self.assertEqual(self.gauges(), (1, self.clock.seconds() - secondPresented))
+        self.store.delete(second.challenges[0])
+        self.assertEqual(self.gauges(), (0, 0))
+
+
 class DecisionTests(SynchronousTestCase):
     def cert(self, **status):
         return trimCertificate({"metadata": {"name": "c", "namespace": "n", "uid": "u",

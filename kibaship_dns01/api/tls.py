@@ -22,6 +22,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
+from kibaship_dns01 import metrics
 from kibaship_dns01.interfaces import IReadiness
 from kibaship_dns01.pem import loadCertificates
 
@@ -87,6 +88,13 @@ def buildContext(certPEM, keyPEM, clientCAs=()):
     return ctx
 
 
+def exportExpiry(certPEM):
+    """Publish the served leaf's notAfter, so an alert fires while there is still time to
+    renew; ``certPEM`` has already been accepted by :func:`buildContext`."""
+    leaf = loadCertificates(certPEM)[0]
+    metrics.SERVING_CERT_EXPIRY.set(leaf.not_valid_after_utc.timestamp())
+
+
 def _selectALPN(conn, offered):
     # We speak HTTP/1.1 only; the kube-aggregator falls back to it.
     return b"http/1.1" if b"http/1.1" in offered else SSL.NO_OVERLAPPING_PROTOCOLS
@@ -130,6 +138,7 @@ class ReloadingServerTLS:
         self._context = buildContext(certPEM, keyPEM, _parseCAs(self._clientCAs))
         self._pair = (certPEM, keyPEM)
         self._fingerprint = fingerprint
+        exportExpiry(certPEM)
         return True
 
     def reloadIfChanged(self):

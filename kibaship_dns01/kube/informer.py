@@ -145,6 +145,10 @@ class Informer(service.Service):
         self._watchGrace = watchGrace
         self._objects = {}
         self._size = metrics.CACHE_OBJECTS.labels(cache=name)
+        #: when the cache last heard from the API server (``clock`` time); read at scrape
+        #: time, so a watch event costs an attribute store, not a locked ``Gauge.set``
+        self.lastHeard = 0.0
+        metrics.CACHE_LAST_SYNC.labels(cache=name).set_function(lambda: self.lastHeard)
         self._listeners = []
         self._waiters = []
         self._rv = None
@@ -200,6 +204,7 @@ class Informer(service.Service):
 
     def startService(self):
         super().startService()
+        self._heard()  # the staleness alert counts from the start until the first LIST
         self._relist()
 
     def stopService(self):
@@ -233,6 +238,7 @@ class Informer(service.Service):
             return
         self.relists += 1
         metrics.CACHE_LISTS.labels(cache=self.name).inc()
+        self._heard()
         self._replace(result)
         self._rv = (result.get("metadata") or {}).get("resourceVersion") or self._rv
         self._markSynced()
@@ -261,12 +267,14 @@ class Informer(service.Service):
         healthy = self._wasHealthy(state)
         if healthy:
             self._failures = 0
+            if not state["gone"]:
+                self._heard()
         nextStep = self._relist if state["gone"] else self._watch
         if healthy:
             nextStep()
         else:
             self._retryLater(nextStep, "the watch ended at once" if not state["gone"]
-                             else "the watch's resourceVersion expired")
+                             else "the watch's resourceVersion expired", verb="watch")
 
     def _failed(self, failure, what, state=None):
         if not self.running or state is not self._watchState and what == "WATCH":
@@ -280,11 +288,12 @@ class Informer(service.Service):
         gone = failure.check(Gone) is not None
         nextStep = self._relist if (what == "LIST" or gone) else self._watch
         self._retryLater(nextStep, "%s failed: %s" % (what, failure.getErrorMessage()),
-                         retryAfter(failure.value))
+                         retryAfter(failure.value), verb=what.lower())
         return None
 
-    def _retryLater(self, step, why, atLeast=0):
+    def _retryLater(self, step, why, atLeast=0, verb="list"):
         self._failures += 1
+        metrics.CACHE_FAILURES.labels(cache=self.name, verb=verb).inc()
         delay = max(atLeast, self._backoff.delay(self._failures))
         self.log.warn("cache {name}: {why}; retrying in {delay:.1f}s (attempt {n})",
                       name=self.name, why=why, delay=delay, n=self._failures)
@@ -300,6 +309,7 @@ class Informer(service.Service):
             self._onError(state, obj)
             return
         state["events"] += 1
+        self._heard()
         if rv:
             self._rv = rv
         if kind in ("ADDED", "MODIFIED"):
@@ -383,6 +393,11 @@ class Informer(service.Service):
             self._store(key, obj)
             self._changed("ADDED" if before is None else "MODIFIED", obj, count=False)
         self._size.set(len(self._objects))
+
+    def _heard(self):
+        """The cache is current as of now (``kibaship_dns01_cache_last_sync_timestamp_seconds``:
+        the alert on an API server that cannot be read compares it with the time)."""
+        self.lastHeard = self.clock.seconds()
 
     def _changed(self, kind, obj, count=True):
         """Tell the listeners; ``count=False`` within a relist, which sets the

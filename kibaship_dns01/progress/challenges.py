@@ -105,6 +105,9 @@ class ChallengeFollower:
         self._refreshInterval = refreshInterval
         self._maxReminders = maxReminders
         self._said = {}  # uid -> (namespace, name, state, phase, reminder) last published
+        self._waiting = {}  # uid -> its Present's time, for those now waiting_for_dns
+        metrics.CHALLENGES_WAITING_FOR_DNS.set_function(lambda: len(self._waiting))
+        metrics.OLDEST_WAITING_FOR_DNS.set_function(self.oldestWaitingForDNS)
         self._jobs = KeyedJobs(clock, self._follow, "challenge progress", limit=limit,
                                isTransient=isTransient)
         self._loop = None
@@ -141,6 +144,7 @@ class ChallengeFollower:
             return
         if kind == "DELETED":
             self._said.pop(uid, None)
+            self._waiting.pop(uid, None)
             self._notes.forget(uid)
             return
         if not self.ours(obj):
@@ -215,7 +219,8 @@ class ChallengeFollower:
         result = await self._publisher.appendEvent(
             target, context.projectUUID, event.fields, key, sequenceField=SEQUENCE_FIELD,
             window=self._window)
-        self._remember(uid, meta, state, phase, reminder)
+        self._remember(uid, meta, state, phase, reminder, details.get("presentedAt")
+                       or parseTime(meta.get("creationTimestamp")))
         self._landed(result, event, phase, details, where, reminder)
 
     async def _delegationSeen(self, context, details, obj, target, where):
@@ -240,8 +245,23 @@ class ChallengeFollower:
                  duplicate=result.duplicate,
                  outcome="already published" if result.duplicate else "published")
 
-    def _remember(self, uid, meta, state, phase, reminder):
+    def _remember(self, uid, meta, state, phase, reminder, presentedAt=None):
+        """What was last said of a Challenge; one whose user was told to add the record
+        and whose status now says waiting_for_dns is also kept with its Present's time."""
         self._said[uid] = (meta.get("namespace"), meta.get("name"), state, phase.name, reminder)
+        if phase.name == phases.WAITING_FOR_DNS and presentedAt:
+            self._waiting[uid] = float(presentedAt)
+        else:
+            self._waiting.pop(uid, None)
+
+    def oldestWaitingForDNS(self):
+        """Seconds since the Present of the oldest Challenge now waiting_for_dns (0: none).
+
+        Computed when ``/metrics`` is scraped, over the waiting Challenges only: the
+        alert for a user who never added the record reads it."""
+        if not self._waiting:
+            return 0.0
+        return max(0.0, self._clock.seconds() - min(self._waiting.values()))
 
     async def _project(self, uid, obj, where):
         """``(context, config)`` of a Challenge, or ``(None, None)`` with one line saying why."""

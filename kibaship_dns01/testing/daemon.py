@@ -71,10 +71,16 @@ class DaemonProcess:
         this file instead of through a pipe into this process: a benchmark's
         daemon logs a line per request, which a pipe would make this process
         read (and hold) while it is being measured.
+    :param command: what the flags follow, instead of this interpreter's
+        ``twistd -n --pidfile= kibaship-dns01`` (``scripts/image-test`` runs the
+        image's ENTRYPOINT in a chroot); it must exec the daemon in the process
+        it starts, so signals reach it.
     """
 
-    def __init__(self, reactor, args, cwd, env=None, logPath=None):
+    def __init__(self, reactor, args, cwd, env=None, logPath=None, command=None):
         self.reactor = reactor
+        self.command = list(command) if command else TWISTD + ["-n", "--pidfile=",
+                                                                "kibaship-dns01"]
         self.args = list(args)
         self.cwd = cwd
         self.env = env
@@ -84,7 +90,7 @@ class DaemonProcess:
         self._pid = None
 
     def start(self):
-        argv = TWISTD + ["-n", "--pidfile=", "kibaship-dns01"] + self.args
+        argv = self.command + self.args
         env = dict(os.environ, **(self.env or {}))
         childFDs = None
         if self.logPath is not None:
