@@ -15,7 +15,6 @@ instead of an opaque handshake failure, as ``k8s.io/apiserver`` does.
 """
 import hashlib
 
-from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -23,7 +22,7 @@ from zope.interface import implementer
 
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from kibaship_dns01.interfaces import IReadiness
-from kibaship_dns01.pem import loadCertificates
+from kibaship_dns01.pem import loadCertificates, loadKeyPair
 
 log = Logger()
 
@@ -63,10 +62,9 @@ def buildContext(certPEM, keyPEM, clientCAs=()):
     Raises :class:`CertificateLoadError` when the pair is unusable.
     """
     try:
-        chain = loadCertificates(certPEM)
-        if not chain:
+        if not loadCertificates(certPEM):
             raise CertificateLoadError("certificate file holds no PEM certificate")
-        key = serialization.load_pem_private_key(keyPEM, password=None)
+        chain, key = loadKeyPair(certPEM, keyPEM)
         ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
         ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
         ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
