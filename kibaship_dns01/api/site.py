@@ -72,8 +72,12 @@ class BoundedRequest(server.Request):
 
 
 def _isJSON(request):
-    ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
-    return ctype == b"application/json"
+    """Whether the body is to be read as JSON, as k8s.io/apiserver decides it
+    (``NegotiateInputSerializerForMediaType``): an empty or missing Content-Type is the
+    first media type the server supports, JSON (``kubectl create --raw`` sends none);
+    any other type must be ``application/json``, parameters aside."""
+    ctype = (request.getHeader(b"content-type") or b"").strip()
+    return not ctype or ctype.split(b";")[0].strip().lower() == b"application/json"
 
 
 class APIResource(Resource):
