@@ -250,7 +250,7 @@ def _tlsCipherSuites(flag, value):
 FLAGS += (
     _f("tls-min-version", "VersionTLS12", "lowest TLS version served: VersionTLS12 or "
        "VersionTLS13", "tlsMinVersion", _tlsMinVersion),
-    _f("tls-cipher-suites", "", "comma-separated TLS 1.2 cipher suites, named as Go and "
+    _f("tls-cipher-suites", None, "comma-separated TLS 1.2 cipher suites, named as Go and "
        "kube-apiserver name them (e.g. TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256); empty: Go's "
        "defaults. Insecure suites are refused; TLS 1.3 suites are not configurable",
        "tlsCipherSuites", _tlsCipherSuites),

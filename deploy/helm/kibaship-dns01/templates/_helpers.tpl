@@ -104,6 +104,8 @@ valkey-namespace: valkey.namespace
 valkey-service: valkey.serviceName
 valkey-secret: valkey.secretName
 valkey-port: valkey.port
+tls-min-version: tls.minVersion
+tls-cipher-suites: tls.cipherSuites
 {{- end }}
 
 {{- define "kibaship-dns01.validate" -}}
