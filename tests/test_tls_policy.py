@@ -110,6 +110,14 @@ class ParseTests(SynchronousTestCase):
                          ["TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256",
                           "TLS_ECDHE_ECDSA_WITH_AES_256_CBC_SHA"])
 
+    def test_policyChecksItsParts(self):
+        self.assertRaises(PolicyError, TLSPolicy, "VersionTLS11")
+        self.assertRaises(PolicyError, TLSPolicy, "VersionTLS12",
+                          ("TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA256",))
+        alias = TLSPolicy("VersionTLS12", "TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305")
+        self.assertEqual([s.name for s in alias.tls12Suites],
+                         ["TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256"])
+
     def test_tls13OnlyNeedsTLS13(self):
         e = self.assertRaises(PolicyError, TLSPolicy, "VersionTLS12", TLS13_SUITES)
         self.assertIn("--tls-cipher-suites names TLS 1.3 suites only", str(e))

@@ -137,12 +137,11 @@ class TLSPolicy:
         list names TLS 1.3 suites only (TLS 1.2 clients could not connect).
     """
 
-    minVersion = attr.ib(default=TLS12)
-    cipherSuites = attr.ib(default=(), converter=tuple)
+    minVersion = attr.ib(default=TLS12, converter=parseMinVersion)
+    cipherSuites = attr.ib(default=(), converter=lambda names: parseCipherSuites(
+        names if isinstance(names, str) else ",".join(names)))
 
     def __attrs_post_init__(self):
-        parseMinVersion(self.minVersion)
-        parseCipherSuites(",".join(self.cipherSuites))
         if self.cipherSuites and not self.tls12Suites and self.minVersion == TLS12:
             raise PolicyError(f"--tls-cipher-suites names TLS 1.3 suites only, which cannot be "
                               f"configured, so TLS 1.2 clients could not connect: add TLS 1.2 "
