@@ -5,6 +5,7 @@ CA and a Valkey CA all arrive as PEM text that may hold several certificates
 (CA rotation puts the old and the new one in the same file).
 """
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from twisted.internet import ssl
 
@@ -33,3 +34,38 @@ def trustRootFromPEM(data):
         raise ValueError("no PEM certificate found")
     return ssl.trustRootFromCertificates(
         [ssl.Certificate.loadPEM(c.public_bytes(serialization.Encoding.PEM)) for c in certs])
+
+
+def loadKeyPair(certPEM, keyPEM):
+    """``(chain, key)``: the certificates of ``certPEM`` (leaf first) and its private key.
+
+    Both are ``cryptography`` objects, which is what pyOpenSSL's ``SSL.Context``
+    takes; its own ``X509``/``PKey`` objects are deprecated there.
+
+    :raise ValueError: no certificate, a malformed one, or a malformed or
+        encrypted key.
+    """
+    chain = loadCertificates(certPEM)
+    if not chain:
+        raise ValueError("no PEM certificate found")
+    if isinstance(keyPEM, str):
+        keyPEM = keyPEM.encode("utf-8")
+    try:
+        key = serialization.load_pem_private_key(keyPEM, password=None)
+    except (TypeError, UnsupportedAlgorithm) as e:  # encrypted, or a key type OpenSSL lacks
+        raise ValueError(f"the private key cannot be used: {e}")
+    return chain, key
+
+
+def certificateOptions(certPEM, keyPEM):
+    """Keyword arguments that make Twisted's ``CertificateOptions`` (or
+    ``optionsForClientTLS(extraCertificateOptions=...)``) present this pair.
+
+    Twisted's ``PrivateCertificate`` route hands pyOpenSSL ``X509``/``PKey``
+    objects to ``SSL.Context``, which pyOpenSSL deprecates; these are
+    ``cryptography`` objects, and the rest of the chain is sent too.
+
+    :raise ValueError: as :func:`loadKeyPair`.
+    """
+    chain, key = loadKeyPair(certPEM, keyPEM)
+    return {"privateKey": key, "certificate": chain[0], "extraCertChain": list(chain[1:])}

@@ -22,6 +22,7 @@ from kibaship_dns01.api.discovery import APIIdentity
 from kibaship_dns01.api.lifecycle import DEFAULT_GRACE_PERIOD, DEFAULT_SHUTDOWN_DELAY, Lifecycle
 from kibaship_dns01.api.site import APIResource, APISite
 from kibaship_dns01.api.tls import ReloadingServerTLS
+from kibaship_dns01.api.tlspolicy import TLSPolicy
 from kibaship_dns01.auth.factory import buildAuth
 from kibaship_dns01.config import Defaults, SeenIssuerConfigs
 from kibaship_dns01.credentials import SecretReader
@@ -295,6 +296,17 @@ def buildDNSService(settings, delegation, reactor):
                       limiter=limiter)
 
 
+def buildServingTLS(settings, clock, interval=10.0):
+    """The serving certificate, re-read when it rotates, under the TLS policy of
+    ``--tls-min-version`` and ``--tls-cipher-suites``.
+
+    :raise kibaship_dns01.api.tlspolicy.PolicyError: the two flags conflict.
+    """
+    policy = TLSPolicy(settings.tlsMinVersion, settings.tlsCipherSuites)
+    return ReloadingServerTLS(settings.tlsCertFile, settings.tlsPrivateKeyFile, clock,
+                              interval=interval, policy=policy)
+
+
 def buildService(settings, reactor, kubeConfig, stdout=None):
     """The whole daemon for ``settings``.
 
@@ -307,7 +319,7 @@ def buildService(settings, reactor, kubeConfig, stdout=None):
 
     root = DaemonService()
     root.logObserver = buildObserver(stdout or sys.stdout, settings.logFormat, settings.logLevel)
-    tls = ReloadingServerTLS(settings.tlsCertFile, settings.tlsPrivateKeyFile, reactor)
+    tls = buildServingTLS(settings, reactor)
     tls.load()
     client = KubeClient(kubeConfig, reactor)
     KubeClientService(client).setServiceParent(root)

@@ -70,6 +70,8 @@ class Settings:
     dnsResolvers: tuple = ()
     dnsRateLimit: float = 100.0
     dnsRateLimitSlip: int = 2
+    tlsMinVersion: str = "VersionTLS12"
+    tlsCipherSuites: tuple = ()
 
     @property
     def delegationOn(self):
@@ -336,13 +338,47 @@ FLAGS = (
 )
 
 
-def _checkServingPair(settings):
-    """Refuse to start with a serving pair that cannot be served (at start-up only;
-    later rotations that fail keep the previous pair, see ``api.tls``)."""
-    from kibaship_dns01.api.tls import CertificateLoadError, ReloadingServerTLS
+# -- the serving TLS policy (issue 23): kube-apiserver's flags, Go's names and defaults --
+
+def _tlsMinVersion(flag, value):
+    from kibaship_dns01.api.tlspolicy import PolicyError, parseMinVersion
 
     try:
-        ReloadingServerTLS(settings.tlsCertFile, settings.tlsPrivateKeyFile, clock=None).load()
+        return parseMinVersion(value)
+    except PolicyError as e:
+        raise usage.UsageError(f"--{flag}: {e}")
+
+
+def _tlsCipherSuites(flag, value):
+    from kibaship_dns01.api.tlspolicy import PolicyError, parseCipherSuites
+
+    try:
+        return parseCipherSuites(value)
+    except PolicyError as e:
+        raise usage.UsageError(f"--{flag}: {e}")
+
+
+FLAGS += (
+    _f("tls-min-version", "VersionTLS12", "lowest TLS version served: VersionTLS12 or "
+       "VersionTLS13", "tlsMinVersion", _tlsMinVersion),
+    _f("tls-cipher-suites", None, "comma-separated TLS 1.2 cipher suites, named as Go and "
+       "kube-apiserver name them (e.g. TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256); empty: Go's "
+       "defaults. Insecure suites are refused; TLS 1.3 suites are not configurable",
+       "tlsCipherSuites", _tlsCipherSuites),
+)
+
+
+def _checkServingPair(settings):
+    """Refuse to start with a serving pair that cannot be served under the TLS policy
+    (at start-up only; later rotations that fail keep the previous pair, see ``api.tls``)."""
+    from kibaship_dns01.api.tls import CertificateLoadError
+    from kibaship_dns01.api.tlspolicy import PolicyError
+    from kibaship_dns01.service import buildServingTLS
+
+    try:
+        buildServingTLS(settings, clock=None).load()
+    except PolicyError as e:
+        raise usage.UsageError(str(e))
     except CertificateLoadError as e:
         raise usage.UsageError(f"--tls-cert-file/--tls-private-key-file: {e}")
 

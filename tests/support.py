@@ -9,7 +9,7 @@ from twisted.internet.endpoints import TCP4ServerEndpoint
 from twisted.logger import globalLogPublisher
 
 from kibaship_dns01.api.tls import ReloadingServerTLS
-from kibaship_dns01.service import TLSSiteService, buildAPISite
+from kibaship_dns01.service import TLSSiteService, buildAPISite, buildServingTLS
 from kibaship_dns01.tap import Settings
 from kibaship_dns01.testing import pki
 from kibaship_dns01.testing.daemon import DaemonProcess
@@ -45,11 +45,12 @@ def tempDir(testCase, prefix="kibaship-test-"):
     return directory
 
 
-def writeServingFiles(directory, ca=None):
-    """A fresh serving pair for localhost under ``directory``; returns (ca, cert, key paths)."""
+def writeServingFiles(directory, ca=None, key=None):
+    """A fresh serving pair for localhost under ``directory`` (``key``: its private key,
+    P-256 by default); returns (ca, cert, key paths)."""
     ca = ca or pki.makeCA()
     certFile, keyFile = os.path.join(directory, "tls.crt"), os.path.join(directory, "tls.key")
-    pki.serverPair(ca).writeTo(certFile, keyFile)
+    pki.serverPair(ca, key=key).writeTo(certFile, keyFile)
     return ca, certFile, keyFile
 
 
@@ -103,11 +104,13 @@ class RunningSite:
 
 
 async def startTLSSite(testCase, solver, authenticator=None, authorizer=None, readiness=(),
-                       clock=reactor, pollInterval=10.0, **overrides):
-    """Start the real API site over TLS on 127.0.0.1; stopped at test cleanup."""
-    ca, certFile, keyFile = writeServingFiles(tempDir(testCase, "kibaship-tls-"))
+                       clock=reactor, pollInterval=10.0, servingKey=None, **overrides):
+    """Start the real API site over TLS on 127.0.0.1; stopped at test cleanup.
+    ``servingKey`` is the serving certificate's private key (P-256 by default)."""
+    ca, certFile, keyFile = writeServingFiles(tempDir(testCase, "kibaship-tls-"),
+                                              key=servingKey)
     settings = settingsFor(certFile, keyFile, **overrides)
-    tls = ReloadingServerTLS(certFile, keyFile, clock, interval=pollInterval)
+    tls = buildServingTLS(settings, clock, interval=pollInterval)
     tls.load()
     site = buildAPISite(settings, tls, solver, clock, authenticator=authenticator,
                         authorizer=authorizer, readiness=readiness)

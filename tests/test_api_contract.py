@@ -247,12 +247,26 @@ class ContractTests(TestCase):
     def test_wrongContentType415(self):
         async def go():
             await self._site()
-            for headers in ({"Content-Type": ["text/plain"]}, {}):
+            for ctype in ("text/plain", "application/yaml", "application/x-www-form-urlencoded",
+                          "application/jsonl", "json", ";application/json"):
+                resp = await self._post(payload(), headers={"Content-Type": [ctype]})
+                self.assertStatus(resp, 415, "UnsupportedMediaType",
+                                  f"Content-Type must be application/json, not {ctype}")
+            self.assertEqual(self.solver.calls, [])
+        return d(go())
+
+    def test_jsonOrNoContentTypeAccepted(self):
+        """An empty or missing Content-Type is JSON, as in k8s.io/apiserver
+        (``NegotiateInputSerializerForMediaType``): ``kubectl create --raw`` sends none."""
+        async def go():
+            await self._site()
+            for headers in ({}, {"Content-Type": [""]},
+                            {"Content-Type": ["application/json; charset=utf-8"]},
+                            {"Content-Type": ["Application/JSON"]}):
                 resp = await self._post(payload(), headers=headers)
-                self.assertStatus(resp, 415, "UnsupportedMediaType", "must be application/json")
-            resp = await self._post(payload(), headers={
-                "Content-Type": ["application/json; charset=utf-8"]})
-            self.assertEqual(resp.code, 201)
+                self.assertEqual(resp.code, 201, (headers, resp.body))
+                self.assertEqual(resp.json()["response"], {"uid": "", "success": True})
+            self.assertEqual(len(self.solver.calls), 4)
         return d(go())
 
     def test_oversizedBody413(self):

@@ -22,6 +22,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 from bench import loadgen, pyspy
 from kibaship_dns01.challenge import CLEANUP
 from kibaship_dns01.kube.client import KubeClient
+from kibaship_dns01.pem import certificateOptions
 from kibaship_dns01.testing import pki
 from kibaship_dns01.testing.certmanager import buildChain, numberedChains, projectUUIDs
 from kibaship_dns01.testing.daemon import ChildOutput
@@ -89,10 +90,8 @@ class LoadGeneratorTests(TestCase):
         self.resource = _Tiny()
         site = Site(self.resource)
         site.noisy = False
-        served = ssl.PrivateCertificate.loadPEM(serving.certPEM + serving.keyPEM)
         options = ssl.CertificateOptions(
-            privateKey=served.privateKey.original, certificate=served.original,
-            verify=True, requireCertificate=True,
+            **certificateOptions(serving.certPEM, serving.keyPEM), verify=True, requireCertificate=True,
             caCerts=[ssl.Certificate.loadPEM(clientCA.certPEM).original])
         self.port = reactor.listenSSL(0, site, options, interface="127.0.0.1")
         self.addCleanup(self.port.stopListening)

@@ -80,7 +80,9 @@ def container(docs):
 #: the changed install settings SettingsTests (here and in test_helm.py) render with
 CHANGED_SETTINGS = {"certManagerNamespace": "cm-system", "certManagerServiceAccountName":
                     "cm-controller", "clusterResourceNamespace": "cm-resources",
-                    "valkeyNamespace": "valkey-prod"}
+                    "valkeyNamespace": "valkey-prod", "tlsMinVersion": "VersionTLS13",
+                    "tlsCipherSuites": "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,"
+                                       "TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384"}
 
 
 def assertChangedSettingsReached(testCase, docs, settings=CHANGED_SETTINGS):
@@ -96,8 +98,13 @@ def assertChangedSettingsReached(testCase, docs, settings=CHANGED_SETTINGS):
     testCase.assertIn({"namespaceSelector": {"matchLabels": {
         "kubernetes.io/metadata.name": settings["valkeyNamespace"]}}},
         [peer for rule in policy["spec"]["egress"] for peer in rule.get("to", [])])
+    env = container(docs)["env"]
     testCase.assertIn({"name": "KIBASHIP_DNS01_VALKEY_NAMESPACE",
-                       "value": settings["valkeyNamespace"]}, container(docs)["env"])
+                       "value": settings["valkeyNamespace"]}, env)
+    testCase.assertIn({"name": "KIBASHIP_DNS01_TLS_MIN_VERSION",
+                       "value": settings["tlsMinVersion"]}, env)
+    testCase.assertIn({"name": "KIBASHIP_DNS01_TLS_CIPHER_SUITES",
+                       "value": settings["tlsCipherSuites"]}, env)
 
 
 #: what deploy/overlays/delegation (and the chart's ci/delegation-values.yaml) set

@@ -21,6 +21,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Site
 
 from kibaship_dns01 import tap
+from kibaship_dns01.api import tlspolicy
 from kibaship_dns01.testing import pki
 from kibaship_dns01.testing.dnsservers import checkedTool
 from tests.support import tempDir
@@ -420,6 +421,13 @@ class ValuesFileTests(SynchronousTestCase):
         self.assertEqual(sorted(props["logLevel"]["enum"]), choices["log-level"])
         self.assertEqual(sorted(props["logFormat"]["enum"]), choices["log-format"])
 
+    def test_tlsChoicesAreTheDaemons(self):
+        tls = chartSchema()["properties"]["tls"]["properties"]
+        self.assertEqual(tls["minVersion"]["enum"], sorted(tlspolicy.VERSIONS))
+        self.assertEqual(tls["cipherSuites"]["items"]["enum"], list(tlspolicy.ACCEPTED))
+        self.assertEqual(chartValues()["tls"], {"minVersion": "VersionTLS12",
+                                                "cipherSuites": []})
+
     def test_toggleVariantFlipsEveryToggle(self):
         toggles = checkDeploy.HELM_TOGGLES
         for path, default in booleans(chartValues()):
@@ -452,7 +460,10 @@ class SchemaRefusalTests(SynchronousTestCase):
                             (setArgs(logLevel="verbose"), "at '/logLevel'"),
                             (("--set", "extraArgs[0]=log-level"), "at '/extraArgs/0'"),
                             (setArgs(image__digest="latest"), "at '/image/digest'"),
-                            (setArgs(valkey__port=70000), "at '/valkey/port'")]:
+                            (setArgs(valkey__port=70000), "at '/valkey/port'"),
+                            (setArgs(tls__minVersion="VersionTLS11"), "at '/tls/minVersion'"),
+                            (setArgs(tls__cipherSuites="{TLS_RSA_WITH_AES_128_GCM_SHA256}"),
+                             "at '/tls/cipherSuites/0'")]:
             self.assertIn(where, refusal(self, *args), args)
 
     def test_chartFlagsNotRepeated(self):
@@ -553,7 +564,9 @@ class SettingsTests(SynchronousTestCase):
             certManager__serviceAccountName=changed["certManagerServiceAccountName"],
             certManager__clusterResourceNamespace=changed["clusterResourceNamespace"],
             valkey__namespace=changed["valkeyNamespace"], valkey__serviceName="valkey",
-            valkey__secretName="valkey-password", valkey__port=6380))
+            valkey__secretName="valkey-password", valkey__port=6380,
+            tls__minVersion=changed["tlsMinVersion"],
+            tls__cipherSuites="{%s}" % changed["tlsCipherSuites"]))
         assertChangedSettingsReached(self, docs)
         role = one(docs, "Role", "kibaship-dns01:valkey-secret-reader")
         self.assertEqual(role["rules"][0]["resourceNames"], ["valkey-password"])
@@ -565,7 +578,9 @@ class SettingsTests(SynchronousTestCase):
         self.assertEqual(env, {"KIBASHIP_DNS01_VALKEY_NAMESPACE": "valkey-prod",
                                "KIBASHIP_DNS01_VALKEY_SERVICE": "valkey",
                                "KIBASHIP_DNS01_VALKEY_SECRET": "valkey-password",
-                               "KIBASHIP_DNS01_VALKEY_PORT": "6380"})
+                               "KIBASHIP_DNS01_VALKEY_PORT": "6380",
+                               "KIBASHIP_DNS01_TLS_MIN_VERSION": changed["tlsMinVersion"],
+                               "KIBASHIP_DNS01_TLS_CIPHER_SUITES": changed["tlsCipherSuites"]})
         self.assertEqual(checkDeploy.checkInstall(docs, optional=OPTIONAL), [])
 
     def test_emptyValkeyValuesAreTheDaemonDefaults(self):
@@ -575,8 +590,13 @@ class SettingsTests(SynchronousTestCase):
         self.assertEqual(role["rules"][0]["resourceNames"], [defaults["valkey-secret"]])
         ports = one(docs, "NetworkPolicy")["spec"]["egress"][2]["ports"]
         self.assertEqual(ports, [{"port": int(defaults["valkey-port"]), "protocol": "TCP"}])
-        self.assertEqual([e["name"] for e in container(docs)["env"]],
-                         ["KIBASHIP_DNS01_VALKEY_NAMESPACE"])
+        env = container(docs)["env"]
+        self.assertEqual([e["name"] for e in env], ["KIBASHIP_DNS01_VALKEY_NAMESPACE",
+                                                    "KIBASHIP_DNS01_TLS_MIN_VERSION",
+                                                    "KIBASHIP_DNS01_TLS_CIPHER_SUITES"])
+        self.assertEqual([e["value"] for e in env[1:]],
+                         [defaults["tls-min-version"], ""])
+        self.assertIsNone(defaults["tls-cipher-suites"], "empty means Go's defaults")
 
     def test_wrongValkeySecretGrantDetected(self):
         docs = chart(self, *setArgs(valkey__secretName="valkey-password"))
@@ -628,7 +648,7 @@ class OperatorValuesTests(SynchronousTestCase):
                                           "--idempotency-window=12h", "--dry-run"])
         self.assertEqual(pod["spec"]["terminationGracePeriodSeconds"], 30)
         self.assertIn("--secure-port=9443", c["args"])
-        self.assertEqual(c["env"][1:], self.VALUES["extraEnv"])
+        self.assertEqual(c["env"][3:], self.VALUES["extraEnv"])
         # helm merges a values file into the defaults: the default cpu limit stays
         self.assertEqual(c["resources"], {"requests": {"cpu": "100m", "memory": "256Mi"},
                                           "limits": {"cpu": "1", "memory": "1Gi"}})
@@ -785,7 +805,8 @@ class DelegationChartTests(SynchronousTestCase):
         path.write_text(yaml.safe_dump(values))
         docs = chart(self, "-f", str(path))
         env = {e["name"]: e["value"] for e in container(docs)["env"]}
-        self.assertEqual({k: v for k, v in env.items() if k != "KIBASHIP_DNS01_VALKEY_NAMESPACE"}, {
+        self.assertEqual({k: v for k, v in env.items() if k != "KIBASHIP_DNS01_VALKEY_NAMESPACE"
+                          and not k.startswith("KIBASHIP_DNS01_TLS_")}, {
             "KIBASHIP_DNS01_DELEGATION_ZONE": "acme.kibaship.com",
             "KIBASHIP_DNS01_DELEGATION_NAMESERVERS": "ns1.acme.kibaship.com,ns2.acme.kibaship.com",
             "KIBASHIP_DNS01_DELEGATION_NAMESERVER_ADDRESSES": "203.0.113.53,2001:db8::53",

@@ -1,7 +1,7 @@
 """The per-request ``http_request`` log line: refusals always, successes only at debug."""
 from twisted.internet.testing import MemoryReactorClock
 from twisted.trial.unittest import SynchronousTestCase
-from twisted.web import resource, static
+from twisted.web import pages, resource
 
 from kibaship_dns01.api.site import APISite
 from kibaship_dns01.api.tls import ReloadingServerTLS
@@ -11,9 +11,24 @@ from kibaship_dns01.testing.inmemory import MemoryClient, parseResponse
 from tests.support import LogCapture, settingsFor, tempDir, writeServingFiles
 
 
+class _Root(resource.Resource):
+    """``/healthz`` answers ok, anything else 404 (``Resource``'s own default 404 page is
+    deprecated by Twisted)."""
+
+    def getChild(self, path, request):
+        return pages.notFound()
+
+
+class _OK(resource.Resource):
+    isLeaf = True
+
+    def render_GET(self, request):
+        return b"ok"
+
+
 def _tree():
-    root = resource.Resource()
-    root.putChild(b"healthz", static.Data(b"ok", "text/plain"))
+    root = _Root()
+    root.putChild(b"healthz", _OK())
     return root
 
 

@@ -93,6 +93,59 @@ class OptionsTests(OptionsCase):
             e = self.assertRaises(usage.UsageError, self.parse, *args)
             self.assertTrue(str(e).startswith(flag), (args, str(e)))
 
+    def test_tlsPolicyFlags(self):
+        s = self.parse()
+        self.assertEqual((s.tlsMinVersion, s.tlsCipherSuites), ("VersionTLS12", ()))
+        s = self.parse("--tls-min-version", "VersionTLS13", "--tls-cipher-suites",
+                       "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384, "
+                       "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305,TLS_AES_128_GCM_SHA256")
+        self.assertEqual((s.tlsMinVersion, s.tlsCipherSuites), ("VersionTLS13", (
+            "TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384",
+            "TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256", "TLS_AES_128_GCM_SHA256")))
+        self.patch(os, "environ", dict(
+            os.environ, KIBASHIP_DNS01_TLS_CIPHER_SUITES="TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA",
+            KIBASHIP_DNS01_TLS_MIN_VERSION="VersionTLS13"))
+        s = self.parse("--tls-min-version", "VersionTLS12")
+        self.assertEqual((s.tlsMinVersion, s.tlsCipherSuites),
+                         ("VersionTLS12", ("TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA",)))
+
+    def test_tlsPolicyUsageErrors(self):
+        """Each names the flag, what is wrong and what is accepted."""
+        cases = [
+            (["--tls-min-version", "VersionTLS10"], "--tls-min-version: VersionTLS10 is not "
+             "accepted: TLS 1.0 is deprecated (RFC 8996); use VersionTLS12 or VersionTLS13"),
+            (["--tls-min-version", "VersionTLS11"], "--tls-min-version: VersionTLS11 is not "
+             "accepted: TLS 1.1 is deprecated (RFC 8996); use VersionTLS12 or VersionTLS13"),
+            (["--tls-min-version", "1.3"],
+             "--tls-min-version: '1.3' is not one of VersionTLS12, VersionTLS13"),
+            (["--tls-cipher-suites", "TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,"
+              "TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256"],
+             "--tls-cipher-suites: TLS_ECDHE_ECDSA_WITH_AES_128_CBC_SHA256 is insecure (Go "
+             "lists it in crypto/tls InsecureCipherSuites) and is refused"),
+            (["--tls-cipher-suites", "TLS_RSA_WITH_AES_128_GCM_SHA256"],
+             "--tls-cipher-suites: TLS_RSA_WITH_AES_128_GCM_SHA256 is insecure (Go lists it in "
+             "crypto/tls InsecureCipherSuites) and is refused"),
+            (["--tls-cipher-suites", "TLS_AES_128_GCM_SHA256"],
+             "--tls-cipher-suites names TLS 1.3 suites only, which cannot be configured, so "
+             "TLS 1.2 clients could not connect: add TLS 1.2 suites or set --tls-min-version "
+             "VersionTLS13"),
+            (["--tls-cipher-suites", "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"],
+             "--tls-cert-file/--tls-private-key-file: the certificate's ECDSA key can use none "
+             "of the TLS 1.2 cipher suites allowed by --tls-cipher-suites "
+             "(TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256)"),
+        ]
+        for args, message in cases:
+            e = self.assertRaises(usage.UsageError, self.parse, *args)
+            self.assertEqual(str(e), message, args)
+        e = self.assertRaises(usage.UsageError, self.parse, "--tls-cipher-suites",
+                              "ECDHE-ECDSA-AES128-GCM-SHA256")
+        self.assertTrue(str(e).startswith(
+            "--tls-cipher-suites: 'ECDHE-ECDSA-AES128-GCM-SHA256' is not a cipher suite name Go "
+            "knows; accepted: TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256, "), str(e))
+        # TLS 1.3 only needs no TLS 1.2 suite
+        self.parse("--tls-min-version", "VersionTLS13", "--tls-cipher-suites",
+                   "TLS_AES_128_GCM_SHA256")
+
     def test_kubeconfigProblemsAreUsageErrors(self):
         with open(self.kubeconfig, "w") as f:
             f.write("users: [")

@@ -17,6 +17,7 @@ from kibaship_dns01 import metrics
 from kibaship_dns01.api import discovery
 from kibaship_dns01.api.channel import (
     DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_IDLE_TIMEOUT, GuardedHTTPChannel)
+from kibaship_dns01.api.health import PING, HealthEndpoint
 from kibaship_dns01.api.lifecycle import SHUTTING_DOWN, Lifecycle
 from kibaship_dns01.api.payload import BadPayload, decodeChallengeRequest, responseBody
 from kibaship_dns01.api.status import writeBody, writeJSON, writeStatus
@@ -71,8 +72,12 @@ class BoundedRequest(server.Request):
 
 
 def _isJSON(request):
-    ctype = (request.getHeader(b"content-type") or b"").split(b";")[0].strip().lower()
-    return ctype == b"application/json"
+    """Whether the body is to be read as JSON, as k8s.io/apiserver decides it
+    (``NegotiateInputSerializerForMediaType``): an empty or missing Content-Type is the
+    first media type the server supports, JSON (``kubectl create --raw`` sends none);
+    any other type must be ``application/json``, parameters aside."""
+    ctype = (request.getHeader(b"content-type") or b"").strip()
+    return not ctype or ctype.split(b";")[0].strip().lower() == b"application/json"
 
 
 class APIResource(Resource):
@@ -93,8 +98,12 @@ class APIResource(Resource):
             self.readiness.append(self.lifecycle)  # /readyz fails once shutdown begins
         self._clock = clock
         self._solverTimeout = solverTimeout
+        # liveness (and /healthz, the Deployment's liveness probe) never waits for caches:
+        # a pod restarted because the API server is slow would not load them faster
+        health = {"healthz": [PING], "livez": [PING], "readyz": [PING, *self.readiness]}
         self._gets = {
-            "/healthz": self._ok, "/livez": self._ok, "/readyz": self._readyz,
+            **{f"/{name}": HealthEndpoint(name, checks).render
+               for name, checks in health.items()},
             "/version": lambda r: writeJSON(r, 200, discovery.versionInfo()),
             "/apis": lambda r: writeJSON(r, 200, discovery.apiGroupList(api)),
             f"/apis/{api.group}": lambda r: writeJSON(r, 200, discovery.apiGroupDocument(api)),
@@ -192,22 +201,6 @@ class APIResource(Resource):
         request.setHeader(b"allow", allow)
         return writeStatus(request, 405, f"{request.method.decode('ascii', 'replace')} is not "
                            f"allowed on {path}; use {allow.decode()}")
-
-    def _ok(self, request):
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        return b"ok"
-
-    def _readyz(self, request):
-        checks = [(c.name, c.isReady()) for c in self.readiness]
-        ready = all(ok for _, ok in checks)
-        request.setHeader(b"content-type", b"text/plain; charset=utf-8")
-        if ready and b"verbose" not in request.args:
-            return b"ok"
-        lines = [f"[{'+' if ok else '-'}]{name} {'ok' if ok else 'failed: not ready'}"
-                 for name, ok in checks]
-        lines.append("readyz check passed" if ready else "readyz check failed")
-        request.setResponseCode(200 if ready else 500)
-        return ("\n".join(lines) + "\n").encode()
 
     # -- the solver POST --------------------------------------------------
     async def _solve(self, request):

@@ -15,7 +15,6 @@ instead of an opaque handshake failure, as ``k8s.io/apiserver`` does.
 """
 import hashlib
 
-from cryptography.hazmat.primitives import serialization
 from OpenSSL import SSL
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
@@ -23,8 +22,9 @@ from zope.interface import implementer
 
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from kibaship_dns01 import metrics
+from kibaship_dns01.api.tlspolicy import DEFAULT, PolicyError
 from kibaship_dns01.interfaces import IReadiness
-from kibaship_dns01.pem import loadCertificates
+from kibaship_dns01.pem import loadCertificates, loadKeyPair
 
 log = Logger()
 
@@ -58,18 +58,19 @@ def _parseCAs(pems):
     return cas
 
 
-def buildContext(certPEM, keyPEM, clientCAs=()):
-    """An ``SSL.Context`` serving ``certPEM`` (leaf first, then chain).
+def buildContext(certPEM, keyPEM, clientCAs=(), policy=DEFAULT):
+    """An ``SSL.Context`` serving ``certPEM`` (leaf first, then chain) under the
+    :class:`~kibaship_dns01.api.tlspolicy.TLSPolicy` ``policy``.
 
-    Raises :class:`CertificateLoadError` when the pair is unusable.
+    Raises :class:`CertificateLoadError` when the pair is unusable, or when no
+    TLS 1.2 suite of the policy suits its key.
     """
     try:
-        chain = loadCertificates(certPEM)
-        if not chain:
+        if not loadCertificates(certPEM):
             raise CertificateLoadError("certificate file holds no PEM certificate")
-        key = serialization.load_pem_private_key(keyPEM, password=None)
+        chain, key = loadKeyPair(certPEM, keyPEM)
         ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
-        ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
+        policy.apply(ctx, chain[0])
         ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
         ctx.use_certificate(chain[0])
         for extra in chain[1:]:
@@ -78,6 +79,8 @@ def buildContext(certPEM, keyPEM, clientCAs=()):
         ctx.check_privatekey()
     except CertificateLoadError:
         raise
+    except PolicyError as e:
+        raise CertificateLoadError(str(e))
     except (SSL.Error, ValueError, TypeError) as e:
         raise CertificateLoadError(f"certificate and key are not a usable pair: {e}")
     ctx.set_session_id(_SESSION_ID)
@@ -105,13 +108,16 @@ class ReloadingServerTLS:
     """Serves the current certificate pair and requested client-CA list.
 
     New connections get the newest good context; established ones keep theirs.
+    Every context, after a rotation or a client-CA change too, is built under
+    the same TLS ``policy`` (``--tls-min-version``, ``--tls-cipher-suites``).
     """
 
     name = "serving-certificate"
 
-    def __init__(self, certPath, keyPath, clock, interval=10.0):
+    def __init__(self, certPath, keyPath, clock, interval=10.0, policy=DEFAULT):
         self.certPath = certPath
         self.keyPath = keyPath
+        self.policy = policy
         self._clock = clock
         self._interval = interval
         self._fingerprint = None
@@ -135,7 +141,7 @@ class ReloadingServerTLS:
         fingerprint = hashlib.sha256(certPEM + b"\0" + keyPEM).digest()
         if fingerprint == self._fingerprint:
             return False
-        self._context = buildContext(certPEM, keyPEM, _parseCAs(self._clientCAs))
+        self._context = buildContext(certPEM, keyPEM, _parseCAs(self._clientCAs), self.policy)
         self._pair = (certPEM, keyPEM)
         self._fingerprint = fingerprint
         exportExpiry(certPEM)
@@ -164,7 +170,7 @@ class ReloadingServerTLS:
         """
         self._clientCAs = tuple(pems)
         if self._pair is not None:
-            self._context = buildContext(*self._pair, _parseCAs(self._clientCAs))
+            self._context = buildContext(*self._pair, _parseCAs(self._clientCAs), self.policy)
 
     # -- polling ----------------------------------------------------------
     def startPolling(self):

@@ -11,7 +11,7 @@ from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
 
 from kibaship_dns01.kube.config import KubeConfigError
-from kibaship_dns01.pem import trustRootFromPEM
+from kibaship_dns01.pem import certificateOptions, trustRootFromPEM
 
 
 def _loadCABundle(caPEM, source):
@@ -23,9 +23,10 @@ def _loadCABundle(caPEM, source):
 
 
 def _loadClientCertificate(certPEM, keyPEM, source):
+    """``CertificateOptions`` keywords presenting the client certificate (and its chain)."""
     try:
-        return ssl.PrivateCertificate.loadPEM(certPEM + b"\n" + keyPEM)
-    except Exception as e:  # OpenSSL raises a variety of errors for bad PEM
+        return certificateOptions(certPEM, keyPEM)
+    except ValueError as e:
         raise KubeConfigError("%s: the client certificate or key is not valid PEM: %s" % (source, e))
 
 
@@ -41,7 +42,7 @@ class APIServerTLSPolicy:
         self._serverName = config.tlsServerName
         self._insecure = config.insecure
         self._trust = _loadCABundle(config.caPEM, config.source) if config.caPEM else None
-        self._client = None
+        self._client = {}
         if config.clientCertPEM:
             self._client = _loadClientCertificate(config.clientCertPEM, config.clientKeyPEM,
                                                   config.source)
@@ -55,11 +56,7 @@ class APIServerTLSPolicy:
 
     def _makeCreator(self, hostname):
         if self._insecure:
-            kw = {}
-            if self._client is not None:
-                kw = dict(privateKey=self._client.privateKey.original,
-                          certificate=self._client.original)
-            return ssl.CertificateOptions(verify=False, **kw)
+            return ssl.CertificateOptions(verify=False, **self._client)
         name = self._serverName or hostname.decode("ascii")
         return ssl.optionsForClientTLS(name, trustRoot=self._trust,
-                                       clientCertificate=self._client)
+                                       extraCertificateOptions=dict(self._client))

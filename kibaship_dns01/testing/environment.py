@@ -39,6 +39,23 @@ CERT_MANAGER_EXTRA = {
 }
 
 
+#: the nonResourceURLs of kube-apiserver's system:discovery and system:public-info-viewer
+#: ClusterRoles, both bound to system:authenticated (plugin/pkg/auth/authorizer/rbac/bootstrappolicy)
+DISCOVERY_PATHS = ("/api", "/api/*", "/apis", "/apis/*", "/healthz", "/livez", "/openapi",
+                   "/openapi/*", "/readyz", "/version", "/version/")
+
+
+def _discoveryAllows(spec):
+    """Whether system:discovery lets this SubjectAccessReview through: a GET by an
+    authenticated user of a discovery path (a trailing ``*`` matches any suffix, as RBAC's
+    ``NonResourceURLMatches``)."""
+    attrs = spec.get("nonResourceAttributes") or {}
+    path = attrs.get("path", "")
+    return (attrs.get("verb") == "get" and "system:authenticated" in (spec.get("groups") or ())
+            and any(path == rule or (rule.endswith("*") and path.startswith(rule[:-1]))
+                    for rule in DISCOVERY_PATHS))
+
+
 def secret(namespace, name, data):
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
             "metadata": {"namespace": namespace, "name": name},
@@ -52,8 +69,13 @@ class LocalEnvironment:
     """
 
     def __init__(self, reactor, workdir, cluster, groupName="dns.kibaship.com",
-                 solverName="kibaship"):
+                 solverName="kibaship", discovery=False):
         self.reactor = reactor
+        #: also grant what kube-apiserver's system:discovery ClusterRoleBinding grants every
+        #: authenticated user (GET on the discovery paths), as a real client such as kubectl
+        #: needs; off by default so the drills' refused identities are refused everywhere
+        self.discovery = discovery
+        self._tokens = {}
         self.workdir = workdir
         self.cluster = cluster
         self.groupName = groupName
@@ -87,6 +109,7 @@ class LocalEnvironment:
                              {"password": self.cluster.password}))
         self.chain.addTo(store)
         self.api.setSubjectAccessReviewHandler(self._review)
+        self.api.setTokenReviewHandler(self._tokenReview)
         await self.api.start()
         self.api.writeKubeconfig(self.kubeconfig)
 
@@ -95,12 +118,27 @@ class LocalEnvironment:
             f.write(data)
 
     def _review(self, spec):
-        """RBAC of the stand-in: cert-manager may create on the solver resource."""
+        """RBAC of the stand-in: cert-manager may create on the solver resource (and, with
+        ``discovery``, every authenticated user may get the discovery paths)."""
         attrs = spec.get("resourceAttributes") or {}
         allowed = (spec.get("user") == CERT_MANAGER_USER and attrs.get("verb") == "create"
                    and attrs.get("group") == self.groupName
-                   and attrs.get("resource") == self.solverName)
+                   and attrs.get("resource") == self.solverName) or (
+            self.discovery and _discoveryAllows(spec))
         return {"allowed": allowed, "reason": "" if allowed else "no RBAC rule allows it"}
+
+    def addToken(self, token, user=CERT_MANAGER_USER,
+                 groups=CERT_MANAGER_GROUPS + ("system:authenticated",)):
+        """Make the stand-in's TokenReview authenticate ``token`` as ``user`` in ``groups``
+        (what kube-apiserver answers for a ServiceAccount token)."""
+        self._tokens[token] = {"username": user, "groups": list(groups)}
+
+    def _tokenReview(self, token):
+        user = self._tokens.get(token)
+        if user is None:
+            return {"authenticated": False, "error": "invalid bearer token"}
+        return {"authenticated": True, "user": user,
+                "audiences": ["https://kubernetes.default.svc.cluster.local"]}
 
     async def stop(self):
         await self.api.stop()

@@ -6,7 +6,7 @@ reactor, a :class:`Session` keeps one connection alive for many.
 """
 import attr
 import treq
-from OpenSSL import crypto
+from cryptography.hazmat.primitives import serialization
 from twisted.internet import defer, ssl
 from twisted.internet.endpoints import SSL4ClientEndpoint, connectProtocol
 from twisted.internet.interfaces import IHandshakeListener
@@ -14,6 +14,8 @@ from twisted.internet.protocol import Protocol
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.iweb import IPolicyForHTTPS
 from zope.interface import implementer
+
+from kibaship_dns01.pem import certificateOptions
 
 
 @attr.s(frozen=True, auto_attribs=True)
@@ -33,8 +35,7 @@ def clientTLSOptions(hostname, caPEM, clientPair=None):
     trust = ssl.Certificate.loadPEM(caPEM) if caPEM else None
     kw = {"trustRoot": trust} if trust is not None else {}
     if clientPair is not None:
-        kw["clientCertificate"] = ssl.PrivateCertificate.loadPEM(
-            clientPair.certPEM + clientPair.keyPEM)
+        kw["extraCertificateOptions"] = certificateOptions(clientPair.certPEM, clientPair.keyPEM)
     return ssl.optionsForClientTLS(hostname, **kw)
 
 
@@ -96,9 +97,9 @@ class _Handshake(Protocol):
         self.done = defer.Deferred()
 
     def handshakeCompleted(self):
-        cert = self.transport.getPeerCertificate()
+        cert = self.transport.getPeerCertificate().to_cryptography()
         self.transport.loseConnection()
-        self.done.callback(crypto.dump_certificate(crypto.FILETYPE_PEM, cert))
+        self.done.callback(cert.public_bytes(serialization.Encoding.PEM))
 
     def connectionLost(self, reason):
         if not self.done.called:

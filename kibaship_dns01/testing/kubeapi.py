@@ -28,6 +28,7 @@ import secrets
 import sys
 
 import yaml
+from cryptography.x509.oid import NameOID
 from twisted.internet import defer, ssl
 from twisted.protocols.policies import WrappingFactory
 from twisted.web.resource import Resource
@@ -35,6 +36,7 @@ from twisted.web.server import NOT_DONE_YET, Site
 
 from kibaship_dns01.kube.config import KubeConfig, StaticToken
 from kibaship_dns01.kube.errors import KubeError, makeStatus
+from kibaship_dns01.pem import certificateOptions
 from kibaship_dns01.testing import pki
 from kibaship_dns01.testing.kubestore import KubeStore
 
@@ -289,9 +291,8 @@ class StandInAPIServer:
     # --- lifecycle ----------------------------------------------------------
 
     def _contextFactory(self):
-        serving = ssl.PrivateCertificate.loadPEM(self._serving.certPEM + self._serving.keyPEM)
         return ssl.CertificateOptions(
-            privateKey=serving.privateKey.original, certificate=serving.original,
+            **certificateOptions(self._serving.certPEM, self._serving.keyPEM),
             verify=True, requireCertificate=False,
             caCerts=[ssl.Certificate.loadPEM(self.ca.certPEM).original])
 
@@ -383,7 +384,8 @@ class StandInAPIServer:
         cert = request.transport.getPeerCertificate() if hasattr(
             request.transport, "getPeerCertificate") else None
         if cert is not None:
-            return cert.get_subject().CN
+            names = cert.to_cryptography().subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+            return names[0].value if names else None
         return None
 
     def _authorize(self, user, verb, resource, namespace, name):

@@ -36,6 +36,10 @@ from kibaship_dns01.testing.valkeycluster import ValkeyCluster
 from kibaship_dns01.valkey import streamKey
 
 
+#: the exit status after a Ctrl-C that came before the end of the run (128 + SIGINT)
+INTERRUPTED = 130
+
+
 def _parse(argv):
     p = argparse.ArgumentParser(prog="python -m kibaship_dns01.testing.localrun",
                                 description=__doc__.split("\n\n")[0])
@@ -61,7 +65,8 @@ def _curlHints(env, base):
             f"{base}/apis/{env.groupName}/v1alpha1")
 
 
-async def _run(reactor, args, cluster):
+async def _run(reactor, args, cluster, stopping):
+    """The run; ``stopping`` fires when a Ctrl-C cancels it (see :func:`_runUntilStopped`)."""
     env = LocalEnvironment(reactor, os.path.abspath(args.workdir), cluster)
     await env.start()
     world = DelegationWorld(reactor, env) if args.delegation else None
@@ -94,10 +99,14 @@ async def _run(reactor, args, cluster):
             _say(f"\nfront-proxy client certificate (CN {FRONT_PROXY_CN}) in {env.workdir}; try:")
             _say(_curlHints(env, base))
             _say("Ctrl-C to stop.")
-            await defer.Deferred()  # until the reactor stops
+            try:
+                await defer.Deferred()  # cancelled by _runUntilStopped on Ctrl-C
+            except defer.CancelledError:
+                _say("stopping ...")
         return 0 if ok else 1
     except Exception:
-        _say(daemon.output.decode(errors="replace"))
+        if not stopping.called:  # after a Ctrl-C the error is the cancellation itself
+            _say(daemon.output.decode(errors="replace"))
         raise
     finally:
         await daemon.stop()
@@ -223,6 +232,41 @@ async def _delegated(reactor, env, world, base, cluster, key, project):
     _say("   after the CleanUp the key is withdrawn:")
     await _dig(world, offer["value"], replica=0)
     return ok
+def _runUntilStopped(reactor, args, cluster):
+    """:func:`_run`, cancelled when the reactor is asked to stop (Ctrl-C).
+
+    Left alone, a Ctrl-C stops the reactor under a coroutine still awaiting,
+    and the interpreter later closes it at exit: its ``finally`` then awaits
+    the daemon's stop inside ``GeneratorExit`` ("coroutine ignored
+    GeneratorExit"), and nothing is cleaned up.  Cancelling it instead runs
+    the cleanup while the reactor still turns, and the shutdown waits for it.
+    A run interrupted before its end exits with :data:`INTERRUPTED`.
+    """
+    stopping = defer.Deferred()
+    run = defer.ensureDeferred(_run(reactor, args, cluster, stopping))
+    ended = defer.Deferred()
+    run.addBoth(lambda result: ended.callback(None) or result)
+
+    def onShutdown():
+        stopping.callback(None)
+        run.cancel()
+        return ended
+
+    def interrupted(failure):
+        # KeyboardInterrupt: a Ctrl-C before the reactor ran (and installed its handler);
+        # after one, whatever the cancelled step failed with is the interruption
+        if stopping.called or failure.check(KeyboardInterrupt):
+            return INTERRUPTED
+        return failure
+
+    reactor.addSystemEventTrigger("before", "shutdown", onShutdown)
+    return run.addErrback(interrupted).addCallback(_exitStatus)
+
+
+def _exitStatus(code):
+    """``task.react`` ignores what its function returns; only ``SystemExit`` sets the status."""
+    if code:
+        raise SystemExit(code)
 
 
 def main(argv=None):
@@ -233,7 +277,7 @@ def main(argv=None):
     cluster = ValkeyCluster(password=secrets.token_urlsafe(16)).start()
     _say(f"Valkey cluster up: {', '.join(n.address for n in cluster.nodes)}")
     try:
-        task.react(lambda reactor: defer.ensureDeferred(_run(reactor, args, cluster)))
+        task.react(_runUntilStopped, (args, cluster))
     finally:
         cluster.stop()
 

@@ -92,14 +92,16 @@ def _sanList(names):
 
 
 def issue(ca, cn, orgs=(), sans=(), server=False, client=False,
-          notBefore=None, notAfter=None, days=30):
+          notBefore=None, notAfter=None, days=30, key=None):
     """A leaf certificate signed by ``ca``.
 
     ``server``/``client`` set the extended key usages; with neither the
     certificate has no EKU extension at all (useful to test usage checks).
     ``notBefore``/``notAfter`` override the validity window (e.g. expired).
+    ``key`` is the leaf's private key (a fresh P-256 key by default; an RSA key
+    makes a certificate for the ECDHE-RSA cipher suites).
     """
-    key = ec.generate_private_key(ec.SECP256R1())
+    key = key or ec.generate_private_key(ec.SECP256R1())
     now = _now()
     notBefore = notBefore or now - datetime.timedelta(minutes=5)
     notAfter = notAfter or now + datetime.timedelta(days=days)

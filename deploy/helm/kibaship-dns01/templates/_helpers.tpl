@@ -159,6 +159,8 @@ dns-port: delegation.service.port
 dns-resolvers: delegation.resolvers
 dns-rate-limit: delegation.rateLimit
 dns-rate-limit-slip: delegation.slip
+tls-min-version: tls.minVersion
+tls-cipher-suites: tls.cipherSuites
 {{- end }}
 
 {{- define "kibaship-dns01.validate" -}}
