@@ -88,14 +88,19 @@ def _port(flag, value, allowZero=False):
     return port
 
 
-def _integer(flag, value, minimum=0):
+def _number(flag, value, minimum=0, kind=float):
+    """A number of ``kind`` (``int`` or ``float``), finite and at least ``minimum``."""
     try:
-        n = int(value)
+        n = kind(value)
     except (TypeError, ValueError):
-        raise usage.UsageError(f"--{flag}: {value!r} is not an integer")
-    if n < minimum:
-        raise usage.UsageError(f"--{flag}: must be at least {minimum}, got {n}")
+        raise usage.UsageError(f"--{flag}: {value!r} is not "
+                               f"{'an integer' if kind is int else 'a number'}")
+    if not n >= minimum or n == float("inf"):
+        raise usage.UsageError(f"--{flag}: must be at least {minimum:g}, got {value}")
     return n
+
+
+_integer = functools.partial(_number, kind=int)
 
 
 def _duration(flag, value, allowZero=False):
@@ -179,16 +184,6 @@ def _valkeyAddress(flag, value):
     except ValueError as e:
         raise usage.UsageError(f"--{flag}: {e}")
     return value
-
-
-def _number(flag, value, minimum=0.0):
-    try:
-        n = float(value)
-    except (TypeError, ValueError):
-        raise usage.UsageError(f"--{flag}: {value!r} is not a number")
-    if not n >= minimum or n == float("inf"):
-        raise usage.UsageError(f"--{flag}: must be at least {minimum:g}, got {value!r}")
-    return n
 
 
 def _secretFile(flag, value):
