@@ -317,11 +317,11 @@ class _HangOnce(FakeKubernetesClient):
 
     hung = False
 
-    def list(self, path, params=None, pageItems=None):
+    def listPages(self, path, params, onPage):
         if not self.hung:
             self.hung = True
             return defer.Deferred()
-        return super().list(path, params, pageItems)
+        return super().listPages(path, params, onPage)
 
 
 class DeadlineTests(InformerTestsBase):

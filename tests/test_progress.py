@@ -202,7 +202,8 @@ class ExactlyOnceTests(ProgressCase):
 
     def test_certificatesListedOnceTheResolverIsReady(self):
         """/readyz waits for the Challenge and Order caches, not for Certificates:
-        their LIST waits, so a restart's CPU goes first to what readiness needs."""
+        their sync (a WatchList stream here) waits, so a restart's CPU goes first
+        to what readiness needs."""
         cm.buildChain().addTo(self.store)
         replica = Replica(self.store, self.publisher, self.clock)
         replica.client.injectError(503, verb="list", path="/apis/acme.cert-manager.io/v1/orders")
@@ -210,13 +211,13 @@ class ExactlyOnceTests(ProgressCase):
         self.addCleanup(replica.stop)
 
         def certificateLists():
-            return [c for c in replica.client.calls
-                    if c.verb == "list" and "/certificates" in c.path]
+            return [c for c in replica.client.calls if "/certificates" in c.path]
         self.assertFalse(replica.resolver.isReady())
         self.assertEqual(certificateLists(), [])
         self.clock.advance(60)  # the Order cache's retry
         self.assertTrue(replica.resolver.isReady())
-        self.assertEqual(len(certificateLists()), 1)
+        self.assertEqual([(c.verb, c.params.get("sendInitialEvents")) for c in certificateLists()],
+                         [("watch", "true")])
         self.assertEqual(len(replica.progress.certificates.informer), 1)
 
     def test_transientValkeyFailureIsRetried(self):

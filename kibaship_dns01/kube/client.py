@@ -215,6 +215,65 @@ def _statusOf(body):
     return value if isinstance(value, dict) and value.get("kind") == "Status" else None
 
 
+#: how often one LIST starts again from its first page after a continue token expired
+MAX_LIST_RESTARTS = 3
+
+
+async def pagedList(fetch, path, params, onPage, maxPages):
+    """Page through a LIST: ``fetch(params)`` -> Deferred of one page; each page
+    goes to ``onPage(page, first)`` (a Deferred it returns is awaited before the
+    next page is asked for, so a consumer that spreads its work over reactor
+    turns also bounds what is held to one page).
+
+    A continue token the server no longer knows (410 ``Expired``, its snapshot
+    compacted away) starts the LIST again from the first page, at the server's
+    current version, rather than one unpaged LIST: a large collection's whole
+    JSON in one body is what paging is there to avoid.  ``first`` is true for
+    every first page, so a consumer knows to forget what an abandoned pass gave.
+
+    :return: the last pass's first page's ``metadata`` (its resourceVersion).
+    """
+    for restart in range(MAX_LIST_RESTARTS + 1):
+        page = await fetch(params)
+        metadata = dict(page.get("metadata") or {})
+        await _handOver(onPage, page, True)
+        token, pages = metadata.get("continue"), 1
+        try:
+            while token:
+                if pages >= maxPages:
+                    raise KubeError("LIST %s: more than %d pages" % (path, maxPages))
+                page = await fetch(dict(params, **{"continue": token}))
+                token, pages = (page.get("metadata") or {}).get("continue"), pages + 1
+                await _handOver(onPage, page, False)
+        except Gone:
+            if restart == MAX_LIST_RESTARTS:
+                raise
+            continue
+        metadata.pop("continue", None)
+        metadata.pop("remainingItemCount", None)
+        return metadata
+
+
+async def _handOver(onPage, page, first):
+    waited = onPage(page, first)
+    if waited is not None:
+        await waited
+
+
+async def collectPages(listPages, path, params, pageItems):
+    """One List object of every page's ``pageItems(page)`` (``list`` on top of
+    ``listPages``): kind and apiVersion of the first page, items of the last pass."""
+    state = {"items": [], "head": {}}
+
+    def onPage(page, first):
+        if first:
+            state["items"] = []
+            state["head"] = {k: page[k] for k in ("kind", "apiVersion") if k in page}
+        state["items"].extend(pageItems(page))
+    metadata = await listPages(path, params, onPage)
+    return dict(state["head"], metadata=metadata, items=state["items"])
+
+
 class _QuietClientFactory(_HTTP11ClientFactory):
     noisy = False
 
@@ -404,36 +463,23 @@ class KubeClient:
                              2 * self._requestTimeout, "POST " + path)
 
     def list(self, path, params=None, pageItems=None):
-        return defer.ensureDeferred(self._listAll(path, dict(params or {}),
-                                                  pageItems or _allItems))
+        return defer.ensureDeferred(collectPages(self.listPages, path, params,
+                                                 pageItems or _allItems))
+
+    def listPages(self, path, params, onPage):
+        return defer.ensureDeferred(self._listPages(path, dict(params or {}), onPage))
 
     async def _page(self, path, params):
         return await self._bounded(self._request("list", "GET", path, params),
                                    2 * self._requestTimeout, "LIST " + path)
 
-    async def _listAll(self, path, params, pageItems):
-        """Merge ``continue`` pages; an expired token falls back to one unpaged LIST."""
+    async def _listPages(self, path, params, onPage):
+        """Hand each ``continue`` page to ``onPage`` (awaited before the next is
+        asked for); a continue token that expired (410) restarts the paged LIST,
+        at most :data:`MAX_LIST_RESTARTS` times (see :func:`pagedList`)."""
         params.setdefault("limit", str(self._pageSize))
-        first = await self._page(path, params)
-        items = list(pageItems(first))
-        token, pages = first.get("metadata", {}).get("continue"), 1
-        while token:
-            if pages >= self._maxPages:
-                raise KubeError("LIST %s: more than %d pages" % (path, self._maxPages))
-            try:
-                page = await self._page(path, dict(params, **{"continue": token}))
-            except Gone:
-                unpaged = dict(params)
-                unpaged.pop("limit", None)
-                whole = await self._page(path, unpaged)
-                whole["items"] = list(pageItems(whole))
-                return whole
-            items.extend(pageItems(page))
-            token, pages = page.get("metadata", {}).get("continue"), pages + 1
-        first["items"] = items
-        first.setdefault("metadata", {}).pop("continue", None)
-        first["metadata"].pop("remainingItemCount", None)
-        return first
+        return await pagedList(lambda p: self._page(path, p), path, params, onPage,
+                               self._maxPages)
 
     def watch(self, path, resourceVersion, onEvent, params=None):
         params = dict(params or {})

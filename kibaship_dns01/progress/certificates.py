@@ -16,11 +16,21 @@ here) decides from what every replica sees:
   A = R + 1 (1 before the first issuance), if the mark's revision is A.  Key
   ``<certificate uid>:failed:<A>:<lastFailureTime>``: each failed attempt once.
 
+The cache keeps a :class:`CertificateRecord` per Certificate (identity and
+resourceVersion, a few hundred bytes with its key): the transitions are decided
+from the watch event's object, which carries the whole Certificate, so no copy
+of labels, status or conditions needs to stay in memory (100,000 Certificates
+kept as trimmed dicts cost 3.4 KB each).  The cache syncs with a WatchList
+stream where the API server serves one (see :mod:`~kibaship_dns01.kube.informer`).
+
 Only issuances this recent are considered: ``notBefore`` (issued) or
 ``lastFailureTime`` (failed) within the progress window, which is also how long
 the idempotency records and the mark live; a relist after that finds no mark
 and appends nothing.  Which Valkey: see :mod:`.targets`.
 """
+import sys
+import uuid
+
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -50,6 +60,63 @@ LEARN_WAIT, LEARN_STEPS = 5.0, 12
 _STATUS_FIELDS = ("revision", "notAfter", "notBefore", "renewalTime", "failedIssuanceAttempts",
                   "lastFailureTime")
 _CONDITION_FIELDS = ("type", "status", "reason", "message", "lastTransitionTime")
+
+
+class CertificateRecord:
+    """What the Certificate cache keeps of one Certificate: its identity, to say
+    goodbye when it is deleted (also when a relist finds it gone), and its
+    resourceVersion, so a relist passes over the unchanged ones.
+
+    Slots and integers rather than a dict of strings: the UID as its 128-bit
+    integer, the resourceVersion as an integer (etcd's revisions are decimal;
+    any other string is kept as it is), the namespace interned, the name the
+    cache key's own string.
+    """
+
+    __slots__ = ("namespace", "name", "_uid", "version")
+
+    def __init__(self, namespace, name, uid, version):
+        self.namespace, self.name, self.version = namespace, name, version
+        self._uid = _packUID(uid)
+
+    @classmethod
+    def of(cls, obj):
+        """The record of a Certificate object (the informer's ``trim``)."""
+        meta = obj.get("metadata") or {}
+        namespace, rv = meta.get("namespace"), meta.get("resourceVersion")
+        return cls(sys.intern(namespace) if type(namespace) is str else namespace,
+                   meta.get("name"), meta.get("uid"),
+                   int(rv) if type(rv) is str and rv.isdigit() else rv)
+
+    @property
+    def uid(self):
+        value = self._uid
+        return str(uuid.UUID(int=value)) if type(value) is int else value
+
+    def __repr__(self):
+        return "<CertificateRecord %s/%s uid=%s version=%s>" % (
+            self.namespace, self.name, self.uid, self.version)
+
+
+def _packUID(uid):
+    """A UID in the canonical UUID form as its integer (44 bytes instead of 85);
+    any other string as it is."""
+    if type(uid) is str and len(uid) == 36:
+        try:
+            value = uuid.UUID(uid)
+        except ValueError:
+            return uid
+        if str(value) == uid:
+            return value.int
+    return uid
+
+
+def _identity(cert):
+    """``(namespace, name, uid)`` of a trimmed Certificate or a :class:`CertificateRecord`."""
+    if isinstance(cert, CertificateRecord):
+        return cert.namespace, cert.name, cert.uid
+    meta = cert.get("metadata") or {}
+    return meta.get("namespace"), meta.get("name"), meta.get("uid")
 
 
 def trimCertificate(obj):
@@ -137,7 +204,9 @@ class CertificateWatcher(service.Service):
         self._jobs = KeyedJobs(clock, self._publish, "certificate progress", limit=limit,
                                isTransient=isTransient)
         self.informer = Informer(client, CERTIFICATES_PATH, clock, "certificates",
-                                 trim=trimCertificate, params={"labelSelector": PROJECT_LABEL})
+                                 trim=CertificateRecord.of, view=trimCertificate,
+                                 version=lambda record: record.version, watchList=True,
+                                 params={"labelSelector": PROJECT_LABEL})
         self.informer.addListener(self._onEvent)
 
     def startService(self):
@@ -158,13 +227,16 @@ class CertificateWatcher(service.Service):
         return self.informer.stopService()
 
     def _onEvent(self, kind, cert):
-        uid = _get(cert, "metadata", "uid")
+        """``cert`` is the event's Certificate, trimmed; for one a relist found
+        gone, its :class:`CertificateRecord`."""
         if kind == "DELETED":
-            self._book.forget(_get(cert, "metadata", "namespace"), _get(cert, "metadata", "name"))
+            namespace, name, uid = _identity(cert)
+            self._book.forget(namespace, name)
             self._notes.forget(uid)
             for operation in (ISSUED, FAILED):
                 self._said.pop((uid, operation), None)
             return
+        uid = _get(cert, "metadata", "uid")
         for decision in decisions(cert, self._clock.seconds(), self._window):
             if self._said.get((uid, decision[0])) != decision[2]:
                 self._jobs.submit((uid, decision[0]), (cert, decision))
