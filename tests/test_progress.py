@@ -1,5 +1,6 @@
 """Progress events end to end in memory: the real solver, resolver, follower and watcher
 over the verified fake API client and the fake publisher, on a test clock."""
+import copy
 import json
 
 from twisted.internet.task import Clock
@@ -9,7 +10,7 @@ from kibaship_dns01.config import Defaults, SeenIssuerConfigs
 from kibaship_dns01.credentials import SecretReader
 from kibaship_dns01.events import presentMark
 from kibaship_dns01.progress import phases
-from kibaship_dns01.progress.certificates import decisions, trimCertificate
+from kibaship_dns01.progress.certificates import CertificateRecord, decisions, trimCertificate
 from kibaship_dns01.progress.jobs import KeyedJobs
 from kibaship_dns01.progress.service import ProgressService
 from kibaship_dns01.resolve import ChallengeResolver
@@ -322,6 +323,92 @@ class RefreshTests(ProgressCase):
                      for f in self.entries() if f["operation"] == "status"]
         # the first replica stops at 3; the second (24) covers the rest, each number once
         self.assertEqual(reminders, [None] + list(range(1, 16)))
+
+
+def _withoutEventID(fields):
+    """An entry's fields less its random ``event_id`` (twice: field and envelope)."""
+    fields = {k: v for k, v in fields.items() if k != "event_id"}
+    data = json.loads(fields["event_data"])
+    data.pop("event_id", None)
+    fields["event_data"] = data
+    return fields
+
+
+class CompactRecordTests(ProgressCase):
+    """The Certificate cache keeps a :class:`CertificateRecord`, not a copy."""
+
+    def lifecycle(self, chain, fullCopies):
+        """Present, a status, a failed attempt, issued, deleted: the entries, with the
+        cache storing records or (``fullCopies``) trimmed dicts as before."""
+        clock = Clock()
+        clock.advance(START)
+        store = KubeStore()
+        store.add(secret(DEFAULTS.valkeyNamespace, DEFAULTS.valkeySecret,
+                         {"password": "operator-password"}))
+        publisher = FakeStreamPublisher(clock)
+        replica = Replica(store, publisher, clock)
+        informer = replica.progress.certificates.informer
+        if fullCopies:
+            informer._trim, informer._view = trimCertificate, None
+            informer._version = lambda cert: cert["metadata"]["resourceVersion"]
+        replica.start()
+        self.addCleanup(replica.stop)
+        chain.addTo(store)
+        self.successResultOf(replica.solver.present(chain.request()))
+        clock.advance(60)
+        cm.setChallengeStatus(store, chain.challenges[0], "pending",
+                              cm.propagationReason("shop.example.com"), at=clock.seconds())
+        clock.advance(60)
+        cm.setCertificateFailed(store, chain.certificate, "the CA said no", at=clock.seconds())
+        clock.advance(3600)
+        cm.setCertificateIssued(store, chain.certificate, 1, at=clock.seconds())
+        stored = informer.get(chain.certificate["metadata"]["namespace"],
+                              chain.certificate["metadata"]["name"])
+        chain.removeFrom(store)
+        clock.advance(60)
+        return [_withoutEventID(fields) for _, fields in publisher.entries(cm.PROJECT_UUID)], stored
+
+    def test_sameEventsAsAFullCopyCache(self):
+        chain = cm.buildChain()
+        compact, record = self.lifecycle(copy.deepcopy(chain), fullCopies=False)
+        full, trimmed = self.lifecycle(copy.deepcopy(chain), fullCopies=True)
+        self.assertEqual([f["operation"] for f in compact],
+                         ["present", "status", "failed", "issued"])
+        self.assertEqual(compact, full)
+        self.assertIsInstance(record, CertificateRecord)
+        self.assertIsInstance(trimmed, dict)
+        self.assertEqual((record.namespace, record.name, record.uid, record.version),
+                         ("certificates", "ad-shop-example-com",
+                          chain.certificate["metadata"]["uid"],
+                          int(trimmed["metadata"]["resourceVersion"])))
+
+    def test_aCertificateGoneWhileDownIsForgotten(self):
+        """A relist that no longer finds a Certificate hands its record to the
+        watcher, which forgets its issuer's Valkey and its notes."""
+        chain = cm.buildChain().addTo(self.store)
+        replica = self.replica()
+        self.present(replica, chain)
+        self.status(chain.challenges[0], "pending")
+        self.assertEqual(len(replica.progress.book), 1)
+        replica.client.injectError(503, verb="watch", path="/apis/cert-manager.io")
+        self.store.closeWatches()
+        chain.removeFrom(self.store)
+        self.store.compact()
+        informer = replica.progress.certificates.informer
+        for _ in range(20):
+            if informer.relists >= 2:
+                break
+            self.clock.advance(5)
+        self.assertEqual(informer.relists, 2)
+        self.assertEqual(len(informer), 0)
+        self.assertEqual(len(replica.progress.book), 0)
+
+    def test_recordsKeepOddIdentitiesAsTheyAre(self):
+        record = CertificateRecord.of({"metadata": {"namespace": "n", "name": "c",
+                                                    "uid": "not-a-uuid", "resourceVersion": "x7"}})
+        self.assertEqual((record.uid, record.version), ("not-a-uuid", "x7"))
+        upper = "0B6F3A2E-5C1D-4E8F-9A7B-1C2D3E4F5A6B"
+        self.assertEqual(CertificateRecord.of({"metadata": {"uid": upper}}).uid, upper)
 
 
 class DecisionTests(SynchronousTestCase):
