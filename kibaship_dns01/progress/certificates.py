@@ -39,7 +39,6 @@ from kibaship_dns01 import metrics
 from kibaship_dns01.events import (
     FAILED, ISSUED, MARK_PRESENTED_AT, MARK_REVISION, SEQUENCE_FIELD, buildCertificateEvent)
 from kibaship_dns01.kube.informer import Informer
-from kibaship_dns01.kube.trim import internStrings
 from kibaship_dns01.progress.challenges import isTransient, parseTime, utcNow
 from kibaship_dns01.progress.jobs import KeyedJobs
 from kibaship_dns01.project import (
@@ -121,8 +120,9 @@ def _identity(cert):
 
 def trimCertificate(obj):
     """Keep what the watcher reads: identity, Kibaship labels, ``dnsNames``, the
-    issuance status and the ``Ready``/``Issuing`` conditions (strings interned:
-    label keys, namespaces, condition words repeat in every Certificate)."""
+    issuance status and the ``Ready``/``Issuing`` conditions.  What listeners
+    see of an event (the cache keeps a :class:`CertificateRecord`): held only
+    while its transition is decided and published, so nothing is interned."""
     meta, spec, status = (obj.get(k) or {} for k in ("metadata", "spec", "status"))
     trimmed = {key: meta[key] for key in ("name", "namespace", "uid", "resourceVersion")
                if key in meta}
@@ -137,9 +137,8 @@ def trimCertificate(obj):
                   and c.get("type") in ("Ready", "Issuing")]
     if conditions:
         kept["conditions"] = conditions
-    return internStrings({"metadata": trimmed,
-                          "spec": {"dnsNames": list(spec.get("dnsNames") or ())},
-                          "status": kept})
+    return {"metadata": trimmed, "spec": {"dnsNames": list(spec.get("dnsNames") or ())},
+            "status": kept}
 
 
 def _condition(cert, kind):
