@@ -302,7 +302,7 @@ class WatchListTests(SynchronousTestCase):
         rv = self.store.resourceVersion
         self.store.add(challenge("c"))
         self.assertEqual(self.summary(), [
-            ("ADDED", "a"), ("ADDED", "b"),
+            ("ADDED", "b"), ("ADDED", "a"),
             ("BOOKMARK", {"k8s.io/initial-events-end": "true"}), ("ADDED", "c")])
         self.assertEqual(self.events[2][1], {
             "kind": "Challenge", "apiVersion": "acme.cert-manager.io/v1",

@@ -1,6 +1,7 @@
 """Progress events end to end in memory: the real solver, resolver, follower and watcher
 over the verified fake API client and the fake publisher, on a test clock."""
 import copy
+import gc
 import json
 
 from twisted.internet.task import Clock
@@ -10,7 +11,8 @@ from kibaship_dns01.config import Defaults, SeenIssuerConfigs
 from kibaship_dns01.credentials import SecretReader
 from kibaship_dns01.events import presentMark
 from kibaship_dns01.progress import phases
-from kibaship_dns01.progress.certificates import CertificateRecord, decisions, trimCertificate
+from kibaship_dns01.progress.certificates import (
+    certificateRecord, decisions, recordIdentity, recordVersion, trimCertificate)
 from kibaship_dns01.progress.jobs import KeyedJobs
 from kibaship_dns01.progress.service import ProgressService
 from kibaship_dns01.resolve import ChallengeResolver
@@ -335,7 +337,7 @@ def _withoutEventID(fields):
 
 
 class CompactRecordTests(ProgressCase):
-    """The Certificate cache keeps a :class:`CertificateRecord`, not a copy."""
+    """The Certificate cache keeps a :func:`certificateRecord`, not a copy."""
 
     def lifecycle(self, chain, fullCopies):
         """Present, a status, a failed attempt, issued, deleted: the entries, with the
@@ -375,12 +377,13 @@ class CompactRecordTests(ProgressCase):
         self.assertEqual([f["operation"] for f in compact],
                          ["present", "status", "failed", "issued"])
         self.assertEqual(compact, full)
-        self.assertIsInstance(record, CertificateRecord)
         self.assertIsInstance(trimmed, dict)
-        self.assertEqual((record.namespace, record.name, record.uid, record.version),
+        self.assertEqual(recordIdentity(record) + (recordVersion(record),),
                          ("certificates", "ad-shop-example-com",
                           chain.certificate["metadata"]["uid"],
                           int(trimmed["metadata"]["resourceVersion"])))
+        gc.collect()
+        self.assertFalse(gc.is_tracked(record))  # full collections pass over records
 
     def test_aCertificateGoneWhileDownIsForgotten(self):
         """A relist that no longer finds a Certificate hands its record to the
@@ -404,11 +407,12 @@ class CompactRecordTests(ProgressCase):
         self.assertEqual(len(replica.progress.book), 0)
 
     def test_recordsKeepOddIdentitiesAsTheyAre(self):
-        record = CertificateRecord.of({"metadata": {"namespace": "n", "name": "c",
-                                                    "uid": "not-a-uuid", "resourceVersion": "x7"}})
-        self.assertEqual((record.uid, record.version), ("not-a-uuid", "x7"))
+        record = certificateRecord({"metadata": {"namespace": "n", "name": "c",
+                                                 "uid": "not-a-uuid", "resourceVersion": "x7"}})
+        self.assertEqual(recordIdentity(record) + (recordVersion(record),),
+                         ("n", "c", "not-a-uuid", "x7"))
         upper = "0B6F3A2E-5C1D-4E8F-9A7B-1C2D3E4F5A6B"
-        self.assertEqual(CertificateRecord.of({"metadata": {"uid": upper}}).uid, upper)
+        self.assertEqual(recordIdentity(certificateRecord({"metadata": {"uid": upper}}))[2], upper)
 
 
 class DecisionTests(SynchronousTestCase):
