@@ -23,6 +23,7 @@ from kibaship_dns01.interfaces import IKubernetesClient
 from kibaship_dns01.kube.config import KubeConfigError
 from kibaship_dns01.kube.errors import (APITimeout, Gone, KubeError, Unauthorized, Unavailable,
                                         errorFromStatus)
+from kibaship_dns01.kube.listjson import decodeList
 from kibaship_dns01.kube.tls import APIServerTLSPolicy
 
 MiB = 1024 * 1024
@@ -202,6 +203,24 @@ def _allItems(page):
 def _decodeJSON(body, what):
     try:
         return json.loads(body)
+    except ValueError as e:
+        raise KubeError("%s: the API server answered invalid JSON: %s" % (what, e))
+
+
+def _decodeListPage(body, what):
+    try:
+        page = decodeList(body)
+    except ValueError as e:
+        raise KubeError("%s: the API server answered invalid JSON: %s" % (what, e))
+    if isinstance(page, dict) and not isinstance(page.get("items"), (list, tuple, type(None))):
+        page["items"] = _checkedItems(page["items"], what)
+    return page
+
+
+def _checkedItems(items, what):
+    """The lazily decoded items; a malformed one fails as a :class:`KubeError`."""
+    try:
+        yield from items
     except ValueError as e:
         raise KubeError("%s: the API server answered invalid JSON: %s" % (what, e))
 
@@ -403,7 +422,7 @@ class KubeClient:
     def _count(self, verb, code):
         metrics.API_REQUESTS.labels(verb=verb, code=str(code)).inc()
 
-    async def _once(self, verb, method, path, params, body):
+    async def _once(self, verb, method, path, params, body, decode=None):
         """One request in one of the ``maxConcurrentRequests`` slots; the slot is
         released once the body is read, when the connection is idle in the pool
         again (twisted.web returns it before the body's end is delivered)."""
@@ -422,13 +441,13 @@ class KubeClient:
             self._slots.release()
         self._count(verb, response.code)
         if 200 <= response.code < 300:
-            return _decodeJSON(data, what), token
+            return (decode or _decodeJSON)(data, what), token
         raise errorFromStatus(response.code, _statusOf(data), what)
 
-    async def _request(self, verb, method, path, params=None, body=None):
+    async def _request(self, verb, method, path, params=None, body=None, decode=None):
         """One call; a 401 re-reads the token and retries once if it changed."""
         try:
-            result, _ = await self._once(verb, method, path, params, body)
+            result, _ = await self._once(verb, method, path, params, body, decode)
             return result
         except Unauthorized:
             provider = self._config.tokenProvider
@@ -439,7 +458,7 @@ class KubeClient:
             _, fresh = self._headers()
             if fresh == used:
                 raise
-        result, _ = await self._once(verb, method, path, params, body)
+        result, _ = await self._once(verb, method, path, params, body, decode)
         return result
 
     def _bounded(self, coro, timeout, what):
@@ -463,14 +482,18 @@ class KubeClient:
                              2 * self._requestTimeout, "POST " + path)
 
     def list(self, path, params=None, pageItems=None):
-        return defer.ensureDeferred(collectPages(self.listPages, path, params,
-                                                 pageItems or _allItems))
+        pageItems = pageItems or _allItems
+        return defer.ensureDeferred(collectPages(
+            self.listPages, path, params,
+            lambda page: pageItems(dict(page, items=list(page.get("items") or ())))))
 
     def listPages(self, path, params, onPage):
         return defer.ensureDeferred(self._listPages(path, dict(params or {}), onPage))
 
     async def _page(self, path, params):
-        return await self._bounded(self._request("list", "GET", path, params),
+        """One page, its ``items`` decoded as they are read (:mod:`.listjson`)."""
+        return await self._bounded(self._request("list", "GET", path, params,
+                                                 decode=_decodeListPage),
                                    2 * self._requestTimeout, "LIST " + path)
 
     async def _listPages(self, path, params, onPage):
