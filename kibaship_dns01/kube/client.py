@@ -151,23 +151,29 @@ class _WatchReader(_StreamReader):
         self._giveUp(KubeError("%s: watch event larger than %d bytes" % (self._what, self._maxLine)))
 
     def dataReceived(self, data):
+        """Dispatch every complete line; the buffer is cut once per call (cutting
+        it per line moved the rest of a 64 KB read once per event: a tenth of
+        a large WatchList's CPU)."""
         if not self._active:
             return
-        self._buf += data
+        buf = self._buf
+        buf += data
+        start = 0
         while self._active:
-            end = self._buf.find(b"\n", self._scanned)
+            end = buf.find(b"\n", max(start, self._scanned))
             if end < 0:
-                self._scanned = len(self._buf)
-                if len(self._buf) > self._maxLine:
-                    self._tooLong()
-                return
-            if end > self._maxLine:
+                break
+            if end - start > self._maxLine:
                 self._tooLong()
                 return
-            line = bytes(self._buf[:end])
-            del self._buf[:end + 1]
-            self._scanned = 0
+            line, start = buf[start:end], end + 1
             self._dispatch(line)
+        if not self._active:
+            return
+        del buf[:start]
+        self._scanned = len(buf)
+        if len(buf) > self._maxLine:
+            self._tooLong()
 
     def _dispatch(self, line):
         if not line.strip():

@@ -28,6 +28,7 @@ Only issuances this recent are considered: ``notBefore`` (issued) or
 the idempotency records and the mark live; a relist after that finds no mark
 and appends nothing.  Which Valkey: see :mod:`.targets`.
 """
+import re
 import sys
 import uuid
 
@@ -92,15 +93,14 @@ def recordIdentity(record):
     return namespace, name, str(uuid.UUID(int=uid)) if type(uid) is int else uid
 
 
+#: a UID as the API server writes one (a lower-case UUID): packed into its integer
+_CANONICAL_UID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def _packUID(uid):
     """A UID in the canonical UUID form as its integer; any other value as it is."""
-    if type(uid) is str and len(uid) == 36:
-        try:
-            value = uuid.UUID(uid)
-        except ValueError:
-            return uid
-        if str(value) == uid:
-            return value.int
+    if type(uid) is str and _CANONICAL_UID.fullmatch(uid):
+        return int(uid.replace("-", ""), 16)
     return uid
 
 
