@@ -30,9 +30,7 @@ feature gate off does (422), so the daemon syncs with paged LISTs (500 per
 page).  See bench/README.md.
 """
 import argparse
-import datetime
 import gc
-import json
 import os
 import sys
 import time
@@ -44,7 +42,8 @@ from twisted.internet import defer  # noqa: E402
 from twisted.internet.task import deferLater  # noqa: E402
 
 from bench import loadgen, pyspy  # noqa: E402
-from bench.stack import Stack, commitDescription, fillSizes, rssMiB, runWithCluster  # noqa: E402
+from bench.stack import (  # noqa: E402
+    Stack, fillSizes, rssMiB, runHeader, runWithCluster, writeResults)
 from kibaship_dns01.memory import DEFAULT_INTERVAL as TRIM_INTERVAL  # noqa: E402
 from kibaship_dns01.testing.certmanager import (  # noqa: E402
     issuedCertificates, numberedChains, projectUUIDs)
@@ -256,11 +255,7 @@ async def _run(reactor, args, cluster, workdir):
         profile = args.profile if args.profile and size == args.profile_size else None
         run = ScaleRun(reactor, args, cluster, os.path.join(workdir, "n%d" % size), size, profile)
         rows.append(await run.run())
-    header = ("bench/scale.py %s | %s | commit %s | %d cores | load average %.2f at start,"
-              " %.2f at end" % (" ".join(sys.argv[1:]) or "(defaults)",
-                                datetime.datetime.now(datetime.timezone.utc).strftime(
-                                    "%Y-%m-%d %H:%M UTC"), commitDescription(), os.cpu_count(),
-                                loadBefore, os.getloadavg()[0]))
+    header = runHeader("bench/scale.py", loadBefore)
     print(header)
     print(render(rows))
     for line in targets(rows):
@@ -274,9 +269,7 @@ async def _run(reactor, args, cluster, workdir):
         print()
         print(summary)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"header": header, "args": vars(args), "rows": rows, "profile": summary},
-                      f, indent=1, default=str)
+        writeResults(args.json, header, args, rows, summary)
 
 
 def main(argv=None):
