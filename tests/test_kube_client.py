@@ -12,6 +12,7 @@ from kibaship_dns01.kube import errors
 from kibaship_dns01.kube.client import MAX_LIST_RESTARTS, KubeClient
 from kibaship_dns01.kube.config import FileToken
 from kibaship_dns01.testing import pki
+from kibaship_dns01.testing import kubeapi
 from kibaship_dns01.testing.kubeapi import StandInAPIServer
 from tests.support import tempDir
 
@@ -67,6 +68,26 @@ class RequestTests(ClientTestsBase):
         lists = [r for r in self.store.requests if r[0] == "list"]
         self.assertEqual([p.get("limit") for _, _, p in lists], ["3", "3", "3"])
         self.assertEqual(sum(1 for _, _, p in lists if "continue" in p), 2)
+
+    @defer.inlineCallbacks
+    def test_listPagesHandsOverItemsDecodedAsTheyAreRead(self):
+        """``listPages`` gives each page with its items decoded one by one; an item
+        the server garbled fails where it stands, as a KubeError naming the request,
+        after the good ones before it."""
+        for i in range(4):
+            self.store.add(challenge("c%d" % i))
+        real = kubeapi._dumps
+        self.patch(kubeapi, "_dumps", lambda obj: real(obj).replace(b'"k-c2"', b'k-c2'))
+        got = []
+
+        def onPage(page, first):
+            self.assertNotIsInstance(page["items"], list)
+            for item in page["items"]:
+                got.append(item["metadata"]["name"])
+        error = yield defer.ensureDeferred(self.failsWith(
+            self.client(pageSize=3).listPages(CHALLENGES, {}, onPage), errors.KubeError))
+        self.assertEqual(got, ["c0", "c1"])
+        self.assertIn("GET %s: the API server answered invalid JSON" % CHALLENGES, str(error))
 
     @defer.inlineCallbacks
     def test_pageItemsKeepsWhatEachPageGives(self):
