@@ -618,6 +618,35 @@ class StandInTests(TestCase):
         self.assertNotIn("spec", inf.get("ns", "c0"))
 
     @defer.inlineCallbacks
+    def test_watchListOverTLSThenFallbackWhereRefused(self):
+        """Over the wire: a WatchList sync (no LIST at all) that goes on live, and
+        against a server with the feature off, paged LISTs instead."""
+        store = self.server.store
+        for i in range(300):
+            store.add(challenge("c%03d" % i))
+        client = KubeClient(self.server.clientConfig(), reactor=reactor, pageSize=100)
+        self.addCleanup(client.close)
+        inf = Informer(client, CHALLENGES, reactor, "challenges", trim=trim, watchList=True)
+        inf.startService()
+        self.addCleanup(inf.stopService)
+        yield inf.whenSynced()
+        self.assertEqual(len(inf), 300)
+        self.assertEqual([r[0] for r in store.requests], ["watch"])
+        store.add(challenge("late"))
+        yield self.waitFor(lambda: inf.get("ns", "late"), "the live event")
+        yield inf.stopService()
+        store.watchList = "off"
+        mark = len(store.requests)
+        again = Informer(client, CHALLENGES, reactor, "challenges2", trim=trim, watchList=True)
+        again.startService()
+        self.addCleanup(again.stopService)
+        yield again.whenSynced()
+        self.assertEqual(len(again), 301)
+        self.assertEqual([r[0] for r in store.requests[mark:mark + 5]],
+                         ["watch", "list", "list", "list", "list"])
+        self.assertFalse(again.watchList)
+
+    @defer.inlineCallbacks
     def test_syncWatchAndReconnectAfterRestart(self):
         store = self.server.store
         store.add(challenge("a"))
