@@ -117,6 +117,10 @@ class _WireClient(FakeKubernetesClient):
         keep = pageItems or (lambda page: page["items"])
         return super().list(path, params, lambda page: keep(json.loads(json.dumps(page))))
 
+    def listPages(self, path, params, onPage):
+        return super().listPages(path, params, lambda page, first: onPage(
+            json.loads(json.dumps(page)), first))
+
 
 def _retained(store, makeInformer, count):
     """Bytes an informer made by ``makeInformer(client)`` keeps after syncing ``count`` objects."""

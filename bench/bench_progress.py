@@ -7,8 +7,9 @@ Run: ``python bench/bench_progress.py [--certificates 1000] [--challenges 10000]
    against the same objects trimmed to what the resolver alone needs (what
    the trim kept before progress events).  Realistic objects: cert-manager's
    fields, managedFields, a status with a propagation reason, an issuer config.
-2. Certificate cache (new): bytes per 1,000 labelled Certificates held by the
-   watcher's cache (tracemalloc, objects decoded from JSON as from the wire).
+2. Certificate cache: bytes per 1,000 labelled Certificates held by the
+   watcher's cache (tracemalloc, objects decoded from JSON as from the wire):
+   the records it keeps since issue 22, and the trimmed dicts it kept before.
 3. Watch traffic (new): bytes the API server sends for the Certificate LIST
    and for one issuance of every Certificate (cert-manager's status writes:
    Issuing, then Ready with the new revision), with the label selector -
@@ -23,7 +24,8 @@ import tracemalloc
 from twisted.internet.task import Clock
 
 from kibaship_dns01.kube.informer import Informer
-from kibaship_dns01.progress.certificates import CERTIFICATES_PATH, trimCertificate
+from kibaship_dns01.progress.certificates import (
+    CERTIFICATES_PATH, certificateRecord, trimCertificate)
 from kibaship_dns01.project import PROJECT_LABEL
 from kibaship_dns01.resolve import CHALLENGES_PATH, challenges, trimChallenge
 from kibaship_dns01.testing import certmanager as cm
@@ -143,13 +145,16 @@ def main(argv):
     store = KubeStore(historyLimit=10)
     chains = fill(store, args.certificates)
     fill(store, args.certificates // 10, labelled=False)  # unlabelled: never sent
-    size, count = retained(store, CERTIFICATES_PATH, trimCertificate,
+    size, count = retained(store, CERTIFICATES_PATH, certificateRecord,
                            {"labelSelector": PROJECT_LABEL})
+    copies, _ = retained(store, CERTIFICATES_PATH, trimCertificate,
+                         {"labelSelector": PROJECT_LABEL})
     listed = store.listPath(CERTIFICATES_PATH, {"labelSelector": PROJECT_LABEL})
     listBytes = len(json.dumps(listed))
     print("Certificate cache, %d labelled Certificates: %.0f B/Certificate = %.1f KiB per 1,000"
-          " (one object as JSON: %d B untrimmed, %d B trimmed)"
-          % (count, size / count, size / count * 1000 / 1024,
+          " as records (%.0f B/Certificate as the trimmed dicts kept before issue 22, now not"
+          " interned; one object as JSON: %d B untrimmed, %d B trimmed)"
+          % (count, size / count, size / count * 1000 / 1024, copies / count,
              len(json.dumps(listed["items"][0])), len(json.dumps(trimCertificate(
                  listed["items"][0])))))
     print("Certificate LIST (labelled only): %.1f KiB per 1,000 Certificates, once per relist"

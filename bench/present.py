@@ -16,8 +16,6 @@ ChallengePayload body) from ``bench/loadgen.py`` processes, and drives
 Kinds (``--only``): floor, fresh, cleanup, retry, cold, memory, restart.
 """
 import argparse
-import datetime
-import json
 import os
 import sys
 
@@ -26,7 +24,8 @@ sys.path.insert(0, ROOT)
 
 
 from bench import pyspy, report  # noqa: E402
-from bench.stack import Stack, commitDescription, fillSizes, rssMiB, runWithCluster  # noqa: E402
+from bench.stack import (  # noqa: E402
+    Stack, fillSizes, rssMiB, runHeader, runWithCluster, writeResults)
 from kibaship_dns01.memory import DEFAULT_INTERVAL as TRIM_INTERVAL  # noqa: E402
 from kibaship_dns01.testing.certmanager import numberedChains, projectUUIDs  # noqa: E402
 
@@ -371,14 +370,6 @@ def parseArgs(argv):
     return args
 
 
-def _header(args, loadBefore):
-    return ("bench/present.py %s | %s | commit %s | %d cores | load average %.2f at start,"
-            " %.2f at end" % (" ".join(sys.argv[1:]) or "(defaults)",
-                              datetime.datetime.now(datetime.timezone.utc).strftime(
-                                  "%Y-%m-%d %H:%M UTC"), commitDescription(), os.cpu_count(), loadBefore,
-                              os.getloadavg()[0]))
-
-
 def _notes(rows):
     return ["%s: %d errors, first: %s" % (r["what"], r["bad"] + r["errors"], r["sample"])
             for r in rows if r["kind"] != "value" and (r["bad"] or r["errors"])]
@@ -395,7 +386,7 @@ async def _run(reactor, args, cluster, workdir):
     rows = bench.rows
     report.addFloorRatios(rows)
     report.attachTargets(rows)
-    header = _header(args, loadBefore)
+    header = runHeader("bench/present.py", loadBefore)
     print(header)
     print(report.render(rows))
     print(report.LEGEND)
@@ -405,9 +396,7 @@ async def _run(reactor, args, cluster, workdir):
         print()
         print(bench.profileText)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"header": header, "args": vars(args), "rows": rows,
-                       "profile": bench.profileText}, f, indent=1, default=str)
+        writeResults(args.json, header, args, rows, bench.profileText)
 
 
 def main(argv=None):

@@ -9,6 +9,7 @@ while a load runs, so the CPU this process uses during a run is the stand-in's
 (measured and reported per run).  Every other piece is its own process: the
 daemon, the floor, each load generator run, py-spy.
 """
+import datetime
 import json
 import os
 import secrets
@@ -55,6 +56,22 @@ def commitDescription():
     dirty = "+uncommitted changes" if git("status", "--porcelain", "--untracked-files=no").strip() \
         else ""
     return git("rev-parse", "--short", "HEAD").strip() + dirty
+
+
+def runHeader(script, loadBefore):
+    """The first line of a bench's output: what ran, when, on which commit, and the
+    load average at its start (``loadBefore``) and now."""
+    return ("%s %s | %s | commit %s | %d cores | load average %.2f at start, %.2f at end" % (
+        script, " ".join(sys.argv[1:]) or "(defaults)",
+        datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        commitDescription(), os.cpu_count(), loadBefore, os.getloadavg()[0]))
+
+
+def writeResults(path, header, args, rows, profile):
+    """Every figure of a run as JSON (``--json``)."""
+    with open(path, "w") as f:
+        json.dump({"header": header, "args": vars(args), "rows": rows, "profile": profile},
+                  f, indent=1, default=str)
 
 
 def runWithCluster(workdir, prefix, body):

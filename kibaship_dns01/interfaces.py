@@ -46,6 +46,19 @@ class IKubernetesClient(Interface):
             and whose ``metadata.resourceVersion`` is that of the first page.
         """
 
+    def listPages(path, params, onPage):
+        """LIST a collection page by page, for a consumer that must not hold it all.
+
+        ``onPage(page, first)`` gets each page (a List object) as it arrives;
+        the next page is asked for once a Deferred it returns has fired.  A
+        continue token that expired (410) restarts the LIST from its first
+        page (a bounded number of times): ``first`` is true for each first
+        page, and what the consumer took from an abandoned pass is stale.
+
+        :return: Deferred firing the List's ``metadata`` (the resourceVersion
+            of the last pass's first page).
+        """
+
     def watch(path, resourceVersion, onEvent, params=None):
         """WATCH a collection from ``resourceVersion``.
 

@@ -49,6 +49,9 @@ class HeldClient:
     def list(self, path, params=None, pageItems=None):
         return self.fake.list(path, params, pageItems)
 
+    def listPages(self, path, params, onPage):
+        return self.fake.listPages(path, params, onPage)
+
     def watch(self, path, resourceVersion, onEvent, params=None):
         return self.fake.watch(path, resourceVersion, onEvent, params)
 

@@ -9,9 +9,10 @@ from zope.interface.verify import verifyObject
 from kibaship_dns01 import metrics
 from kibaship_dns01.interfaces import IKubernetesClient
 from kibaship_dns01.kube import errors
-from kibaship_dns01.kube.client import KubeClient
+from kibaship_dns01.kube.client import MAX_LIST_RESTARTS, KubeClient
 from kibaship_dns01.kube.config import FileToken
 from kibaship_dns01.testing import pki
+from kibaship_dns01.testing import kubeapi
 from kibaship_dns01.testing.kubeapi import StandInAPIServer
 from tests.support import tempDir
 
@@ -69,6 +70,26 @@ class RequestTests(ClientTestsBase):
         self.assertEqual(sum(1 for _, _, p in lists if "continue" in p), 2)
 
     @defer.inlineCallbacks
+    def test_listPagesHandsOverItemsDecodedAsTheyAreRead(self):
+        """``listPages`` gives each page with its items decoded one by one; an item
+        the server garbled fails where it stands, as a KubeError naming the request,
+        after the good ones before it."""
+        for i in range(4):
+            self.store.add(challenge("c%d" % i))
+        real = kubeapi._dumps
+        self.patch(kubeapi, "_dumps", lambda obj: real(obj).replace(b'"k-c2"', b'k-c2'))
+        got = []
+
+        def onPage(page, first):
+            self.assertNotIsInstance(page["items"], list)
+            for item in page["items"]:
+                got.append(item["metadata"]["name"])
+        error = yield defer.ensureDeferred(self.failsWith(
+            self.client(pageSize=3).listPages(CHALLENGES, {}, onPage), errors.KubeError))
+        self.assertEqual(got, ["c0", "c1"])
+        self.assertIn("GET %s: the API server answered invalid JSON" % CHALLENGES, str(error))
+
+    @defer.inlineCallbacks
     def test_pageItemsKeepsWhatEachPageGives(self):
         """``pageItems`` sees each page as it arrives, before the next is asked for."""
         for i in range(5):
@@ -83,7 +104,9 @@ class RequestTests(ClientTestsBase):
         self.assertEqual(result["items"], ["k-c%d" % i for i in range(5)])
 
     @defer.inlineCallbacks
-    def test_expiredContinueFallsBackToFullList(self):
+    def test_expiredContinueRestartsThePagedList(self):
+        """A continue token the server compacted away (410) starts the LIST again
+        from its first page, still paged: never one unpaged LIST of everything."""
         for i in range(4):
             self.store.add(challenge("c%d" % i))
         real = self.store.listPath
@@ -97,13 +120,38 @@ class RequestTests(ClientTestsBase):
                 self.store.compact()
             return real(path, params, **kw)
         self.patch(self.store, "listPath", listPath)
+        mark = len(self.store.requests)
         result = yield self.client(pageSize=2).list(CHALLENGES)
-        self.assertEqual(len(result["items"]), 5)
-        self.assertNotIn("limit", self.store.requests[-1][2])
+        self.assertEqual(sorted(i["metadata"]["name"] for i in result["items"]),
+                         ["c0", "c1", "c2", "c3", "late1"])
+        self.assertEqual(result["metadata"], {"resourceVersion": str(self.store.resourceVersion)})
+        asked = [p for verb, _, p in self.store.requests[mark:] if verb == "list"]
+        self.assertEqual([p.get("limit") for p in asked], ["2"] * len(asked))
+        self.assertEqual([("continue" in p) for p in asked], [False, True, False, True, True])
         state["expired"] = False
         result = yield self.client(pageSize=2).list(CHALLENGES, pageItems=lambda page: [
             item["metadata"]["name"] for item in page["items"]])
         self.assertEqual(sorted(result["items"]), ["c0", "c1", "c2", "c3", "late1", "late2"])
+
+    @defer.inlineCallbacks
+    def test_aListThatKeepsExpiringGivesUp(self):
+        """The restarts are bounded: a continue token that always expires is a Gone."""
+        for i in range(4):
+            self.store.add(challenge("c%d" % i))
+        self.store.injectError(410, verb="list", times=None)
+        real = self.store._checkInjected
+
+        def onlyContinuePages(verb, path):
+            if self.store.requests[-1][2].get("continue"):
+                real(verb, path)
+        self.patch(self.store, "_checkInjected", onlyContinuePages)
+        mark = len(self.store.requests)
+        error = yield defer.ensureDeferred(self.failsWith(self.client(pageSize=2).list(CHALLENGES),
+                                                          errors.Gone))
+        self.assertEqual(error.code, 410)
+        firsts = [p for verb, _, p in self.store.requests[mark:] if verb == "list"
+                  and "continue" not in p]
+        self.assertEqual(len(firsts), MAX_LIST_RESTARTS + 1)
 
     @defer.inlineCallbacks
     def test_postSubjectAccessReview(self):

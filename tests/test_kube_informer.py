@@ -285,6 +285,222 @@ class FreshnessMetricsTests(InformerTestsBase):
         self.store.closeWatches()                       # a watch that ends at once
         self.assertEqual(self.lastSync(), 1007.5, "a watch that ended at once proves nothing")
         self.assertEqual(self.failures("watch") - watches, 1)
+class _TickingClock(Clock):
+    """A clock whose time moves on by ``tick`` every time it is read, as the
+    reactor's does while the informer works: applying a page takes time."""
+
+    tick = 0.003
+    handedBack = 0
+
+    def seconds(self):
+        self.rightNow += self.tick
+        return self.rightNow
+
+    def callLater(self, delay, fn, *args, **kw):
+        self.handedBack += delay == 0
+        return super().callLater(delay, fn, *args, **kw)
+
+
+class PagedSyncTests(InformerTestsBase):
+    """LISTs are applied a page at a time, in bounded slices per reactor turn."""
+
+    def test_aLargePageIsAppliedOverSeveralTurns(self):
+        """With time passing while objects are applied, the informer hands the
+        reactor back every ``TURN_BUDGET``; the sync ends only once all are in."""
+        for i in range(200):
+            self.store.add(challenge("c%03d" % i))
+        self.clock = _TickingClock()
+        inf = self.informer()
+        self.assertFalse(inf.hasSynced)
+        self.assertLess(len(inf), 200)
+        self.assertEqual(self.clock.handedBack, 1)
+        self.clock.advance(0)
+        self.assertTrue(inf.hasSynced)
+        self.assertGreater(self.clock.handedBack, 3)
+        self.assertEqual(len(inf), 200)
+        self.assertEqual(len(self.events), 200)
+
+    def test_nextPageAskedForOnceThisOneIsApplied(self):
+        for i in range(6):
+            self.store.add(challenge("c%d" % i))
+        applied = []
+
+        def counting(obj):
+            applied.append(sum(1 for c in self.fake.calls if c.verb == "list"))
+            return trim(obj)
+        self.informer(trim=counting, params={"limit": "2"})
+        self.assertEqual(applied, [1, 1, 2, 2, 3, 3])
+
+    def test_expiredContinueRestartsThePassWithoutLosingOrInventing(self):
+        """A 410 on a continue page restarts the LIST; what the abandoned pass
+        applied stays (it is not older than the restarted pass), and an object
+        deleted in between is dropped at the restarted pass's end."""
+        for name in "abcd":
+            self.store.add(challenge(name))
+        real = self.store.listPath
+        state = {"done": False}
+
+        def listPath(path, params=None, **kw):
+            if params.get("continue") and not state["done"]:
+                state["done"] = True
+                self.store.delete(challenge("a"))        # seen by the first pass
+                self.store.add(challenge("e"))
+                self.store.compact()
+            return real(path, params, **kw)
+        self.patch(self.store, "listPath", listPath)
+        inf = self.informer(params={"limit": "2"})
+        self.assertTrue(inf.hasSynced)
+        self.assertEqual(self.names(inf), ["b", "c", "d", "e"])
+        self.assertEqual(sorted(self.events), [("ADDED", "a"), ("ADDED", "b"), ("ADDED", "c"),
+                                               ("ADDED", "d"), ("ADDED", "e"), ("DELETED", "a")])
+        firstPages = [c for c in self.fake.calls if c.verb == "list"
+                      and "continue" not in c.params]
+        self.assertEqual(len(firstPages), 2)
+        self.assertEqual(self.fake.calls[-1].params["resourceVersion"],
+                         str(self.store.resourceVersion))
+
+
+class WatchListTests(InformerTestsBase):
+    """``watchList=True``: one stream whose initial events are the list."""
+
+    def test_initialEventsThenTheBookmarkSyncOnOneStream(self):
+        for name in "ab":
+            self.store.add(challenge(name))
+        inf = self.informer(watchList=True)
+        self.assertTrue(inf.hasSynced)
+        self.assertEqual(self.names(inf), ["a", "b"])
+        [call] = self.fake.calls
+        self.assertEqual((call.verb, call.params["sendInitialEvents"],
+                          call.params["resourceVersionMatch"], call.params["allowWatchBookmarks"],
+                          call.params["resourceVersion"]),
+                         ("watch", "true", "NotOlderThan", "true", ""))
+        self.assertEqual(inf.resourceVersion, str(self.store.resourceVersion))
+        self.store.add(challenge("c"))                  # the same stream goes on, live
+        self.assertEqual(self.names(inf), ["a", "b", "c"])
+        self.assertEqual(len(self.fake.calls), 1)
+        self.assertEqual(inf.relists, 1)
+
+    def test_notSyncedBeforeTheBookmark(self):
+        """Objects arrive one by one; the cache is synced only at the bookmark."""
+        self.store.add(challenge("a"))
+        seen = []
+        real = self.fake.watch
+
+        def watch(path, rv, onEvent, params=None):
+            def spy(kind, obj):
+                seen.append((kind, inf.hasSynced))
+                onEvent(kind, obj)
+            return real(path, rv, spy, params)
+        self.patch(self.fake, "watch", watch)
+        inf = self.informer(watchList=True, start=False)
+        inf.startService()
+        self.addCleanup(inf.stopService)
+        self.assertEqual(seen, [("ADDED", False), ("BOOKMARK", False)])
+        self.assertTrue(inf.hasSynced)
+
+    def test_aRestreamDropsWhatIsGoneAndPassesOverWhatDidNotChange(self):
+        for name in "abc":
+            self.store.add(challenge(name))
+        inf = self.informer(watchList=True)
+        self.events.clear()
+        self.fake.injectError(errors.Unavailable("down"), verb="watch")
+        self.store.closeWatches()
+        self.store.delete(challenge("b"))
+        self.store.put(challenge("c", key="new-c"))
+        self.store.compact()
+        self.advanceUntil(lambda: inf.relists == 2)
+        self.assertEqual(self.names(inf), ["a", "c"])
+        self.assertEqual(sorted(self.events), [("DELETED", "b"), ("MODIFIED", "c")])
+        restream = [c for c in self.fake.calls if c.verb == "watch"][-1]
+        self.assertEqual(restream.params["sendInitialEvents"], "true")
+
+    def test_goneDuringTheInitialEventsStartsOverFromNow(self):
+        self.store.add(challenge("a"))
+        self.store.watchList = "ignored"                # a plain watch from the version asked
+        inf = self.informer(watchList=True, start=False)
+        inf._rv = "1"
+        self.store.compact()
+        self.store.watchList = "on"
+        inf.startService()
+        self.addCleanup(inf.stopService)
+        self.assertTrue(inf.hasSynced)
+        self.assertEqual(self.names(inf), ["a"])
+
+    def test_aServerWithTheFeatureOffGetsPagedListsFromThenOn(self):
+        """422 for ``sendInitialEvents`` (the WatchList gate off, Kubernetes
+        1.27-1.33): the cache lists in pages at once, and never asks again."""
+        self.store.watchList = "off"
+        for name in "ab":
+            self.store.add(challenge(name))
+        inf = self.informer(watchList=True)
+        self.assertTrue(inf.hasSynced)
+        self.assertEqual(self.names(inf), ["a", "b"])
+        self.assertEqual([c.verb for c in self.fake.calls], ["watch", "list", "watch"])
+        self.assertNotIn("sendInitialEvents", self.fake.calls[-1].params)
+        self.assertFalse(inf.watchList)
+        self.assertEqual([c for c in self.clock.getDelayedCalls()   # no backoff for a refusal
+                          if c.getTime() - self.clock.seconds() < 60], [])
+        self.fake.injectError(410, verb="watch")
+        self.store.closeWatches()
+        self.advanceUntil(lambda: inf.relists == 2)
+        self.assertEqual([c.verb for c in self.fake.calls][-2:], ["list", "watch"])
+
+    def test_noBookmarkInTimeFallsBackToPagedLists(self):
+        """A server that ignores the parameters (older than 1.27) sends a plain
+        watch and never the bookmark: after ``listTimeout`` the cache lists."""
+        self.store.watchList = "ignored"
+        self.store.add(challenge("a"))
+        inf = self.informer(watchList=True, listTimeout=30)
+        self.assertFalse(inf.hasSynced)
+        self.clock.advance(30)
+        self.assertTrue(inf.hasSynced)
+        self.assertFalse(inf.watchList)
+        self.assertEqual([c.verb for c in self.fake.calls], ["watch", "list", "watch"])
+
+    def test_aStreamEndingBeforeTheBookmarkFallsBack(self):
+        self.store.watchList = "ignored"
+        self.store.add(challenge("a"))
+        inf = self.informer(watchList=True)
+        self.store.closeWatches()
+        self.assertTrue(inf.hasSynced)
+        self.assertFalse(inf.watchList)
+        self.assertEqual([c.verb for c in self.fake.calls], ["watch", "list", "watch"])
+
+    def test_transientFailuresKeepTryingWatchList(self):
+        self.store.add(challenge("a"))
+        self.fake.injectError(503, verb="watch")
+        inf = self.informer(watchList=True)
+        self.assertFalse(inf.hasSynced)
+        self.advanceUntil(lambda: inf.hasSynced)
+        self.assertTrue(inf.watchList)
+        self.assertEqual([c.verb for c in self.fake.calls], ["watch", "watch"])
+
+
+class ViewTests(InformerTestsBase):
+    """A compact stored form, with listeners seeing the event's object."""
+
+    def test_listenersSeeTheViewTheCacheKeepsTheRecord(self):
+        self.store.add(challenge("a"))
+        seen = []
+        inf = Informer(self.fake, CHALLENGES, self.clock, "challenges",
+                       trim=lambda o: (o["metadata"]["name"], o["metadata"]["resourceVersion"]),
+                       version=lambda record: record[1],
+                       view=lambda o: {"name": o["metadata"]["name"], "key": o["spec"]["key"]})
+        inf.addListener(lambda kind, obj: seen.append((kind, obj)))
+        inf.startService()
+        self.addCleanup(inf.stopService)
+        self.store.put(challenge("a", key="k2"))
+        self.store.delete(challenge("a"))
+        self.assertEqual(seen, [("ADDED", {"name": "a", "key": "key-a"}),
+                                ("MODIFIED", {"name": "a", "key": "k2"}),
+                                ("DELETED", {"name": "a", "key": "k2"})])
+        self.store.add(challenge("b"))
+        self.fake.injectError(errors.Unavailable("down"), verb="watch")
+        self.store.closeWatches()
+        self.store.delete(challenge("b"))
+        self.store.compact()
+        self.advanceUntil(lambda: inf.relists == 2)
+        self.assertEqual(seen[-1], ("DELETED", ("b", str(self.store.resourceVersion - 1))))
 
 
 class BackoffTests(InformerTestsBase):
@@ -355,11 +571,11 @@ class _HangOnce(FakeKubernetesClient):
 
     hung = False
 
-    def list(self, path, params=None, pageItems=None):
+    def listPages(self, path, params, onPage):
         if not self.hung:
             self.hung = True
             return defer.Deferred()
-        return super().list(path, params, pageItems)
+        return super().listPages(path, params, onPage)
 
 
 class DeadlineTests(InformerTestsBase):
@@ -436,6 +652,35 @@ class StandInTests(TestCase):
         self.assertEqual(sorted(o["metadata"]["name"] for o in inf.list()),
                          ["c%d" % i for i in range(5)])
         self.assertNotIn("spec", inf.get("ns", "c0"))
+
+    @defer.inlineCallbacks
+    def test_watchListOverTLSThenFallbackWhereRefused(self):
+        """Over the wire: a WatchList sync (no LIST at all) that goes on live, and
+        against a server with the feature off, paged LISTs instead."""
+        store = self.server.store
+        for i in range(300):
+            store.add(challenge("c%03d" % i))
+        client = KubeClient(self.server.clientConfig(), reactor=reactor, pageSize=100)
+        self.addCleanup(client.close)
+        inf = Informer(client, CHALLENGES, reactor, "challenges", trim=trim, watchList=True)
+        inf.startService()
+        self.addCleanup(inf.stopService)
+        yield inf.whenSynced()
+        self.assertEqual(len(inf), 300)
+        self.assertEqual([r[0] for r in store.requests], ["watch"])
+        store.add(challenge("late"))
+        yield self.waitFor(lambda: inf.get("ns", "late"), "the live event")
+        yield inf.stopService()
+        store.watchList = "off"
+        mark = len(store.requests)
+        again = Informer(client, CHALLENGES, reactor, "challenges2", trim=trim, watchList=True)
+        again.startService()
+        self.addCleanup(again.stopService)
+        yield again.whenSynced()
+        self.assertEqual(len(again), 301)
+        self.assertEqual([r[0] for r in store.requests[mark:mark + 5]],
+                         ["watch", "list", "list", "list", "list"])
+        self.assertFalse(again.watchList)
 
     @defer.inlineCallbacks
     def test_syncWatchAndReconnectAfterRestart(self):

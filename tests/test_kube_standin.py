@@ -21,6 +21,11 @@ FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", 
 CHALLENGES = "/apis/acme.cert-manager.io/v1/challenges"
 
 
+def challenge(name, ns="ns"):
+    return {"apiVersion": "acme.cert-manager.io/v1", "kind": "Challenge",
+            "metadata": {"name": name, "namespace": ns}, "spec": {"key": "key-" + name}}
+
+
 def fixture(name):
     with open(os.path.join(FIXTURES, name)) as f:
         if name.endswith(".jsonl"):
@@ -177,6 +182,39 @@ class ShapeTests(ShapeMixin, StandInCase):
         (bookmark,) = lines
         self.assertSameShape(bookmark, fixture("watch-events.jsonl")[2])
         self.assertEqual(bookmark["object"]["kind"], "Challenge")
+
+    @defer.inlineCallbacks
+    def test_watchListStreamsInitialEventsThenTheBookmark(self):
+        """Many objects as ADDED lines, the ``initial-events-end`` bookmark, then the
+        change made while they streamed: in that order, each once."""
+        for i in range(300):
+            self.store.add(challenge("c%03d" % i))
+        self.server.defaultWatchTimeout = 1.0
+        d = self.request("GET", CHALLENGES, params={
+            "watch": "1", "sendInitialEvents": "true", "resourceVersionMatch": "NotOlderThan",
+            "allowWatchBookmarks": "true"})
+        for _ in range(500):
+            if self.store.watchCount:
+                break
+            yield deferLater(0.01)
+        self.store.delete(challenge("c000"))
+        code, _, lines = yield d
+        self.assertEqual(code, 200)
+        kinds = [l["type"] for l in lines]
+        self.assertEqual(kinds, ["ADDED"] * 300 + ["BOOKMARK", "DELETED"])
+        self.assertEqual([l["object"]["metadata"]["name"] for l in lines[:300]],
+                         ["c%03d" % i for i in range(300)])
+        self.assertEqual(lines[300]["object"]["metadata"]["annotations"],
+                         {"k8s.io/initial-events-end": "true"})
+
+    @defer.inlineCallbacks
+    def test_watchListRefusedWithTheGateOff(self):
+        self.store.watchList = "off"
+        code, _, lines = yield self.request("GET", CHALLENGES, params={
+            "watch": "1", "sendInitialEvents": "true", "resourceVersionMatch": "NotOlderThan"})
+        self.assertEqual(code, 422)
+        (status,) = lines
+        self.assertEqual((status["kind"], status["reason"]), ("Status", "Invalid"))
 
     @defer.inlineCallbacks
     def test_reviewShapes(self):

@@ -279,6 +279,107 @@ class WatchTests(SynchronousTestCase):
         self.assertRaises(errors.KubeError, self.watch, resourceVersion="abc")
 
 
+class WatchListTests(SynchronousTestCase):
+    """``sendInitialEvents`` answered as kube-apiserver's watch cache does."""
+
+    def setUp(self):
+        self.store = KubeStore()
+        self.events, self.ended = [], []
+
+    def watch(self, stream=False, **params):
+        params.setdefault("allowWatchBookmarks", "true")
+        return self.store.watchPath(CHALLENGES, params, lambda t, o: self.events.append((t, o)),
+                                    lambda: self.ended.append(True), stream=stream)
+
+    def summary(self):
+        return [(t, o["metadata"].get("name") or o["metadata"].get("annotations"))
+                for t, o in self.events]
+
+    def test_initialEventsThenTheEndBookmarkThenChanges(self):
+        for name in "ba":
+            self.store.add(challenge(name))
+        self.watch(sendInitialEvents="true", resourceVersionMatch="NotOlderThan")
+        rv = self.store.resourceVersion
+        self.store.add(challenge("c"))
+        self.assertEqual(self.summary(), [
+            ("ADDED", "b"), ("ADDED", "a"),
+            ("BOOKMARK", {"k8s.io/initial-events-end": "true"}), ("ADDED", "c")])
+        self.assertEqual(self.events[2][1], {
+            "kind": "Challenge", "apiVersion": "acme.cert-manager.io/v1",
+            "metadata": {"resourceVersion": str(rv),
+                         "annotations": {"k8s.io/initial-events-end": "true"}}})
+
+    def test_noEndBookmarkWithoutAllowWatchBookmarks(self):
+        self.store.add(challenge("a"))
+        self.watch(sendInitialEvents="true", resourceVersionMatch="NotOlderThan",
+                   allowWatchBookmarks="false")
+        self.assertEqual(self.summary(), [("ADDED", "a")])
+
+    def test_anOldVersionStillGetsTheCurrentState(self):
+        """NotOlderThan a compacted version: the current state is not older."""
+        self.store.add(challenge("a"))
+        self.store.compact()
+        self.watch(sendInitialEvents="true", resourceVersionMatch="NotOlderThan",
+                   resourceVersion="1")
+        self.assertEqual([t for t, _ in self.events], ["ADDED", "BOOKMARK"])
+        self.assertEqual(self.ended, [])
+
+    def test_streamedInitialEventsGoOutAtTheConsumersPace(self):
+        """``stream=True``: the consumer drains; changes meanwhile wait, in order,
+        behind the bookmark (and are never sent twice)."""
+        for name in "abc":
+            self.store.add(challenge(name))
+        w = self.watch(stream=True, sendInitialEvents="true",
+                       resourceVersionMatch="NotOlderThan")
+        self.assertEqual(self.events, [])
+        self.store.delete(challenge("a"))               # after the snapshot
+        self.assertFalse(w.drainInitial(2))
+        self.assertEqual(self.summary(), [("ADDED", "a"), ("ADDED", "b")])
+        self.assertFalse(w.drainInitial(2))
+        self.assertEqual(self.summary()[2:], [
+            ("ADDED", "c"), ("BOOKMARK", {"k8s.io/initial-events-end": "true"})])
+        self.assertTrue(w.drainInitial(2))
+        self.assertEqual(self.summary()[2:], [
+            ("ADDED", "c"), ("BOOKMARK", {"k8s.io/initial-events-end": "true"}),
+            ("DELETED", "a")])
+        self.store.add(challenge("d"))
+        self.assertEqual(self.summary()[-1], ("ADDED", "d"))
+
+    def test_validatedAsListOptions(self):
+        """The combinations kube-apiserver refuses, with its 422 Status."""
+        cases = [
+            ({"sendInitialEvents": "true"},
+             "resourceVersionMatch: Forbidden: sendInitialEvents requires setting"
+             " resourceVersionMatch to NotOlderThan"),
+            ({"resourceVersionMatch": "NotOlderThan"},
+             "resourceVersionMatch: Forbidden: resourceVersionMatch is forbidden for watch"
+             " unless sendInitialEvents is provided")]
+        for params, message in cases:
+            with self.assertRaises(errors.KubeError) as raised:
+                self.watch(**params)
+            status = raised.exception.status
+            self.assertEqual((status["code"], status["reason"]), (422, "Invalid"))
+            self.assertEqual(status["message"], 'ListOptions.meta.k8s.io "" is invalid: ' + message)
+            self.assertEqual(status["details"]["kind"], "ListOptions")
+        self.assertEqual(self.store.watchCount, 0)
+
+    def test_featureGateOffRefusesIt(self):
+        self.store.watchList = "off"
+        with self.assertRaises(errors.KubeError) as raised:
+            self.watch(sendInitialEvents="true", resourceVersionMatch="NotOlderThan")
+        self.assertEqual(raised.exception.status["code"], 422)
+        self.assertIn("sendInitialEvents is forbidden for watch unless the WatchList feature gate"
+                      " is enabled", raised.exception.status["message"])
+
+    def test_anOlderServerIgnoresTheParameters(self):
+        """Before 1.27 the parameters are unknown: a plain watch, synthetic ADDED
+        events for a watch from "now", and no bookmark."""
+        self.store.watchList = "ignored"
+        self.store.add(challenge("a"))
+        self.watch(sendInitialEvents="true", resourceVersionMatch="NotOlderThan")
+        self.assertEqual(self.summary(), [("ADDED", "a")])
+
+
 class ReviewTests(SynchronousTestCase):
     def setUp(self):
         self.store = KubeStore()

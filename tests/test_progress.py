@@ -1,5 +1,7 @@
 """Progress events end to end in memory: the real solver, resolver, follower and watcher
 over the verified fake API client and the fake publisher, on a test clock."""
+import copy
+import gc
 import json
 
 from twisted.internet.task import Clock
@@ -9,7 +11,8 @@ from kibaship_dns01.config import Defaults, SeenIssuerConfigs
 from kibaship_dns01.credentials import SecretReader
 from kibaship_dns01.events import presentMark
 from kibaship_dns01.progress import phases
-from kibaship_dns01.progress.certificates import decisions, trimCertificate
+from kibaship_dns01.progress.certificates import (
+    certificateRecord, decisions, recordIdentity, recordVersion, trimCertificate)
 from kibaship_dns01.progress.jobs import KeyedJobs
 from kibaship_dns01.progress.service import ProgressService
 from kibaship_dns01.resolve import ChallengeResolver
@@ -202,7 +205,8 @@ class ExactlyOnceTests(ProgressCase):
 
     def test_certificatesListedOnceTheResolverIsReady(self):
         """/readyz waits for the Challenge and Order caches, not for Certificates:
-        their LIST waits, so a restart's CPU goes first to what readiness needs."""
+        their sync (a WatchList stream here) waits, so a restart's CPU goes first
+        to what readiness needs."""
         cm.buildChain().addTo(self.store)
         replica = Replica(self.store, self.publisher, self.clock)
         replica.client.injectError(503, verb="list", path="/apis/acme.cert-manager.io/v1/orders")
@@ -210,13 +214,13 @@ class ExactlyOnceTests(ProgressCase):
         self.addCleanup(replica.stop)
 
         def certificateLists():
-            return [c for c in replica.client.calls
-                    if c.verb == "list" and "/certificates" in c.path]
+            return [c for c in replica.client.calls if "/certificates" in c.path]
         self.assertFalse(replica.resolver.isReady())
         self.assertEqual(certificateLists(), [])
         self.clock.advance(60)  # the Order cache's retry
         self.assertTrue(replica.resolver.isReady())
-        self.assertEqual(len(certificateLists()), 1)
+        self.assertEqual([(c.verb, c.params.get("sendInitialEvents")) for c in certificateLists()],
+                         [("watch", "true")])
         self.assertEqual(len(replica.progress.certificates.informer), 1)
 
     def test_transientValkeyFailureIsRetried(self):
@@ -353,6 +357,92 @@ class WaitingForDNSMetricsTests(ProgressCase):
         self.assertEqual(self.gauges(), (1, self.clock.seconds() - secondPresented))
         self.store.delete(second.challenges[0])
         self.assertEqual(self.gauges(), (0, 0))
+def _withoutEventID(fields):
+    """An entry's fields less its random ``event_id`` (twice: field and envelope)."""
+    fields = {k: v for k, v in fields.items() if k != "event_id"}
+    data = json.loads(fields["event_data"])
+    data.pop("event_id", None)
+    fields["event_data"] = data
+    return fields
+
+
+class CompactRecordTests(ProgressCase):
+    """The Certificate cache keeps a :func:`certificateRecord`, not a copy."""
+
+    def lifecycle(self, chain, fullCopies):
+        """Present, a status, a failed attempt, issued, deleted: the entries, with the
+        cache storing records or (``fullCopies``) trimmed dicts as before."""
+        clock = Clock()
+        clock.advance(START)
+        store = KubeStore()
+        store.add(secret(DEFAULTS.valkeyNamespace, DEFAULTS.valkeySecret,
+                         {"password": "operator-password"}))
+        publisher = FakeStreamPublisher(clock)
+        replica = Replica(store, publisher, clock)
+        informer = replica.progress.certificates.informer
+        if fullCopies:
+            informer._trim, informer._view = trimCertificate, None
+            informer._version = lambda cert: cert["metadata"]["resourceVersion"]
+        replica.start()
+        self.addCleanup(replica.stop)
+        chain.addTo(store)
+        self.successResultOf(replica.solver.present(chain.request()))
+        clock.advance(60)
+        cm.setChallengeStatus(store, chain.challenges[0], "pending",
+                              cm.propagationReason("shop.example.com"), at=clock.seconds())
+        clock.advance(60)
+        cm.setCertificateFailed(store, chain.certificate, "the CA said no", at=clock.seconds())
+        clock.advance(3600)
+        cm.setCertificateIssued(store, chain.certificate, 1, at=clock.seconds())
+        stored = informer.get(chain.certificate["metadata"]["namespace"],
+                              chain.certificate["metadata"]["name"])
+        chain.removeFrom(store)
+        clock.advance(60)
+        return [_withoutEventID(fields) for _, fields in publisher.entries(cm.PROJECT_UUID)], stored
+
+    def test_sameEventsAsAFullCopyCache(self):
+        chain = cm.buildChain()
+        compact, record = self.lifecycle(copy.deepcopy(chain), fullCopies=False)
+        full, trimmed = self.lifecycle(copy.deepcopy(chain), fullCopies=True)
+        self.assertEqual([f["operation"] for f in compact],
+                         ["present", "status", "failed", "issued"])
+        self.assertEqual(compact, full)
+        self.assertIsInstance(trimmed, dict)
+        self.assertEqual(recordIdentity(record) + (recordVersion(record),),
+                         ("certificates", "ad-shop-example-com",
+                          chain.certificate["metadata"]["uid"],
+                          int(trimmed["metadata"]["resourceVersion"])))
+        gc.collect()
+        self.assertFalse(gc.is_tracked(record))  # full collections pass over records
+
+    def test_aCertificateGoneWhileDownIsForgotten(self):
+        """A relist that no longer finds a Certificate hands its record to the
+        watcher, which forgets its issuer's Valkey and its notes."""
+        chain = cm.buildChain().addTo(self.store)
+        replica = self.replica()
+        self.present(replica, chain)
+        self.status(chain.challenges[0], "pending")
+        self.assertEqual(len(replica.progress.book), 1)
+        replica.client.injectError(503, verb="watch", path="/apis/cert-manager.io")
+        self.store.closeWatches()
+        chain.removeFrom(self.store)
+        self.store.compact()
+        informer = replica.progress.certificates.informer
+        for _ in range(20):
+            if informer.relists >= 2:
+                break
+            self.clock.advance(5)
+        self.assertEqual(informer.relists, 2)
+        self.assertEqual(len(informer), 0)
+        self.assertEqual(len(replica.progress.book), 0)
+
+    def test_recordsKeepOddIdentitiesAsTheyAre(self):
+        record = certificateRecord({"metadata": {"namespace": "n", "name": "c",
+                                                 "uid": "not-a-uuid", "resourceVersion": "x7"}})
+        self.assertEqual(recordIdentity(record) + (recordVersion(record),),
+                         ("n", "c", "not-a-uuid", "x7"))
+        upper = "0B6F3A2E-5C1D-4E8F-9A7B-1C2D3E4F5A6B"
+        self.assertEqual(recordIdentity(certificateRecord({"metadata": {"uid": upper}}))[2], upper)
 
 
 class DecisionTests(SynchronousTestCase):

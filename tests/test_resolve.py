@@ -45,6 +45,9 @@ class LaggingClient:
     def list(self, path, params=None, pageItems=None):
         return self.inner.list(path, params, pageItems)
 
+    def listPages(self, path, params, onPage):
+        return self.inner.listPages(path, params, onPage)
+
     def post(self, path, body):
         return self.inner.post(path, body)
 
@@ -94,6 +97,9 @@ class HangingClient(LaggingClient):
 
     def list(self, path, params=None, pageItems=None):
         return self._maybeHang("list", path, lambda: self.inner.list(path, params, pageItems))
+
+    def listPages(self, path, params, onPage):
+        return self._maybeHang("list", path, lambda: self.inner.listPages(path, params, onPage))
 
 
 def failureCount(reason):

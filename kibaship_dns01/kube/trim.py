@@ -31,10 +31,6 @@ def _intern(value):
     return value
 
 
-#: public name: trims written by hand (not with keepFields) intern the same way
-internStrings = _intern
-
-
 def _copy(value, tree):
     if not tree or not isinstance(value, dict):
         return _intern(value)

@@ -16,11 +16,22 @@ here) decides from what every replica sees:
   A = R + 1 (1 before the first issuance), if the mark's revision is A.  Key
   ``<certificate uid>:failed:<A>:<lastFailureTime>``: each failed attempt once.
 
+The cache keeps a :func:`certificateRecord` per Certificate (identity and
+resourceVersion, a few hundred bytes with its key): the transitions are decided
+from the watch event's object, which carries the whole Certificate, so no copy
+of labels, status or conditions needs to stay in memory (100,000 Certificates
+kept as trimmed dicts cost 3.4 KB each).  The cache syncs with a WatchList
+stream where the API server serves one (see :mod:`~kibaship_dns01.kube.informer`).
+
 Only issuances this recent are considered: ``notBefore`` (issued) or
 ``lastFailureTime`` (failed) within the progress window, which is also how long
 the idempotency records and the mark live; a relist after that finds no mark
 and appends nothing.  Which Valkey: see :mod:`.targets`.
 """
+import re
+import sys
+import uuid
+
 from twisted.application import service
 from twisted.internet import defer, task
 from twisted.logger import Logger
@@ -29,7 +40,6 @@ from kibaship_dns01 import metrics
 from kibaship_dns01.events import (
     FAILED, ISSUED, MARK_PRESENTED_AT, MARK_REVISION, SEQUENCE_FIELD, buildCertificateEvent)
 from kibaship_dns01.kube.informer import Informer
-from kibaship_dns01.kube.trim import internStrings
 from kibaship_dns01.progress.challenges import isTransient, parseTime, utcNow
 from kibaship_dns01.progress.jobs import KeyedJobs
 from kibaship_dns01.project import (
@@ -52,10 +62,61 @@ _STATUS_FIELDS = ("revision", "notAfter", "notBefore", "renewalTime", "failedIss
 _CONDITION_FIELDS = ("type", "status", "reason", "message", "lastTransitionTime")
 
 
+def certificateRecord(obj):
+    """What the Certificate cache keeps of one Certificate (the informer's ``trim``):
+    ``(namespace, name, uid, version)``, its identity, to say goodbye when it is
+    deleted (also when a relist finds it gone), and its resourceVersion, so a
+    relist passes over the unchanged ones.
+
+    Integers rather than strings where they fit: the UID as its 128-bit integer
+    (44 bytes instead of 85), the resourceVersion as an integer (etcd's
+    revisions are decimal; any other string is kept as it is); the namespace
+    interned, the name the cache key's own string.  A plain tuple rather than
+    an object with slots: CPython's collector stops tracking a tuple of strings
+    and integers once it has seen it, so 100,000 records add nothing to each
+    full collection (as slotted objects they made each one about 65 ms longer,
+    a stall in the middle of a sync).  :func:`recordIdentity` reads it back.
+    """
+    meta = obj.get("metadata") or {}
+    namespace, rv = meta.get("namespace"), meta.get("resourceVersion")
+    return (sys.intern(namespace) if type(namespace) is str else namespace, meta.get("name"),
+            _packUID(meta.get("uid")), int(rv) if type(rv) is str and rv.isdigit() else rv)
+
+
+def recordVersion(record):
+    return record[3]
+
+
+def recordIdentity(record):
+    """``(namespace, name, uid)`` of a :func:`certificateRecord`."""
+    namespace, name, uid, _ = record
+    return namespace, name, str(uuid.UUID(int=uid)) if type(uid) is int else uid
+
+
+#: a UID as the API server writes one (a lower-case UUID): packed into its integer
+_CANONICAL_UID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
+def _packUID(uid):
+    """A UID in the canonical UUID form as its integer; any other value as it is."""
+    if type(uid) is str and _CANONICAL_UID.fullmatch(uid):
+        return int(uid.replace("-", ""), 16)
+    return uid
+
+
+def _identity(cert):
+    """``(namespace, name, uid)`` of a trimmed Certificate or a :func:`certificateRecord`."""
+    if type(cert) is tuple:
+        return recordIdentity(cert)
+    meta = cert.get("metadata") or {}
+    return meta.get("namespace"), meta.get("name"), meta.get("uid")
+
+
 def trimCertificate(obj):
     """Keep what the watcher reads: identity, Kibaship labels, ``dnsNames``, the
-    issuance status and the ``Ready``/``Issuing`` conditions (strings interned:
-    label keys, namespaces, condition words repeat in every Certificate)."""
+    issuance status and the ``Ready``/``Issuing`` conditions.  What listeners
+    see of an event (the cache keeps a :func:`certificateRecord`): held only
+    while its transition is decided and published, so nothing is interned."""
     meta, spec, status = (obj.get(k) or {} for k in ("metadata", "spec", "status"))
     trimmed = {key: meta[key] for key in ("name", "namespace", "uid", "resourceVersion")
                if key in meta}
@@ -70,9 +131,8 @@ def trimCertificate(obj):
                   and c.get("type") in ("Ready", "Issuing")]
     if conditions:
         kept["conditions"] = conditions
-    return internStrings({"metadata": trimmed,
-                          "spec": {"dnsNames": list(spec.get("dnsNames") or ())},
-                          "status": kept})
+    return {"metadata": trimmed, "spec": {"dnsNames": list(spec.get("dnsNames") or ())},
+            "status": kept}
 
 
 def _condition(cert, kind):
@@ -137,7 +197,9 @@ class CertificateWatcher(service.Service):
         self._jobs = KeyedJobs(clock, self._publish, "certificate progress", limit=limit,
                                isTransient=isTransient)
         self.informer = Informer(client, CERTIFICATES_PATH, clock, "certificates",
-                                 trim=trimCertificate, params={"labelSelector": PROJECT_LABEL})
+                                 trim=certificateRecord, view=trimCertificate,
+                                 version=recordVersion, watchList=True,
+                                 params={"labelSelector": PROJECT_LABEL})
         self.informer.addListener(self._onEvent)
 
     def startService(self):
@@ -158,13 +220,16 @@ class CertificateWatcher(service.Service):
         return self.informer.stopService()
 
     def _onEvent(self, kind, cert):
-        uid = _get(cert, "metadata", "uid")
+        """``cert`` is the event's Certificate, trimmed; for one a relist found
+        gone, its :func:`certificateRecord`."""
         if kind == "DELETED":
-            self._book.forget(_get(cert, "metadata", "namespace"), _get(cert, "metadata", "name"))
+            namespace, name, uid = _identity(cert)
+            self._book.forget(namespace, name)
             self._notes.forget(uid)
             for operation in (ISSUED, FAILED):
                 self._said.pop((uid, operation), None)
             return
+        uid = _get(cert, "metadata", "uid")
         for decision in decisions(cert, self._clock.seconds(), self._window):
             if self._said.get((uid, decision[0])) != decision[2]:
                 self._jobs.submit((uid, decision[0]), (cert, decision))

@@ -349,3 +349,74 @@ def numberedChains(prefix, start, count, projects=(PROJECT_UUID,), **kw):
         chains.append(buildChain(certificateName="ad-%s-example-com" % name,
                                  dnsNames=("%s.example.com" % name,), labels=labels, **kw))
     return chains
+
+
+# --- a large platform's Certificates, as the API server holds them -------------
+
+def _fieldsOf(mapping):
+    """``FieldsV1`` of a mapping's keys (``{"f:<key>": {}}``)."""
+    return {"f:" + key: {} for key in mapping}
+
+
+def issuedCertificate(name, namespace, labels, at, revision=3, dnsNames=None, displayName=None,
+                      uid=None, days=90):
+    """A Kibaship Certificate issued ``revision`` times, the last at ``at`` (Unix
+    seconds), as a real cluster stores it: the operator's labels, annotation and
+    ownerReference, cert-manager's status (``Ready``, times, revision) and the
+    ``managedFields`` of the three writers (the Kibaship operator's apply,
+    cert-manager's issuing and readiness controllers), which are most of its
+    bytes.  For memory and sync benches at scale (:mod:`bench.scale`)."""
+    dnsNames = list(dnsNames or ("%s.example.com" % name,))
+    annotations = {NAME_ANNOTATION: displayName or name}
+    owner = {"apiVersion": "platform.kibaship.com/v1alpha1", "kind": "ApplicationDomain",
+             "name": name, "uid": str(uuid.uuid5(uuid.NAMESPACE_URL, namespace + "/" + name)),
+             "controller": True, "blockOwnerDeletion": True}
+    spec = {"secretName": name + "-tls", "dnsNames": dnsNames, "issuerRef": dict(CLUSTER_ISSUER),
+            "privateKey": {"algorithm": "ECDSA", "size": 256, "rotationPolicy": "Always"},
+            "usages": ["digital signature", "key encipherment"]}
+    status = {"conditions": [_condition("Ready", "True", "Ready",
+                                        "Certificate is up to date and has not expired", at)],
+              "revision": revision, "notBefore": _rfc3339(at - 3600),
+              "notAfter": _rfc3339(at + days * 86400), "renewalTime": _rfc3339(at + days * 57600)}
+    created = _rfc3339(at - (revision - 1) * 60 * 86400)
+    managed = [
+        {"manager": "kibaship-operator", "operation": "Apply", "apiVersion": "cert-manager.io/v1",
+         "time": created, "fieldsType": "FieldsV1", "fieldsV1": {
+             "f:metadata": {"f:annotations": _fieldsOf(annotations), "f:labels": _fieldsOf(labels),
+                            "f:ownerReferences": {'k:{"uid":"%s"}' % owner["uid"]: {}}},
+             "f:spec": dict(_fieldsOf(spec), **{"f:issuerRef": _fieldsOf(spec["issuerRef"]),
+                                                "f:privateKey": _fieldsOf(spec["privateKey"])})}},
+        {"manager": "cert-manager-certificates-issuing", "operation": "Update",
+         "apiVersion": "cert-manager.io/v1", "subresource": "status", "time": _rfc3339(at),
+         "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {
+             "f:notAfter": {}, "f:notBefore": {}, "f:renewalTime": {}, "f:revision": {}}}},
+        {"manager": "cert-manager-certificates-readiness", "operation": "Update",
+         "apiVersion": "cert-manager.io/v1", "subresource": "status", "time": _rfc3339(at),
+         "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {".": {}, "f:conditions": {
+             ".": {}, 'k:{"type":"Ready"}': {".": {}, "f:lastTransitionTime": {}, "f:message": {},
+                                             "f:observedGeneration": {}, "f:reason": {},
+                                             "f:status": {}, "f:type": {}}}}}}]
+    meta = {"name": name, "namespace": namespace, "uid": uid or str(uuid.uuid4()),
+            "generation": 1, "creationTimestamp": created, "labels": dict(labels),
+            "annotations": annotations, "ownerReferences": [owner], "managedFields": managed}
+    return {"apiVersion": "cert-manager.io/v1", "kind": "Certificate", "metadata": meta,
+            "spec": spec, "status": status}
+
+
+def issuedCertificates(count, at, projects=(PROJECT_UUID,), start=0, prefix="site", spread=0.0):
+    """``count`` :func:`issuedCertificate` objects ``<prefix>-<n>``, one namespace per
+    project (taken in turn from ``projects``), last issued ``at`` minus up to
+    ``spread`` seconds (deterministic per ``n``)."""
+    out = []
+    for n in range(start, start + count):
+        project = projects[n % len(projects)]
+        slug = "%s-%07d" % (prefix, n)
+        labels = kibashipLabels(
+            projectUUID=project, slug=slug,
+            workspaceUUID=str(uuid.uuid5(uuid.NAMESPACE_DNS, project + ".workspace")),
+            applicationUUID=str(uuid.uuid5(uuid.NAMESPACE_DNS, "%s.%d.app" % (project, n // 4))),
+            domainUUID=str(uuid.uuid5(uuid.NAMESPACE_DNS, "%s.%d.domain" % (project, n))))
+        offset = spread * ((n * 2654435761) % 1000) / 1000.0
+        out.append(issuedCertificate("ad-%s-example-com" % slug, "project-" + project[:8],
+                                     labels, at - offset, dnsNames=[slug + ".example.com"]))
+    return out

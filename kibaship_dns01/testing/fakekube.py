@@ -12,8 +12,12 @@ from twisted.internet import defer
 from zope.interface import implementer
 
 from kibaship_dns01.interfaces import IKubernetesClient
+from kibaship_dns01.kube.client import collectPages, pagedList
 from kibaship_dns01.kube.errors import KubeError, errorFromStatus
 from kibaship_dns01.testing.kubestore import KubeStore
+
+#: as many pages as the real client follows by default
+MAX_PAGES = 10000
 
 
 def _likeTheClient(failure, what):
@@ -74,23 +78,16 @@ class FakeKubernetesClient:
         return self._call("get", path, params, lambda: self.store.getPath(path, params))
 
     def list(self, path, params=None, pageItems=None):
-        return defer.ensureDeferred(self._listAll(path, dict(params or {}),
-                                                  pageItems or (lambda page: page["items"])))
+        return defer.ensureDeferred(collectPages(self.listPages, path, params,
+                                                 pageItems or (lambda page: page["items"])))
 
-    async def _listAll(self, path, params, pageItems):
-        """Follow ``continue`` tokens like the real client: one call per page."""
-        first = await self._call("list", path, params, lambda: self.store.listPath(path, params))
-        result, token = first, first["metadata"].get("continue")
-        result["items"] = list(pageItems(first))
-        while token:
-            pageParams = dict(params, **{"continue": token})
-            page = await self._call("list", path, pageParams,
-                                    lambda p=pageParams: self.store.listPath(path, p))
-            result["items"].extend(pageItems(page))
-            token = page["metadata"].get("continue")
-        result["metadata"].pop("continue", None)
-        result["metadata"].pop("remainingItemCount", None)
-        return result
+    def listPages(self, path, params, onPage):
+        """Follow ``continue`` tokens like the real client: one call per page,
+        a 410 on a continue page restarts the LIST."""
+        def fetch(p):
+            return self._call("list", path, p, lambda: self.store.listPath(path, p))
+        return defer.ensureDeferred(pagedList(fetch, path, dict(params or {}), onPage,
+                                              MAX_PAGES))
 
     def watch(self, path, resourceVersion, onEvent, params=None):
         params = dict(params or {})

@@ -29,10 +29,12 @@ import sys
 
 import yaml
 from cryptography.x509.oid import NameOID
-from twisted.internet import defer, ssl
+from twisted.internet import defer, ssl, task
+from twisted.internet.interfaces import IPushProducer
 from twisted.protocols.policies import WrappingFactory
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Site
+from zope.interface import implementer
 
 from kibaship_dns01.kube.config import KubeConfig, StaticToken
 from kibaship_dns01.kube.errors import KubeError, makeStatus
@@ -198,9 +200,11 @@ class _APIResource(Resource):
                 request.finish()
 
         request.setResponseCode(200)
-        state["watch"] = server.store.watchPath(path, params, onEvent, onEnd)
+        state["watch"] = server.store.watchPath(path, params, onEvent, onEnd, stream=True)
         if not request.finished:
             request.write(b"")  # like kube-apiserver: headers go out when the watch starts
+        if state["watch"].initial is not None:
+            _InitialEvents(request, state["watch"]).start()
         if state["watch"].active:
             timeout = float(params.get("timeoutSeconds") or server.defaultWatchTimeout)
             state["timer"] = server.reactor.callLater(timeout, state["watch"].end)
@@ -212,6 +216,48 @@ class _APIResource(Resource):
         state["watch"].stop()
         if state["timer"] is not None and state["timer"].active():
             state["timer"].cancel()
+
+
+@implementer(IPushProducer)
+class _InitialEvents:
+    """Writes a WatchList's initial events as the client reads them: a few per
+    reactor turn, paused while the connection's send buffer is full, as
+    kube-apiserver streams them (100,000 objects written at once would hold
+    this process's reactor for seconds and buffer them all in memory)."""
+
+    BATCH = 50
+
+    def __init__(self, request, watch):
+        self._request, self._watch = request, watch
+        self._task = None
+
+    def start(self):
+        self._request.registerProducer(self, True)
+        self._task = task.cooperate(self._batches())
+        self._task.whenDone().addBoth(self._done)
+
+    def _batches(self):
+        while not self._watch.drainInitial(self.BATCH):
+            yield None
+
+    def _done(self, _):
+        if not self._request.finished and not self._request._disconnected:
+            self._request.unregisterProducer()
+
+    def _tell(self, what):
+        try:
+            what()
+        except (task.TaskDone, task.TaskStopped, task.TaskFailed, task.NotPaused):
+            pass  # already finished (or stopped): nothing left to pace
+
+    def pauseProducing(self):
+        self._tell(self._task.pause)
+
+    def resumeProducing(self):
+        self._tell(self._task.resume)
+
+    def stopProducing(self):
+        self._tell(self._task.stop)
 
 
 class _QuietSite(Site):

@@ -15,6 +15,10 @@ resolver depend on it:
   page's version (reconstructed from the history) or 410 once it is gone;
 - typed core lists (``ConfigMapList``) omit ``kind``/``apiVersion`` on items,
   custom-resource lists keep them;
+- WatchList (``sendInitialEvents=true&resourceVersionMatch=NotOlderThan``):
+  the objects as ``ADDED`` events, the ``k8s.io/initial-events-end`` bookmark,
+  then live changes; the same 422 ``Invalid`` for bad combinations, or for
+  any use when the feature gate is off (``watchList="off"``);
 - label selectors and the ``metadata.name``/``metadata.namespace`` field
   selectors; other field labels are a 400 like for CRDs;
 - SubjectAccessReview / TokenReview endpoints whose decisions tests program.
@@ -218,7 +222,13 @@ class _Event:
 
 @attr.s(eq=False)
 class Watch:
-    """A live watch on the store; :meth:`stop` ends it without notifying."""
+    """A live watch on the store; :meth:`stop` ends it without notifying.
+
+    A WatchList's initial events (``initial``, an iterator of ``(type,
+    object)``) go out first, at the consumer's pace (:meth:`drainInitial`);
+    changes made meanwhile wait in ``queued`` and follow them in order, as
+    kube-apiserver sends them after the ``initial-events-end`` bookmark.
+    """
 
     store = attr.ib(repr=False)
     resource = attr.ib()
@@ -228,6 +238,8 @@ class Watch:
     onEvent = attr.ib(repr=False)
     onEnd = attr.ib(repr=False)
     active = attr.ib(default=True)
+    initial = attr.ib(default=None, repr=False)
+    queued = attr.ib(factory=list, repr=False)
 
     def stop(self):
         """Detach from the store (the client went away)."""
@@ -255,8 +267,31 @@ class Watch:
             now, before = False, self.selector.matches(event.obj)
         kind = {(True, False): "ADDED", (True, True): "MODIFIED",
                 (False, True): "DELETED"}.get((now, before))
-        if kind is not None:
+        if kind is None:
+            return
+        if self.initial is not None:
+            self.queued.append((kind, copy.deepcopy(event.obj)))
+        else:
             self.onEvent(kind, copy.deepcopy(event.obj))
+
+    def drainInitial(self, limit=None):
+        """Send up to ``limit`` initial events (all by default); once they are all
+        out, the changes queued meanwhile.  :return: ``True`` once all that is
+        done (a call that sent exactly the last ``limit`` says so next time)."""
+        if self.initial is None:
+            return True
+        for n, (kind, obj) in enumerate(self.initial, 1):
+            if not self.active:
+                return True
+            self.onEvent(kind, obj)
+            if limit is not None and n >= limit:
+                return False
+        self.initial = None
+        queued, self.queued = self.queued, []
+        for kind, obj in queued:
+            if self.active:
+                self.onEvent(kind, obj)
+        return True
 
 
 def _now():
@@ -300,6 +335,9 @@ class _ListSnapshot:
         return cls(keys, [(k[1] or "", k[2]) for k in keys], state)
 
 
+#: the annotation of the bookmark that ends a WatchList's initial events
+INITIAL_EVENTS_END = "k8s.io/initial-events-end"
+
 _EXPIRED_CONTINUE = (
     "The provided continue parameter is too old to display a consistent list result. "
     "You can start a new list without the continue parameter.")
@@ -323,6 +361,10 @@ class KubeStore:
         self._resources = {}
         self._byKind = {}
         self._injected = []
+        #: WatchList: "on" (Kubernetes 1.34+ by default), "off" (422 for
+        #: ``sendInitialEvents``: the feature gate off) or "ignored" (a server
+        #: older than 1.27 that does not know the parameters)
+        self.watchList = "on"
         self.requests = []
         self.subjectAccessReviews = []
         self.tokenReviews = []
@@ -397,7 +439,7 @@ class KubeStore:
             raise ValueError("%s %s needs metadata.namespace" % (resource.kind, name))
         return resource, (resource.collectionPath, namespace if resource.namespaced else None, name)
 
-    def _record(self, type_, key, obj, prev):
+    def _record(self, type_, key, obj, prev, copies=True):
         self._rv += 1
         obj["metadata"]["resourceVersion"] = str(self._rv)
         event = _Event(self._rv, key, type_, obj, prev)
@@ -406,21 +448,23 @@ class KubeStore:
             self._compactedRV = self._history.popleft().rv
         for w in list(self._watches):
             w.deliver(event)
-        return copy.deepcopy(obj)
+        return copy.deepcopy(obj) if copies else None
 
-    def add(self, obj):
-        """Create ``obj``; 409 ``AlreadyExists`` when it exists.  Returns the stored copy."""
+    def add(self, obj, copies=True):
+        """Create ``obj``; 409 ``AlreadyExists`` when it exists.  Returns the stored
+        copy (``copies=False``: stores ``obj`` itself, which the caller must not
+        touch again, and returns nothing: a bench filling it with 100,000 objects)."""
         resource, key = self._keyOf(obj)
         if key in self._objects:
             raise _fail(409, "AlreadyExists", '%s "%s" already exists' % (_qualified(resource), key[2]),
                         _details(resource, key[2]))
-        obj = copy.deepcopy(obj)
+        obj = copy.deepcopy(obj) if copies else obj
         md = obj["metadata"]
         md.setdefault("uid", str(uuid.uuid4()))
         md.setdefault("creationTimestamp", _now())
         md.setdefault("generation", 1)
         self._objects[key] = obj
-        return self._record("ADDED", key, obj, None)
+        return self._record("ADDED", key, obj, None, copies)
 
     def update(self, obj):
         """Replace ``obj``; 404 when missing, 409 when its resourceVersion is stale."""
@@ -677,19 +721,28 @@ class KubeStore:
             return item
         return copy.deepcopy(obj) if copies else obj
 
-    def watchPath(self, path, params, onEvent, onEnd):
+    def watchPath(self, path, params, onEvent, onEnd, stream=False):
         """Start a WATCH; returns a :class:`Watch`.
 
-        Errors in the request (unknown path, bad selector) raise before the
-        stream starts, like an HTTP error status.  A too-old resourceVersion
-        is delivered as an ``ERROR`` event followed by ``onEnd()``, like the
-        real watch cache (HTTP 200, then the event).
+        Errors in the request (unknown path, bad selector, WatchList
+        parameters the server refuses) raise before the stream starts, like
+        an HTTP error status.  A too-old resourceVersion is delivered as an
+        ``ERROR`` event followed by ``onEnd()``, like the real watch cache
+        (HTTP 200, then the event).
+
+        ``sendInitialEvents=true`` (a WatchList, see :attr:`watchList`): the
+        scope's objects as ``ADDED`` events, then (with
+        ``allowWatchBookmarks``) a ``BOOKMARK`` annotated
+        ``k8s.io/initial-events-end``, then live changes; ``stream=True``
+        leaves sending the initial events to :meth:`Watch.drainInitial` (a
+        server writing them as the client reads), else they go out now.
         """
         params = params or {}
         self._enter("watch", path, params)
         resource, namespace, name = self.parsePath(path)
         if name is not None:
             raise _badRequest("watch of a single object: use fieldSelector=metadata.name=...")
+        initialEvents = self._watchListOptions(params)
         w = Watch(self, resource, namespace, _Selector.fromParams(params),
                   str(params.get("allowWatchBookmarks", "")).lower() in ("true", "1"),
                   onEvent, onEnd)
@@ -699,7 +752,11 @@ class KubeStore:
         except ValueError:
             raise _badRequest("invalid resource version: %r" % (rvText,))
         self._watches.add(w)
-        if rv == 0:
+        if initialEvents:
+            w.initial = self._initialEvents(w, resource, namespace, copies=not stream)
+            if not stream:
+                w.drainInitial()
+        elif rv == 0:
             self._replayCurrent(w, resource, namespace)
         elif rv < self._compactedRV:
             onEvent("ERROR", self._tooOld(rv))
@@ -708,6 +765,57 @@ class KubeStore:
             for event in [e for e in self._history if e.rv > rv]:
                 w.deliver(event)
         return w
+
+    def _watchListOptions(self, params):
+        """Whether this WATCH asks for initial events, checked as kube-apiserver's
+        ``ValidateListOptions`` does (422 ``Invalid`` on ``ListOptions``); a
+        server without WatchList (``watchList="off"``: its feature gate off,
+        1.27 to 1.33) refuses ``sendInitialEvents``, an older one
+        (``"ignored"``) does not know the parameters and ignores them."""
+        if self.watchList == "ignored":
+            return False
+        send, match = params.get("sendInitialEvents"), params.get("resourceVersionMatch")
+        problems = []
+        if send is not None:
+            if match != "NotOlderThan":
+                problems.append(("resourceVersionMatch", "Forbidden: sendInitialEvents requires"
+                                 " setting resourceVersionMatch to NotOlderThan"))
+            if self.watchList != "on":
+                problems.append(("sendInitialEvents", "Forbidden: sendInitialEvents is forbidden"
+                                 " for watch unless the WatchList feature gate is enabled"))
+        if match and send is None:
+            problems.append(("resourceVersionMatch", "Forbidden: resourceVersionMatch is"
+                             " forbidden for watch unless sendInitialEvents is provided"))
+        if problems:
+            message = 'ListOptions.meta.k8s.io "" is invalid: ' + ", ".join(
+                "%s: %s" % p for p in problems)
+            raise _fail(422, "Invalid", message, {
+                "group": "meta.k8s.io", "kind": "ListOptions",
+                "causes": [{"reason": "FieldValueForbidden", "message": why, "field": field}
+                           for field, why in problems]})
+        return send is not None and send.lower() in ("true", "1")
+
+    def _initialEvents(self, w, resource, namespace, copies=True):
+        """A WatchList's initial events at the current version (NotOlderThan any
+        version asked for): every matching object, then the bookmark.  The
+        snapshot is taken now; the events go out as the iterator is read."""
+        rv = self._rv
+        # references are a consistent snapshot: stored objects are replaced on
+        # change, never mutated.  In the order they were stored, as a watch cache
+        # sends them (no order is promised), and filtered as they go out, so a
+        # stream of 100,000 objects costs the server nothing up front.
+        state = [obj for _, obj in self._inScope(resource, namespace)]
+        bookmark = {"kind": resource.kind, "apiVersion": resource.apiVersion,
+                    "metadata": {"resourceVersion": str(rv),
+                                 "annotations": {INITIAL_EVENTS_END: "true"}}}
+
+        def events():
+            for obj in state:
+                if w.selector.matches(obj):
+                    yield "ADDED", copy.deepcopy(obj) if copies else obj
+            if w.bookmarks:
+                yield "BOOKMARK", bookmark
+        return events()
 
     def _replayCurrent(self, w, resource, namespace):
         """Version "0"/unset: synthetic ADDED events for everything in scope."""
