@@ -1,4 +1,4 @@
-"""DNS drill (issue 21, "Measured"): the real daemon's responder under dnsperf, a flood, hostile packets.
+"""DNS drill (issue 21, "Measured"): the daemon's responder under dnsperf, a flood, bad packets.
 
     python bench/drills/dns.py                  # about 7 minutes
     python bench/drills/dns.py --quick          # about 3 minutes
@@ -11,8 +11,9 @@ knot serving the user's zone, unbound as the recursive resolver the daemon's
 CNAME check asks through ``--dns-resolvers``), and the real ``twistd
 kibaship-dns01`` with ``--delegation-zone`` and its DNS port.  A real Present
 (through the front proxy, as cert-manager) stores its key at its project's
-delegation label, and ``dig`` checks the daemon serves it.  Then, in this
-order:
+delegation label, and ``dig`` checks the daemon serves it.  Then three parts,
+numbered as the table prints them and run in the order 1, 3, 2 (one restart
+of the daemon, between the rate limit off and on); ``--only`` picks some:
 
 1. **throughput and latency** (the daemon with ``--dns-rate-limit 0``: dnsperf
    asks from one address): ``dnsperf`` at saturation (answers/s, closed loop at
@@ -21,13 +22,13 @@ order:
    (``bench/dnsload.py``), interleaved in the same run, for two query files:
    the TXT at the label with the key (what cert-manager and the CA ask, one
    Valkey read each), and the mix of :data:`MIX`;
-2. **hostile packets** (the same daemon, so every packet reaches the parser:
+3. **hostile packets** (the same daemon, so every packet reaches the parser:
    with the limiter on, packets from one source over its rate are dropped
    before being read): ``--malformed`` packets from a process of their own
    (``bench/drills/dnspackets.py``), then the daemon's log, its answers
    (``dig``), and its RSS right after and after ``--pause`` seconds (the heap
    trim runs every 30 s);
-3. **a flood** (the daemon restarted with its default rate limit): several
+2. **a flood** (the daemon restarted with its default rate limit): several
    ``dnsperf`` processes from sources in one /24 (127.0.1.0/24) offer
    ``--flood-rate`` queries/s in all, while another network (127.0.2.1)
    asks at ``--other-rate`` queries/s and a cert-manager-style client sends
@@ -75,6 +76,7 @@ MIX = ("keyed TXT", "unknown0 TXT", "keyed TXT", "apex SOA", "keyed TXT", "unkno
 #: the rcodes the mix must get, as shares of its answers
 MIX_RCODES = {"NOERROR": 0.8, "NXDOMAIN": 0.2}
 METRIC = "kibaship_dns01_dns_%s_total"
+PARTS = ("throughput", "flood", "packets")
 
 
 def parseArgs(argv):
@@ -99,8 +101,12 @@ def parseArgs(argv):
     p.add_argument("--present-rate", type=float, default=20.0, help="Presents/s under the flood")
     p.add_argument("--seed", type=int, default=21)
     p.add_argument("--profile", metavar="OUT", help="py-spy the daemon at TXT saturation")
+    p.add_argument("--only", default=",".join(PARTS), help="parts to run, of " + ", ".join(PARTS))
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
+    args.only = [part for part in args.only.split(",") if part]
+    if not args.only or set(args.only) - set(PARTS):
+        p.error("--only: give some of %s" % ", ".join(PARTS))
     if args.profile:
         pyspy.findPySpy()
     dnsload.findDnsperf()
@@ -146,8 +152,16 @@ class DNSDrill:
         except BaseException:
             await self.world.stop()
             raise
-        stack.daemonArgs = (*self.world.delegationArgs(0), "--dns-rate-limit", "0")
+        stack.daemonArgs = self.daemonArgs(limited=not self.unlimitedParts())
         return self.world.stop
+
+    def unlimitedParts(self):
+        return [part for part in ("throughput", "packets") if part in self.args.only]
+
+    def daemonArgs(self, limited):
+        """The daemon's delegation flags; without the rate limit unless ``limited``."""
+        flags = tuple(self.world.delegationArgs(0))
+        return flags if limited else flags + ("--dns-rate-limit", "0")
 
     async def drill(self, reactor, args, stack):
         self.reactor, self.stack = reactor, stack
@@ -161,16 +175,21 @@ class DNSDrill:
         return ingress.tallyOf("dns", sections, verdicts, self.figures)
 
     async def run(self):
+        only = self.args.only
         await self.setUp()
-        self.figures["throughput"] = await self.throughput()
-        if self.args.profile:
-            await self.profile()
-        self.figures["packets"] = await self.hostilePackets()
-        say("restarting the daemon with the default rate limit ...")
-        await self.stack.stopDaemon()
-        self.stack.daemonArgs = tuple(self.world.delegationArgs(0))
-        await self.stack.startDaemon()
-        self.figures["flood"] = await self.flood()
+        if "throughput" in only:
+            self.figures["throughput"] = await self.throughput()
+            if self.args.profile:
+                await self.profile()
+        if "packets" in only:
+            self.figures["packets"] = await self.hostilePackets()
+        if "flood" in only:
+            if self.unlimitedParts():
+                say("restarting the daemon with the default rate limit ...")
+                await self.stack.stopDaemon()
+                self.stack.daemonArgs = self.daemonArgs(limited=True)
+                await self.stack.startDaemon()
+            self.figures["flood"] = await self.flood()
 
     async def setUp(self):
         """Chains for the Presents; the first one presented: its key at its label."""
@@ -233,7 +252,7 @@ class DNSDrill:
         ports = {"daemon": self.port, "floor": floor.port}
         runs = {(kind, server): {"sat": [], "rate": []} for kind in ("txt", "mix")
                 for server in ports}
-        say("part 1: dnsperf, %d s runs x %d rounds ..." % (args.seconds, args.rounds))
+        say("throughput: dnsperf, %d s runs x %d rounds ..." % (args.seconds, args.rounds))
         try:
             for _ in range(args.rounds):
                 for kind in ("txt", "mix"):
@@ -275,7 +294,7 @@ class DNSDrill:
             f.write(text)
         say(text)
 
-    # -- part 2 ---------------------------------------------------------------------
+    # -- part 3 ---------------------------------------------------------------------
     async def hostilePackets(self):
         args, stack = self.args, self.stack
         pid = stack.daemon.pid
@@ -284,13 +303,13 @@ class DNSDrill:
                     name.split(".")[0] for name in self.unknown], "keyed": [self.keyed],
                 "pool": args.pool, "count": args.malformed, "seed": args.seed,
                 "rate": args.malformed_rate, "drain": 2.0}
-        say("part 2: drawing %d hostile packets ..." % args.malformed)
+        say("hostile packets: drawing %d hostile packets ..." % args.malformed)
         proto, transport = ingress.spawnClient(self.reactor, stack, "dnspackets.py",
                                                "dnspackets", spec)
         ready = json.loads(await proto.firstLine().addTimeout(900, self.reactor))
         await stack.settle(2.0)
         before, metricsBefore = rssMiB(pid), await stack.metrics()
-        say("part 2: sending %d packets at %g/s ..." % (ready["ready"], args.malformed_rate))
+        say("hostile packets: sending %d at %g/s ..." % (ready["ready"], args.malformed_rate))
         sampler = ingress.Sampler(self.reactor, pid).start()
         transport.write(b"go\n")
         code = await proto.ended
@@ -302,7 +321,7 @@ class DNSDrill:
         right, metricsAfter = rssMiB(pid), await stack.metrics()
         answers = await self.answers()
         log = common.logVerdict(stack.daemon.logPath)
-        say("part 2: pausing %g s (heap trim) ..." % args.pause)
+        say("hostile packets: pausing %g s (heap trim) ..." % args.pause)
         await stack.settle(args.pause)
         return {"sent": sent, "rss": {"before": before, "peak": sampler.peak("rss"),
                                       "right": right, "after": rssMiB(pid)},
@@ -322,7 +341,7 @@ class DNSDrill:
                 "store_failures": delta("store_failures", "reason"),
                 "send_failures": sum(delta("send_failures", None).values())}
 
-    # -- part 3 ---------------------------------------------------------------------
+    # -- part 2 ---------------------------------------------------------------------
     async def flood(self):
         args, stack = self.args, self.stack
         pid = stack.daemon.pid
@@ -330,7 +349,7 @@ class DNSDrill:
         seconds = args.flood_seconds
         measured = seconds - 4
         each = args.flood_rate // args.flooders
-        say("part 3: flood of %d queries/s from %d dnsperf processes in %s0/24 for %d s ..."
+        say("flood: %d queries/s from %d dnsperf processes in %s0/24 for %d s ..."
             % (each * args.flooders, args.flooders, FLOOD_NET, seconds))
         before, metricsBefore = rssMiB(pid), await stack.metrics()
         sampler = ingress.Sampler(self.reactor, pid).start()
@@ -357,8 +376,17 @@ class DNSDrill:
 
     # -- the table --------------------------------------------------------------------
     def report(self):
-        return [self.throughputSection(), *self.floodSections(), self.packetsSection()], \
-            self.verdicts()
+        """The sections and verdicts of the parts that ran, in the table's order."""
+        ran = [part for part in PARTS if part in self.figures]
+        sections = [getattr(self, part + "Section")() for part in ran]
+        verdicts = [("a real Present's key served at its label (dig)",
+                     self.figures["setup"]["answers"]["ok"], "; ".join(
+                         "%s %s" % kv for kv in self.figures["setup"]["answers"]["seen"].items()))]
+        for part in ran:
+            verdicts += getattr(self, part + "Verdicts")()
+        return sections, verdicts + [
+            ("daemon still running (no crash)", not self.stack.daemon.proto.ended.called, ""),
+            common.logVerdict(self.stack.daemon.logPath)]
 
     def throughputSection(self):
         t, args = self.figures["throughput"], self.args
@@ -392,7 +420,7 @@ class DNSDrill:
         t = self.figures["throughput"]
         return t[kind + "/daemon"]["qps"] / t[kind + "/floor"]["qps"]
 
-    def floodSections(self):
+    def floodSection(self):
         f = self.figures["flood"]
         flood, other, presents, daemon = f["flood"], f["other"], f["presents"], f["daemon"]
         sent = sum(r["sent"] for r in flood)
@@ -418,8 +446,8 @@ class DNSDrill:
                 mib(f["rss"][k]) for k in ("before", "peak", "after"))),
             ("store failures, send failures", "%s, %d" % (
                 daemon["store_failures"] or "none", daemon["send_failures"]))]
-        return [("2. a flood, the daemon with its default rate limit (100/s a network, "
-                 "burst 200, slip 2)", rows)]
+        return ("2. a flood, the daemon with its default rate limit (100/s a network, "
+                "burst 200, slip 2)", rows)
 
     def floodRate(self):
         flood = self.figures["flood"]["flood"]
@@ -450,18 +478,10 @@ class DNSDrill:
         return ("3. %d hostile packets (the daemon with --dns-rate-limit 0, so each reaches "
                 "the parser)" % sent["sent"], rows)
 
-    def verdicts(self):
-        f, args = self.figures, self.args
-        t, flood, packets = f["throughput"], f["flood"], f["packets"]
-        reached = packets["daemon"]
-        counted = sum(reached["malformed"].values()) + sum(reached["answers"].values())
-        txt = t["txt/daemon"]
-        presents = flood["presents"]
-        limited = flood["daemon"]["limited"]
-        rss = packets["rss"]
+    def throughputVerdicts(self):
+        t = self.figures["throughput"]
+        txt, mix = t["txt/daemon"], t["mix/daemon"]
         return [
-            ("a real Present's key served at its label (dig)", f["setup"]["answers"]["ok"],
-             "; ".join("%s %s" % kv for kv in f["setup"]["answers"]["seen"].items())),
             ("1: TXT answers/s at saturation >= %.1f x the floor's" % TARGET_RATIO,
              self.ratio("txt") >= TARGET_RATIO, "%.2f (%.0f vs %.0f)" % (
                  self.ratio("txt"), txt["qps"], t["txt/floor"]["qps"])),
@@ -469,38 +489,43 @@ class DNSDrill:
              set(txt["rcodes"]) == {"NOERROR"} and txt["lost_sat"] + txt["lost_rate"] == 0,
              describeRcodes(txt["rcodes"])),
             ("1: the mix answered as the zone says (no SERVFAIL), none lost",
-             mixMatches(t["mix/daemon"]["rcodes"]) and t["mix/daemon"]["lost_sat"]
-             + t["mix/daemon"]["lost_rate"] == 0, describeRcodes(t["mix/daemon"]["rcodes"])),
+             mixMatches(mix["rcodes"]) and mix["lost_sat"] + mix["lost_rate"] == 0,
+             describeRcodes(mix["rcodes"]))]
+
+    def floodVerdicts(self):
+        flood = self.figures["flood"]
+        presents, limited = flood["presents"], flood["daemon"]["limited"]
+        failed = presents["bad"] + presents["errors"]
+        return [
             ("2: the flood reached >= %d queries/s from one /24" % FLOOD_TARGET,
              self.floodRate() >= FLOOD_TARGET, "%.0f queries/s" % self.floodRate()),
             ("2: the other network >= %d%% answered" % (100 * OTHER_ANSWERED),
              self.otherShare() >= OTHER_ANSWERED, "%.2f%%" % (100 * self.otherShare())),
             ("2: Present p99 <= %g ms, none failed" % P99_TARGET_MS,
              presents["p99_ms"] is not None and presents["p99_ms"] <= P99_TARGET_MS
-             and presents["bad"] + presents["errors"] == 0,
-             "p99 %.1f ms, %d failed" % (presents["p99_ms"] or 0,
-                                         presents["bad"] + presents["errors"])),
+             and failed == 0, "p99 %.1f ms, %d failed" % (presents["p99_ms"] or 0, failed)),
             ("2: the limiter slipped and dropped the flood",
              limited.get("slip", 0) > 0 and limited.get("drop", 0) > 0,
              "slip %d, drop %d" % (limited.get("slip", 0), limited.get("drop", 0))),
-            ("2: the key served before and after the flood",
-             flood["answers_before"]["ok"] and flood["answers_after"]["ok"], ""),
+            ("2: the key served before and after the flood (dig)",
+             flood["answers_before"]["ok"] and flood["answers_after"]["ok"], "")]
+
+    def packetsVerdicts(self):
+        args, packets = self.args, self.figures["packets"]
+        sent, reached, rss = packets["sent"], packets["daemon"], packets["rss"]
+        counted = sum(reached["malformed"].values()) + sum(reached["answers"].values())
+        return [
             ("3: every packet reached the daemon: answered or counted malformed (>= 99%)",
-             counted >= 0.99 * packets["sent"]["sent"],
-             "%d of %d" % (counted, packets["sent"]["sent"])),
+             counted >= 0.99 * sent["sent"], "%d of %d" % (counted, sent["sent"])),
             ("3: no answer unparseable, without QR, unmatched or over %dx its query"
-             % AMPLIFICATION, not packets["sent"]["violations"],
-             json.dumps(packets["sent"]["samples"][:2]) if packets["sent"]["violations"]
-             else "none"),
+             % AMPLIFICATION, not sent["violations"],
+             json.dumps(sent["samples"][:2]) if sent["violations"] else "none"),
             ("3: no error, traceback or unhandled failure in the daemon's log",
              packets["log"][1], packets["log"][2]),
             ("3: the daemon answers correctly afterwards (dig)", packets["answers"]["ok"], ""),
             ("3: RSS after %gs within %g%% of its baseline" % (args.pause, args.rss_slack),
              rss["after"] <= rss["before"] * (1 + args.rss_slack / 100),
-             "%s -> %s" % (mib(rss["before"]), mib(rss["after"]))),
-            ("daemon still running (no crash)", not self.stack.daemon.proto.ended.called, ""),
-            common.logVerdict(self.stack.daemon.logPath),
-        ]
+             "%s -> %s" % (mib(rss["before"]), mib(rss["after"])))]
 
 
 def main(argv=None):
