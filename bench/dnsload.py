@@ -27,7 +27,7 @@ _STATISTIC = {"sent": (r"Queries sent:\s+(\d+)", int),
               "lost": (r"Queries lost:\s+(\d+)", int),
               "qps": (r"Queries per second:\s+([\d.]+)", float),
               "runtime": (r"Run time \(s\):\s+([\d.]+)", float)}
-_RCODES = re.compile(r"Response codes:\s+(.*)")
+_RCODES = re.compile(r"Response codes:[ \t]*(.*)")
 _RCODE = re.compile(r"([A-Z0-9]+) (\d+) \(")
 
 

@@ -73,8 +73,6 @@ FLOOD_NET, OTHER_SOURCE, PACKETS_SOURCE = "127.0.1.", "127.0.2.1", "127.0.3.1"
 #: (resolvers refreshing the delegation; the SOA of negative answers)
 MIX = ("keyed TXT", "unknown0 TXT", "keyed TXT", "apex SOA", "keyed TXT", "unknown1 TXT",
        "keyed TXT", "apex NS", "keyed TXT", "keyed TXT")
-#: the rcodes the mix must get, as shares of its answers
-MIX_RCODES = {"NOERROR": 0.8, "NXDOMAIN": 0.2}
 METRIC = "kibaship_dns01_dns_%s_total"
 PARTS = ("throughput", "flood", "packets")
 
@@ -125,11 +123,32 @@ def describeRcodes(rcodes):
                      sorted(shares.items(), key=lambda kv: -kv[1])) or "no answer"
 
 
+def _mixLines():
+    return [line.split() for line in MIX]
+
+
+def mixRcodes():
+    """The rcodes :data:`MIX` must get, as shares: NXDOMAIN for the labels without a key."""
+    shares = {}
+    for name, _ in _mixLines():
+        code = "NXDOMAIN" if name.startswith("unknown") else "NOERROR"
+        shares[code] = shares.get(code, 0) + 1 / len(MIX)
+    return shares
+
+
+def mixLabel():
+    counts = {}
+    for name, rdtype in _mixLines():
+        what = {"keyed": "TXT key", "apex": rdtype + " apex"}.get(name, "TXT NXDOMAIN")
+        counts[what] = counts.get(what, 0) + 1
+    return ", ".join("%d%% %s" % (100 * n // len(MIX), what) for what, n in counts.items())
+
+
 def mixMatches(rcodes, slack=0.02):
-    """The mix got only the rcodes of :data:`MIX_RCODES`, each within ``slack`` of its share."""
-    shares = rcodeShares(rcodes)
-    return set(shares) <= set(MIX_RCODES) and all(
-        abs(shares.get(code, 0.0) - share) <= slack for code, share in MIX_RCODES.items())
+    """The mix got only the rcodes of :func:`mixRcodes`, each within ``slack`` of its share."""
+    shares, expected = rcodeShares(rcodes), mixRcodes()
+    return set(shares) <= set(expected) and all(
+        abs(shares.get(code, 0.0) - share) <= slack for code, share in expected.items())
 
 
 def _ms(seconds):
@@ -401,20 +420,11 @@ class DNSDrill:
                     describeRcodes(s["rcodes"]))))
         rows += [("daemon/floor at saturation", "TXT %.2f, mix %.2f (target >= %.1f)" % (
             self.ratio("txt"), self.ratio("mix"), TARGET_RATIO)),
-            ("the mix", self.mixLabel()),
+            ("the mix", mixLabel()),
             ("the floor", "twisted.names answering a fixed TXT to every name")]
         return ("1. throughput and latency: dnsperf over UDP loopback, %d s runs x %d rounds, "
                 "daemon and floor interleaved; the daemon runs with --dns-rate-limit 0 "
                 "(dnsperf asks from one address)" % (args.seconds, args.rounds), rows)
-
-    @staticmethod
-    def mixLabel():
-        counts = {}
-        for line in MIX:
-            name, rdtype = line.split()
-            what = {"keyed": "TXT key", "apex": rdtype + " apex"}.get(name, "TXT NXDOMAIN")
-            counts[what] = counts.get(what, 0) + 1
-        return ", ".join("%d%% %s" % (100 * n // len(MIX), what) for what, n in counts.items())
 
     def ratio(self, kind):
         t = self.figures["throughput"]
