@@ -44,6 +44,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 import uuid
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -55,7 +56,7 @@ from bench import dnsload, pyspy  # noqa: E402
 from bench.drills import common, ingress  # noqa: E402
 from bench.drills.common import say  # noqa: E402
 from bench.drills.ingress import mib  # noqa: E402
-from bench.stack import ChildServer, fillSizes, rssMiB  # noqa: E402
+from bench.stack import ChildServer, cpuSeconds, fillSizes, rssMiB  # noqa: E402
 from kibaship_dns01.project import PROJECT_LABEL  # noqa: E402
 from kibaship_dns01.testing.certmanager import numberedChains, projectUUIDs  # noqa: E402
 from kibaship_dns01.testing.delegationworld import DelegationWorld  # noqa: E402
@@ -149,6 +150,12 @@ def mixMatches(rcodes, slack=0.02):
     shares, expected = rcodeShares(rcodes), mixRcodes()
     return set(shares) <= set(expected) and all(
         abs(shares.get(code, 0.0) - share) <= slack for code, share in expected.items())
+
+
+def childrenCPU():
+    """CPU seconds of this process's finished children (dnsperf, loadgen: reaped)."""
+    t = os.times()
+    return t.children_user + t.children_system
 
 
 def _ms(seconds):
@@ -328,6 +335,7 @@ class DNSDrill:
         ready = json.loads(await proto.firstLine().addTimeout(900, self.reactor))
         await stack.settle(2.0)
         before, metricsBefore = rssMiB(pid), await stack.metrics()
+        dropsBefore = ingress.udpDrops(self.port)
         say("hostile packets: sending %d at %g/s ..." % (ready["ready"], args.malformed_rate))
         sampler = ingress.Sampler(self.reactor, pid).start()
         transport.write(b"go\n")
@@ -338,6 +346,7 @@ class DNSDrill:
                 code, proto.output.decode(errors="replace")[-3000:]))
         sent = json.loads(bytes(proto.stdout).splitlines()[-1])
         right, metricsAfter = rssMiB(pid), await stack.metrics()
+        drops = ingress.udpDrops(self.port) - dropsBefore
         answers = await self.answers()
         log = common.logVerdict(stack.daemon.logPath)
         say("hostile packets: pausing %g s (heap trim) ..." % args.pause)
@@ -345,7 +354,7 @@ class DNSDrill:
         return {"sent": sent, "rss": {"before": before, "peak": sampler.peak("rss"),
                                       "right": right, "after": rssMiB(pid)},
                 "daemon": self.deltas(metricsBefore, metricsAfter), "answers": answers,
-                "log": log}
+                "log": log, "kernel_drops": drops}
 
     @staticmethod
     def deltas(before, after):
@@ -371,6 +380,8 @@ class DNSDrill:
         say("flood: %d queries/s from %d dnsperf processes in %s0/24 for %d s ..."
             % (each * args.flooders, args.flooders, FLOOD_NET, seconds))
         before, metricsBefore = rssMiB(pid), await stack.metrics()
+        dropsBefore = ingress.udpDrops(self.port)
+        cpuBefore, started = (cpuSeconds(pid), childrenCPU()), time.monotonic()
         sampler = ingress.Sampler(self.reactor, pid).start()
         flooders = [defer.ensureDeferred(self.dnsperf(
             self.port, "txt", seconds, rate=each, outstanding=65535, timeout=1, clients=8,
@@ -385,13 +396,17 @@ class DNSDrill:
         other = await other
         flood = [await d for d in flooders]
         sampler.stop()
+        elapsed = time.monotonic() - started
+        cpu = {"daemon": (cpuSeconds(pid) - cpuBefore[0]) / elapsed,
+               "generators": (childrenCPU() - cpuBefore[1]) / elapsed}
         metricsAfter = await stack.metrics()
+        drops = ingress.udpDrops(self.port) - dropsBefore
         await stack.settle(5.0)
         return {"flood": flood, "other": other, "presents": presents,
                 "daemon": self.deltas(metricsBefore, metricsAfter),
                 "rss": {"before": before, "peak": sampler.peak("rss"), "after": rssMiB(pid)},
                 "answers_before": answers, "answers_after": await self.answers(),
-                "offered": each * args.flooders}
+                "offered": each * args.flooders, "kernel_drops": drops, "cpu": cpu}
 
     # -- the table --------------------------------------------------------------------
     def report(self):
@@ -442,6 +457,9 @@ class DNSDrill:
                  answered, 100.0 * answered / max(1, sent))),
             ("the daemon's limiter (/metrics)", "slip %d, drop %d" % (
                 daemon["limited"].get("slip", 0), daemon["limited"].get("drop", 0))),
+            ("dropped by the kernel, the socket's buffer full (/proc/net/udp)",
+             "%d (%.1f%% of what was sent)" % (f["kernel_drops"], 100.0 * f["kernel_drops"]
+                                               / max(1, sent))),
             ("the daemon's answers meanwhile (/metrics)", ", ".join(
                 "%s %d" % kv for kv in sorted(daemon["answers"].items())) or "none"),
             ("another network (%s, %d queries/s)" % (OTHER_SOURCE, self.args.other_rate),
@@ -454,6 +472,8 @@ class DNSDrill:
                  presents["p50_ms"] or 0, presents["p99_ms"] or 0, presents["max_ms"] or 0)),
             ("the daemon's RSS before / peak / after", " / ".join(
                 mib(f["rss"][k]) for k in ("before", "peak", "after"))),
+            ("CPU, in cores: the daemon; dnsperf and loadgen processes", "%.2f; %.2f" % (
+                f["cpu"]["daemon"], f["cpu"]["generators"])),
             ("store failures, send failures", "%s, %d" % (
                 daemon["store_failures"] or "none", daemon["send_failures"]))]
         return ("2. a flood, the daemon with its default rate limit (100/s a network, "
@@ -478,6 +498,7 @@ class DNSDrill:
             ("the daemon counted (/metrics)", "%d malformed (not answered), %d answered (%s)"
              % (sum(daemon["malformed"].values()), sum(daemon["answers"].values()),
                 ", ".join("%s %d" % kv for kv in sorted(daemon["answers"].items())))),
+            ("dropped by the kernel (/proc/net/udp)", "%d" % p["kernel_drops"]),
             ("answers received", "%d; largest answer/query outside a TXT with keys %.2f" % (
                 sent["answered"], sent["largest_ratio"])),
             ("violations (unparseable, no QR, unknown id, amplification)", ", ".join(
