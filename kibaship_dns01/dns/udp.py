@@ -16,13 +16,16 @@ every other socket between batches; the rest wait in the kernel's buffer.
 
 That buffer is asked to be large (``receiveBuffer``, 4 MiB).  The kernel
 drops what does not fit *before* the rate limiter sees it, whatever network
-it came from: with the default (``net.core.rmem_default``, 208 KiB, about
-270 small datagrams) a flood of 24,000 queries/s fills it in about 11 ms,
-so every pause of the reactor longer than that (a Present's TLS and Valkey
-work, the process waiting for a CPU) dropped about 1 % of *every*
-network's queries, the other networks' included (``bench/drills/dns.py``).
-4 MiB is about 5,000 datagrams, 200 ms of such a flood.  The kernel grants
-at most ``net.core.rmem_max`` (docs/dns.md); the service logs what it got.
+it came from: the default (``net.core.rmem_default``, 208 KiB) holds 256
+small datagrams, which a flood of 24,000 queries/s fills in 11 ms, so every
+pause of the reactor longer than that (a Present's TLS and Valkey work, the
+process waiting for a CPU) dropped up to 1.3 % of *every* network's
+queries, the other networks' included (``bench/drills/dns.py``).  4 MiB
+holds about 10,000 (the kernel counts twice the size asked, and some 830
+bytes a small datagram): 420 ms of such a flood absorbed rather than
+dropped; the price is that a query may wait that long behind the flood
+while the process cannot keep up.  The kernel grants at most
+``net.core.rmem_max`` (docs/dns.md); the service logs what it got.
 """
 import socket
 
