@@ -28,19 +28,22 @@ of the daemon, between the rate limit off and on); ``--only`` picks some:
    (``bench/drills/dnspackets.py``), then the daemon's log, its answers
    (``dig``), and its RSS right after and after ``--pause`` seconds (the heap
    trim runs every 30 s);
-2. **a flood** (the daemon restarted with its default rate limit): several
-   ``dnsperf`` processes from sources in one /24 (127.0.1.0/24) offer
-   ``--flood-rate`` queries/s in all, while another network (127.0.2.1)
-   asks at ``--other-rate`` queries/s and a cert-manager-style client sends
-   new Presents at ``--present-rate``/s over HTTPS (``bench/loadgen.py``,
-   open loop, latency from each request's due time).  The limiter's counters
-   come from ``/metrics``.
+2. **a flood** (the daemon restarted with its default rate limit): another
+   network (127.0.2.1) asks at ``--other-rate`` queries/s and a
+   cert-manager-style client sends new Presents at ``--present-rate``/s over
+   HTTPS (``bench/loadgen.py``, open loop, latency from each request's due
+   time), first alone for ``--alone`` s (what the machine gives them
+   without a flood), then while several ``dnsperf`` processes from sources
+   in one /24 (127.0.1.0/24) offer ``--flood-rate`` queries/s in all.  The
+   limiter's counters come from ``/metrics``, the datagrams the kernel
+   dropped at the daemon's socket from ``/proc/net/udp``.
 
 Prints the table and the checks (``PASS``/``FAIL``, ``TALLY``); ``--json``
 writes every figure.
 """
 import json
 import os
+import shlex
 import statistics
 import sys
 import tempfile
@@ -95,11 +98,15 @@ def parseArgs(argv):
                    help="queries/s the flood offers in all")
     p.add_argument("--flooders", type=int, default=3, help="dnsperf processes flooding")
     p.add_argument("--flood-seconds", type=int, help="(default 30, quick 12)")
+    p.add_argument("--alone", type=int, help="seconds the other network and the Presents run "
+                   "before the flood, for comparison (default 10, quick 5)")
     p.add_argument("--other-rate", type=int, default=50,
                    help="queries/s from the other network (the limit is 100/s)")
     p.add_argument("--present-rate", type=float, default=20.0, help="Presents/s under the flood")
     p.add_argument("--seed", type=int, default=21)
     p.add_argument("--profile", metavar="OUT", help="py-spy the daemon at TXT saturation")
+    p.add_argument("--daemon-flags", default="", help="extra flags for twistd kibaship-dns01 "
+                   "(one string, e.g. \"--dns-rate-limit-slip 0\")")
     p.add_argument("--only", default=",".join(PARTS), help="parts to run, of " + ", ".join(PARTS))
     p.add_argument("--quick", action="store_true")
     args = p.parse_args(argv)
@@ -110,7 +117,8 @@ def parseArgs(argv):
         pyspy.findPySpy()
     dnsload.findDnsperf()
     return fillSizes(args, {"seconds": (10, 3), "rounds": (2, 1), "malformed": (100000, 10000),
-                            "pool": (5000, 1000), "flood_seconds": (30, 12)})
+                            "pool": (5000, 1000), "flood_seconds": (30, 12),
+                            "alone": (10, 5)})
 
 
 def rcodeShares(rcodes):
@@ -152,6 +160,18 @@ def mixMatches(rcodes, slack=0.02):
         abs(shares.get(code, 0.0) - share) <= slack for code, share in expected.items())
 
 
+def _otherNetwork(run):
+    return "%d sent, %d answered (%.2f%%), %d lost; p50 %s ms, p99 %s ms; %s" % (
+        run["sent"], run["completed"], 100.0 * run["completed"] / max(1, run["sent"]),
+        run["lost"], _ms(run["p50"]), _ms(run["p99"]), describeRcodes(run["rcodes"]))
+
+
+def _presents(run):
+    return "%d sent, %d ok, %d failed; p50 %.1f ms, p99 %.1f ms, max %.1f ms" % (
+        run["sent"], run["ok"], run["bad"] + run["errors"], run["p50_ms"] or 0,
+        run["p99_ms"] or 0, run["max_ms"] or 0)
+
+
 def childrenCPU():
     """CPU seconds of this process's finished children (dnsperf, loadgen: reaped)."""
     t = os.times()
@@ -186,7 +206,7 @@ class DNSDrill:
 
     def daemonArgs(self, limited):
         """The daemon's delegation flags; without the rate limit unless ``limited``."""
-        flags = tuple(self.world.delegationArgs(0))
+        flags = (*self.world.delegationArgs(0), *shlex.split(self.args.daemon_flags))
         return flags if limited else flags + ("--dns-rate-limit", "0")
 
     async def drill(self, reactor, args, stack):
@@ -220,7 +240,7 @@ class DNSDrill:
     async def setUp(self):
         """Chains for the Presents; the first one presented: its key at its label."""
         stack, args = self.stack, self.args
-        presents = int(args.present_rate * args.flood_seconds) + 1
+        presents = int(args.present_rate * (args.alone + args.flood_seconds)) + 1
         chains = numberedChains("dnsdrill", 0, 1 + presents, projects=projectUUIDs(10))
         await stack.addChains(chains)
         self.floodChains = chains[1:]
@@ -374,6 +394,9 @@ class DNSDrill:
         args, stack = self.args, self.stack
         pid = stack.daemon.pid
         answers = await self.answers()  # the restarted daemon serves the key (from Valkey)
+        say("flood: first the other network and the Presents alone for %d s ..." % args.alone)
+        chains = iter(self.floodChains)
+        alone = await self.clients(args.alone, chains)
         seconds = args.flood_seconds
         measured = seconds - 4
         each = args.flood_rate // args.flooders
@@ -387,13 +410,7 @@ class DNSDrill:
             self.port, "txt", seconds, rate=each, outstanding=65535, timeout=1, clients=8,
             source=FLOOD_NET + str(10 + i))) for i in range(args.flooders)]
         await stack.settle(2.0)
-        requests = stack.requests(self.floodChains)
-        other = defer.ensureDeferred(self.dnsperf(
-            self.port, "txt", measured, rate=args.other_rate, source=OTHER_SOURCE,
-            verbose=True, timeout=2))
-        presents = await stack.drive(requests, int(args.present_rate * measured),
-                                     connections=1, rate=args.present_rate)
-        other = await other
+        other, presents = await self.clients(measured, chains)
         flood = [await d for d in flooders]
         sampler.stop()
         elapsed = time.monotonic() - started
@@ -402,11 +419,23 @@ class DNSDrill:
         metricsAfter = await stack.metrics()
         drops = ingress.udpDrops(self.port) - dropsBefore
         await stack.settle(5.0)
-        return {"flood": flood, "other": other, "presents": presents,
+        return {"flood": flood, "other": other, "presents": presents, "alone": alone,
                 "daemon": self.deltas(metricsBefore, metricsAfter),
                 "rss": {"before": before, "peak": sampler.peak("rss"), "after": rssMiB(pid)},
                 "answers_before": answers, "answers_after": await self.answers(),
                 "offered": each * args.flooders, "kernel_drops": drops, "cpu": cpu}
+
+    async def clients(self, seconds, chains):
+        """The other network's queries and the Presents (of the next of ``chains``) for
+        ``seconds``, at once; :return: their figures."""
+        args = self.args
+        count = int(args.present_rate * seconds)
+        requests = self.stack.requests([next(chains) for _ in range(count)])
+        other = defer.ensureDeferred(self.dnsperf(
+            self.port, "txt", seconds, rate=args.other_rate, source=OTHER_SOURCE, verbose=True,
+            timeout=2))
+        presents = await self.stack.drive(requests, count, connections=1, rate=args.present_rate)
+        return await other, presents
 
     # -- the table --------------------------------------------------------------------
     def report(self):
@@ -462,14 +491,12 @@ class DNSDrill:
                                                / max(1, sent))),
             ("the daemon's answers meanwhile (/metrics)", ", ".join(
                 "%s %d" % kv for kv in sorted(daemon["answers"].items())) or "none"),
-            ("another network (%s, %d queries/s)" % (OTHER_SOURCE, self.args.other_rate),
-             "%d sent, %d answered (%.2f%%), %d lost; p50 %s ms, p99 %s ms; %s" % (
-                 other["sent"], other["completed"], 100 * self.otherShare(), other["lost"],
-                 _ms(other["p50"]), _ms(other["p99"]), describeRcodes(other["rcodes"]))),
-            ("Presents over HTTPS (new challenges, %g/s, open loop)" % self.args.present_rate,
-             "%d sent, %d ok, %d failed; p50 %.1f ms, p99 %.1f ms, max %.1f ms" % (
-                 presents["sent"], presents["ok"], presents["bad"] + presents["errors"],
-                 presents["p50_ms"] or 0, presents["p99_ms"] or 0, presents["max_ms"] or 0)),
+            ("another network (%s, %d queries/s): alone" % (OTHER_SOURCE, self.args.other_rate),
+             _otherNetwork(f["alone"][0])),
+            ("another network: under the flood", _otherNetwork(other)),
+            ("Presents over HTTPS (new challenges, %g/s, open loop): alone"
+             % self.args.present_rate, _presents(f["alone"][1])),
+            ("Presents: under the flood", _presents(presents)),
             ("the daemon's RSS before / peak / after", " / ".join(
                 mib(f["rss"][k]) for k in ("before", "peak", "after"))),
             ("CPU, in cores: the daemon; dnsperf and loadgen processes", "%.2f; %.2f" % (
@@ -477,7 +504,8 @@ class DNSDrill:
             ("store failures, send failures", "%s, %d" % (
                 daemon["store_failures"] or "none", daemon["send_failures"]))]
         return ("2. a flood, the daemon with its default rate limit (100/s a network, "
-                "burst 200, slip 2)", rows)
+                "burst 200, slip 2)%s" % (" and %s" % self.args.daemon_flags
+                                           if self.args.daemon_flags else ""), rows)
 
     def floodRate(self):
         flood = self.figures["flood"]["flood"]
