@@ -16,7 +16,8 @@ own reactor, on a loopback port, and prints one JSON line once listening:
   answering one fixed TXT for every name, over Twisted's own UDP port: what
   Twisted Names costs without any of the product's checks.
 
-``dnsperf`` (Debian) asks both for the same TXT name, interleaved, in the
+The floor and the ``dnsperf`` driving are ``bench/dnsload.py``, shared with
+``bench/drills/dns.py``.  ``dnsperf`` (Debian) asks both for the same TXT name, interleaved, in the
 same run: closed loop at saturation (answers/s) and open loop at
 ``--rate`` queries/s (p50/p99 from ``dnsperf -v``'s per-query latencies).
 The ratio product/floor is the figure to quote (target >= 0.5).
@@ -33,7 +34,6 @@ import argparse
 import collections
 import json
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -41,6 +41,8 @@ import tempfile
 import threading
 import time
 import urllib.request
+
+import dnsload  # bench/ (this script's directory) is on sys.path
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -98,23 +100,9 @@ def serveProduct(udpKind):
 
 
 def serveFloor():
-    from twisted.internet import defer, reactor
-    from twisted.names import common, dns, server
-
     zone, label, key = _fixture()
-
-    class FixedTXT(common.ResolverBase):
-        """Answers every query with the one TXT, as an authority would."""
-
-        def _lookup(self, name, cls, type, timeout):
-            record = dns.RRHeader(name, dns.TXT, dns.IN, 10,
-                                  dns.Record_TXT(key.encode(), ttl=10), auth=True)
-            return defer.succeed(([record], [], []))
-
-    factory = server.DNSServerFactory(authorities=[FixedTXT()])
-    factory.noisy = False
-    udp = reactor.listenUDP(0, dns.DNSDatagramProtocol(factory), interface="127.0.0.1")
-    return reactor, {"port": udp.getHost().port, "name": "%s.%s" % (label, zone.name)}
+    reactor, info = dnsload.serveFloor(key)
+    return reactor, dict(info, name="%s.%s" % (label, zone.name))
 
 
 def serve(kind):
@@ -140,28 +128,10 @@ class Server:
 
 
 def dnsperf(server, queryFile, seconds, rate=None, verbose=False, outstanding=100):
-    args = ["dnsperf", "-s", "127.0.0.1", "-p", str(server.info["port"]), "-d", queryFile,
-            "-l", str(seconds), "-q", str(outstanding), "-t", "2"]
-    if rate:
-        args += ["-Q", str(rate)]
-    if verbose:
-        args.append("-v")
+    args = dnsload.dnsperfArgs(server.info["port"], queryFile, seconds, rate=rate,
+                               verbose=verbose, outstanding=outstanding)
     out = subprocess.run(args, capture_output=True, text=True, check=True).stdout
-    figures = {"qps": float(re.search(r"Queries per second:\s+([\d.]+)", out).group(1)),
-               "lost": int(re.search(r"Queries lost:\s+(\d+)", out).group(1)),
-               "sent": int(re.search(r"Queries sent:\s+(\d+)", out).group(1))}
-    if verbose:
-        latencies = sorted(float(line.split()[-1]) for line in out.splitlines()
-                           if line.startswith("> "))
-        figures["p50"] = _percentile(latencies, 50)
-        figures["p99"] = _percentile(latencies, 99)
-    return figures
-
-
-def _percentile(values, p):
-    if not values:
-        return float("nan")
-    return values[min(len(values) - 1, int(len(values) * p / 100))]
+    return dnsload.parseDnsperf(out, verbose)
 
 
 def httpUnderFlood(server, queryFile, seconds):
@@ -184,8 +154,9 @@ def httpUnderFlood(server, queryFile, seconds):
         stop.set()
         thread.join()
     latencies.sort()
-    return {"qps": flood["qps"], "gets": len(latencies), "p50": _percentile(latencies, 50),
-            "p99": _percentile(latencies, 99), "max": latencies[-1] if latencies else None}
+    return {"qps": flood["qps"], "gets": len(latencies),
+            "p50": dnsload.percentile(latencies, 50), "p99": dnsload.percentile(latencies, 99),
+            "max": latencies[-1] if latencies else None}
 
 
 def profile(server, queryFile, seconds, out):

@@ -140,35 +140,53 @@ class Metrics:
 
 # --- child processes -----------------------------------------------------------
 
-class Floor:
-    """``bench/floor.py`` as a child process, serving the daemon's certificate."""
+class ChildServer:
+    """A server in a child process that prints one JSON line once listening
+    (``{"port": N, ...}``, kept as :attr:`info`); stopped with SIGTERM."""
 
-    def __init__(self, reactor, env):
-        self.reactor, self.env = reactor, env
+    def __init__(self, reactor, argv, cwd):
+        self.reactor, self.argv, self.cwd = reactor, argv, cwd
         self.proto = ChildOutput()
         self.transport = None
-        self.port = None
+        self.info = None
 
-    async def start(self):
-        caFile = os.path.join(self.env.workdir, "front-proxy-ca.crt")
-        with open(caFile, "wb") as f:
-            f.write(self.env.frontProxyCA.certPEM)
-        argv = [sys.executable, os.path.join(HERE, "floor.py"), "--port", "0",
-                "--tls-cert-file", self.env.certFile, "--tls-private-key-file",
-                self.env.keyFile, "--client-ca-file", caFile]
-        self.transport = self.reactor.spawnProcess(self.proto, argv[0], argv,
-                                                   env=dict(os.environ), path=self.env.workdir)
-        hello = await self.proto.firstLine().addTimeout(30, self.reactor)
-        self.port = json.loads(hello)["port"]
+    async def start(self, timeout=30):
+        self.transport = self.reactor.spawnProcess(self.proto, self.argv[0], self.argv,
+                                                   env=dict(os.environ), path=self.cwd)
+        self.info = json.loads(await self.proto.firstLine().addTimeout(timeout, self.reactor))
+        return self.info
+
+    @property
+    def port(self):
+        return self.info["port"] if self.info else None
 
     @property
     def pid(self):
         return self.transport.pid
 
     async def stop(self):
+        if self.transport is None:
+            return
         if not self.proto.ended.called:
             self.transport.signalProcess("TERM")
         await self.proto.ended
+
+
+class Floor(ChildServer):
+    """``bench/floor.py`` as a child process, serving the daemon's certificate."""
+
+    def __init__(self, reactor, env):
+        caFile = os.path.join(env.workdir, "front-proxy-ca.crt")
+        super().__init__(reactor, [
+            sys.executable, os.path.join(HERE, "floor.py"), "--port", "0", "--tls-cert-file",
+            env.certFile, "--tls-private-key-file", env.keyFile, "--client-ca-file", caFile],
+            env.workdir)
+        self.env = env
+
+    async def start(self):
+        with open(self.argv[-1], "wb") as f:
+            f.write(self.env.frontProxyCA.certPEM)
+        return await super().start()
 
 
 # --- the stack -----------------------------------------------------------------

@@ -124,6 +124,8 @@ class DigTests(TestCase):
     async def test_listensAndLogsThenClosesEverything(self):
         [line] = self.logs.ofKind("dns_listening")
         self.assertEqual((line["port"], line["zone"]), (self.service.port, ZONE_NAME))
+        self.assertEqual(line["receive_buffer"], self.service._udp.receiveBufferSize)
+        self.assertGreater(line["receive_buffer"], 0)
         port = self.service.port
         await self.service.stopService()
         self.assertIsNone(self.service.port)

@@ -1,5 +1,6 @@
 """The DNS transports: UDP (rate limit, malformed packets, truncation, the read budget)
 and TCP (framing, caps, idle timeout, back-pressure) (issue 21)."""
+import os
 import select
 import socket
 
@@ -8,13 +9,14 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.protocol import DatagramProtocol
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.names import dns
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SkipTest, SynchronousTestCase
 
 from kibaship_dns01 import metrics
 from kibaship_dns01.dns.answers import Responder
 from kibaship_dns01.dns.ratelimit import ResponseRateLimiter
 from kibaship_dns01.dns.tcp import ABORT_TIMEOUT, DNSStreamFactory
-from kibaship_dns01.dns.udp import BoundedUDPPort, DNSDatagramProtocol
+from kibaship_dns01.dns.udp import (
+    DEFAULT_RECEIVE_BUFFER, BoundedUDPPort, DNSDatagramProtocol)
 from kibaship_dns01.testing.dnsmessages import framed, optRecord, queryBytes, readAnswer
 from kibaship_dns01.testing.fakedelegation import FakeDelegationStore
 from tests.dnssupport import (DELEGATED, KEY, LABEL, ZONE, ZONE_NAME, FakeUDPTransport,
@@ -161,6 +163,38 @@ class BoundedPortTests(SynchronousTestCase):
             counts.append(len(recorder.received))
         self.assertEqual(counts, [10, 20, 25, 25])
         self.assertEqual(recorder.received[0], b"packet 0")
+
+
+def _sysctl(name):
+    with open("/proc/sys/net/core/" + name) as f:
+        return int(f.read())
+
+
+class ReceiveBufferTests(SynchronousTestCase):
+    """The port asks the kernel for its receive buffer (Linux grants at most
+    ``net.core.rmem_max`` and reports twice what it granted)."""
+
+    def setUp(self):
+        if not os.path.exists("/proc/sys/net/core/rmem_max"):
+            raise SkipTest("not Linux: no net.core.rmem_max")
+
+    def listen(self, **options):
+        port = BoundedUDPPort(0, Recorder(), interface="127.0.0.1", reactor=reactor, **options)
+        port.startListening()
+        self.addCleanup(port.stopListening)
+        return port
+
+    def test_theDefaultIsAskedFor(self):
+        self.assertEqual(self.listen().receiveBufferSize,
+                         2 * min(DEFAULT_RECEIVE_BUFFER, _sysctl("rmem_max")))
+
+    def test_aSizeOfItsOwn(self):
+        self.assertEqual(self.listen(receiveBuffer=300000).receiveBufferSize,
+                         2 * min(300000, _sysctl("rmem_max")))
+
+    def test_zeroKeepsTheSystemDefault(self):
+        self.assertEqual(self.listen(receiveBuffer=0).receiveBufferSize,
+                         _sysctl("rmem_default"))
 
 
 class TCPFixture:

@@ -4,8 +4,9 @@ kinds, and the tally they print.
 
 A drill is ``async def drill(reactor, args, stack) -> Tally``; :func:`main`
 starts a fresh password-protected six-node Valkey cluster and a work
-directory, runs the drill inside the reactor, stops everything, and prints
-the tally (``--json`` writes it too).
+directory (and what the drill's ``prepare`` starts around the daemon), runs
+the drill inside the reactor, stops everything, and prints the tally
+(``--json`` writes it too).
 """
 import argparse
 import collections
@@ -239,15 +240,22 @@ def header(script, loadBefore):
         commitDescription(), os.cpu_count(), loadBefore, os.getloadavg()[0]))
 
 
-async def _run(reactor, args, cluster, workdir, drill, daemonArgs, script):
+async def _run(reactor, args, cluster, workdir, drill, daemonArgs, script, prepare):
     loadBefore = os.getloadavg()[0]
     stack = Stack(reactor, workdir, cluster, daemonArgs)
+    teardown = None
     try:
         await stack.start()
+        if prepare is not None:
+            teardown = await prepare(reactor, args, stack)
         await stack.startDaemon()
         tally = await drill(reactor, args, stack)
     finally:
-        await stack.stop()
+        try:
+            await stack.stop()
+        finally:
+            if teardown is not None:
+                await teardown()
     text = tally.render(header(script, loadBefore))
     print(text, flush=True)
     if args.json:
@@ -258,7 +266,12 @@ async def _run(reactor, args, cluster, workdir, drill, daemonArgs, script):
         raise SystemExit(1)
 
 
-def main(args, drill, daemonArgs=(), script=None):
-    """Run ``drill`` (see the module docstring); exit status 1 when a check failed."""
+def main(args, drill, daemonArgs=(), script=None, prepare=None):
+    """Run ``drill`` (see the module docstring); exit status 1 when a check failed.
+
+    :param prepare: ``async prepare(reactor, args, stack)``, run once the environment
+        is up and before the daemon starts (it may start more around the daemon and
+        set ``stack.daemonArgs``); it returns ``None`` or an ``async`` function that
+        stops what it started, called after the stack has stopped."""
     runWithCluster(args.workdir, "kibaship-drill-", lambda reactor, cluster, workdir: _run(
-        reactor, args, cluster, workdir, drill, daemonArgs, script or sys.argv[0]))
+        reactor, args, cluster, workdir, drill, daemonArgs, script or sys.argv[0], prepare))

@@ -8,7 +8,8 @@ daemon did:
 * client certificates a drill presents (:func:`writeIdentities`);
 * ``/proc`` probes: open file descriptors by kind (sockets, files, deleted
   temporary files), the TCP connections accepted on the daemon's port, the
-  process's fd limit, beside ``bench/stack.py``'s RSS; :class:`Sampler`
+  process's fd limit, the datagrams the kernel dropped at a UDP port, beside
+  ``bench/stack.py``'s RSS; :class:`Sampler`
   records their peaks while a drill runs;
 * :func:`streamEntries`: every stream on every Valkey primary, for "nothing
   was appended for anything refused";
@@ -126,6 +127,24 @@ def sockets(pid, port):
         else:
             out["outbound"] += 1
     return out
+
+
+def udpDrops(port):
+    """Datagrams the kernel dropped at the UDP sockets bound to local ``port`` (their
+    receive buffer was full: the process did not read fast enough), from the ``drops``
+    column of ``/proc/net/udp`` and ``udp6``; counted over each socket's life."""
+    drops = 0
+    for name in ("udp", "udp6"):
+        try:
+            with open("/proc/net/%s" % (name,)) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port:
+                drops += int(fields[-1])
+    return drops
 
 
 def deletedBytes(pid):

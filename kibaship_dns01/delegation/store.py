@@ -15,6 +15,17 @@ key, score = when it stops being served (Unix milliseconds).  Why this shape:
   first): a (project, domain) has a handful of challenges at a time (apex,
   wildcard, a retried order), and a TXT answer must stay small.
 
+**Reads are never cached** (a cache would serve what was read before a
+Present's 201), but lookups of one label that arrive *before* its read is
+sent share that read: :meth:`ValkeyDelegationStore.keys` queues them per
+label and sends one ``ZRANGEBYSCORE`` per label at the end of the reactor
+turn (``callLater(0)``: after every datagram that turn read).  A lookup that
+arrives once the read is sent waits for the next one, so no answer comes
+from a read sent before its query arrived - the same guarantee as a read per
+query, at one Valkey round trip per label and turn.  Under saturation (many
+queries for one label in each turn) that is most of the responder's CPU
+saved (bench/README.md, ``bench/drills/dns.py``).
+
 The store always uses the daemon's default Valkey (the ``--valkey-*`` flags),
 never an issuer's: the responder has no issuer to ask, and a tenant's issuer
 config must not decide where the platform's zone is read from.
@@ -22,6 +33,7 @@ config must not decide where the platform's zone is read from.
 import hashlib
 
 from twisted.internet import defer
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from kibaship_dns01.interfaces import IDelegationStore
@@ -73,6 +85,9 @@ class ValkeyDelegationStore:
         self._publisher = publisher
         self._target = target
         self._clock = clock
+        #: label -> the lookups waiting for its next read (not sent yet)
+        self._waiting = {}
+        self._sending = None
 
     def add(self, label, key, ttl):
         now = self._clock.seconds()
@@ -86,6 +101,27 @@ class ValkeyDelegationStore:
             "ZREM", keysKey(label), key).addCallback(lambda _: None))
 
     def keys(self, label):
+        """The keys served at ``label``, from a read sent at the end of this reactor turn
+        (shared with the other lookups of ``label`` this turn; see the module docstring).
+        Cancelling the returned Deferred (the responder's timeout) leaves the read to
+        the others."""
+        waiters = self._waiting.get(label)
+        if waiters is None:
+            waiters = self._waiting[label] = []
+            if self._sending is None:
+                self._sending = self._clock.callLater(0, self._sendReads)
+        waiter = defer.Deferred()
+        waiters.append(waiter)
+        return waiter
+
+    def _sendReads(self):
+        """One read per label looked up since the last turn; a lookup from now on
+        waits for the next turn's read."""
+        waiting, self._waiting, self._sending = self._waiting, {}, None
+        for label, waiters in waiting.items():
+            self._read(label).addBoth(_answerAll, waiters)
+
+    def _read(self, label):
         now = _ms(self._clock.seconds())
         return self._on(label, lambda conn, target: conn.send(
             "ZRANGEBYSCORE", keysKey(label), "(" + now, "+inf", "LIMIT", "0",
@@ -112,6 +148,16 @@ def _checkWait(reply, target, label):
         raise ValkeyDurabilityError(
             "the key served at delegation label %s reached %d of the %d required replicas; "
             "retrying is safe" % (label, int(acked), target.minReplicas))
+
+
+def _answerAll(result, waiters):
+    """Fire every waiting lookup with the read's keys or its failure (a cancelled one,
+    already failed, ignores it)."""
+    for waiter in waiters:
+        if isinstance(result, Failure):
+            waiter.errback(result)
+        else:
+            waiter.callback(result)
 
 
 def _texts(values):

@@ -55,9 +55,10 @@ class DNSService(service.Service):
         except Exception:
             self.running = False
             raise
-        log.info("DNS for zone {zone} listening on {host} port {port} (UDP and TCP)",
-                 zone=self.responder.zone.name, host=self.bindAddress or "0.0.0.0",
-                 port=self.port, log_kind="dns_listening")
+        log.info("DNS for zone {zone} listening on {host} port {port} (UDP and TCP); UDP "
+                 "receive buffer {receive_buffer} bytes", zone=self.responder.zone.name,
+                 host=self.bindAddress or "0.0.0.0", port=self.port,
+                 receive_buffer=self._udp.receiveBufferSize, log_kind="dns_listening")
 
     def _listen(self):
         attempts = BIND_ATTEMPTS if self.requestedPort == 0 else 1

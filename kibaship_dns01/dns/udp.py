@@ -12,8 +12,20 @@ Twisted's ``udp.Port.doRead`` reads until 256 KiB have arrived, which at
 ~40 bytes a query is over 6,000 queries in one turn: under a flood the
 HTTPS listener on the same reactor would wait for all of them every turn.
 Reading ``packetsPerRead`` datagrams and returning lets the reactor serve
-every other socket between batches; the rest wait in the kernel's buffer
-(and beyond it are dropped by the kernel, which is what a flood deserves).
+every other socket between batches; the rest wait in the kernel's buffer.
+
+That buffer is asked to be large (``receiveBuffer``, 4 MiB).  The kernel
+drops what does not fit *before* the rate limiter sees it, whatever network
+it came from: the default (``net.core.rmem_default``, 208 KiB) holds 256
+small datagrams, which a flood of 24,000 queries/s fills in 11 ms, so every
+pause of the reactor longer than that (a Present's TLS and Valkey work, the
+process waiting for a CPU) dropped up to 1.3 % of *every* network's
+queries, the other networks' included (``bench/drills/dns.py``).  4 MiB
+holds about 10,000 (the kernel counts twice the size asked, and some 830
+bytes a small datagram): 420 ms of such a flood absorbed rather than
+dropped; the price is that a query may wait that long behind the flood
+while the process cannot keep up.  The kernel grants at most
+``net.core.rmem_max`` (docs/dns.md); the service logs what it got.
 """
 import socket
 
@@ -31,16 +43,34 @@ log = Logger()
 
 #: datagrams read per reactor turn (see the module docstring; bench/bench_dns.py)
 DEFAULT_PACKETS_PER_READ = 16
+#: bytes of kernel receive buffer asked for (see the module docstring; 0: the system's)
+DEFAULT_RECEIVE_BUFFER = 4 * 1024 * 1024
 
 
 class BoundedUDPPort(udp.Port):
     """A UDP port reading at most ``packetsPerRead`` datagrams each time it is readable."""
 
     def __init__(self, port, proto, interface="", reactor=None,
-                 packetsPerRead=DEFAULT_PACKETS_PER_READ):
+                 packetsPerRead=DEFAULT_PACKETS_PER_READ, receiveBuffer=DEFAULT_RECEIVE_BUFFER):
         super().__init__(port, proto, interface=interface, maxPacketSize=wire.MAX_QUERY_SIZE,
                          reactor=reactor)
         self.packetsPerRead = packetsPerRead
+        self.receiveBuffer = receiveBuffer
+
+    def createInternetSocket(self):
+        """The socket, with a receive buffer of ``receiveBuffer`` bytes asked for (the
+        kernel grants at most ``net.core.rmem_max``; :attr:`receiveBufferSize` says
+        what it gave)."""
+        skt = super().createInternetSocket()
+        if self.receiveBuffer:
+            skt.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.receiveBuffer)
+        return skt
+
+    @property
+    def receiveBufferSize(self):
+        """The receive buffer the kernel gave, in bytes (Linux reports twice what it
+        counts against, its bookkeeping included)."""
+        return self.socket.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
     def doRead(self):
         """Twisted's loop (``udp.Port.doRead``) counted in datagrams, not bytes."""

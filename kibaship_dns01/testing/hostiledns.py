@@ -10,7 +10,10 @@ flags no query has, OPT records of every payload size and version and two of
 them, answer records appended to the query.
 
 :func:`packetCases` labels each packet with the class it came from;
-:func:`packets` is the same strategy without labels.
+:func:`packets` is the same strategy without labels.  :func:`amplifies` is the
+judge of what comes back: no answer is larger than :data:`AMPLIFICATION` times
+its query, except a TXT answer at a label with keys (the one answer worth its
+size).
 """
 import struct
 
@@ -25,6 +28,8 @@ QTYPES = (dns.A, dns.AAAA, dns.TXT, dns.SOA, dns.NS, dns.CNAME, dns.MX, dns.HINF
 QCLASSES = (dns.IN,) * 8 + (dns.CH, dns.HS, dns.ANY, 0, 65535)
 OPCODES = (dns.OP_QUERY,) * 8 + (1, 2, 4, 5, 15)
 EDNS_VERSIONS = (0,) * 8 + (1, 255)
+#: an answer may be this many times its query's size (but a TXT answer with keys)
+AMPLIFICATION = 3
 
 
 def _recase(name, pattern):
@@ -109,3 +114,18 @@ def packetCases(zone, labels):
 def packets(zone, labels):
     """The packets of :func:`packetCases`, without their class."""
     return packetCases(zone, labels).map(lambda case: case[1])
+
+
+def legitimateTXT(answer, keyedNames):
+    """Whether ``answer`` (a :class:`~kibaship_dns01.testing.dnsmessages.ReadAnswer`) is
+    a TXT answer at one of ``keyedNames`` (lower-case str, no trailing dot: labels with
+    keys): its size is the keys', not an attack's."""
+    names = {name.encode("ascii") for name in keyedNames}
+    return answer.rcode == dns.OK and bool(answer.answers) and all(
+        rr.type == dns.TXT and rr.name.name.lower() in names for rr in answer.answers)
+
+
+def amplifies(query, data, answer, keyedNames):
+    """Whether answer bytes ``data`` (read as ``answer``) to ``query`` are larger than
+    :data:`AMPLIFICATION` times the query, and not a :func:`legitimateTXT` answer."""
+    return len(data) > AMPLIFICATION * len(query) and not legitimateTXT(answer, keyedNames)
