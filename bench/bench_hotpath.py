@@ -14,7 +14,7 @@ kube-aggregator sends over one kept-alive connection.  It prints CPU microsecond
 next, for retries, fresh Presents and a bare ``twisted.web`` floor that only
 parses the body and answers 201.
 
-    python bench/bench_hotpath.py [--requests 20000] [--profile out.prof]
+    python bench/bench_hotpath.py [--requests 20000] [--profile out.prof [--profile-kind fresh]]
 """
 import argparse
 import cProfile
@@ -160,9 +160,15 @@ def _drive(site, requests, pump=lambda: 0, profile=None, prime=()):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=20000)
-    p.add_argument("--profile", help="cProfile the retry run into this file")
+    p.add_argument("--profile", help="cProfile one run into this file")
+    p.add_argument("--profile-kind", choices=("retry", "fresh"), default="retry",
+                   help="which run --profile covers (retry)")
     args = p.parse_args(argv)
     n = args.requests
+
+    def profiled(kind):
+        return args.profile if args.profile_kind == kind else None
+
     clock = MemoryReactorClock()
     clock.advance(time.time())  # certificates are judged at the clock's time
     retryChains = numberedChains("retry", 0, 100, projectUUIDs(10))
@@ -179,10 +185,10 @@ def main(argv=None):
     rows = [("floor: twisted.web parses the body, answers 201",
              _drive(floor, retries[:n])),
             ("retry Present (duplicate of an appended challenge)",
-             _drive(site, retries, valkey.pump, args.profile, prime=retry)),
+             _drive(site, retries, valkey.pump, profiled("retry"), prime=retry)),
             ("fresh Present (first time: owner walk, full append)",
              _drive(site, [postRequest(PATH, b, extraHeaders=extra)
-                           for b in _bodies(freshChains)], valkey.pump))]
+                           for b in _bodies(freshChains)], valkey.pump, profiled("fresh")))]
     print(f"bench_hotpath: {n} requests per row, CPU µs per request (in memory: no TLS, "
           f"no sockets; fake API, in-memory Valkey, JSON log to /dev/null)")
     for label, us in rows:
