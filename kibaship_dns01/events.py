@@ -247,7 +247,10 @@ def buildDelegationActiveEvent(context, details, challenge, now):
     payload = _challengePayload(DELEGATION_ACTIVE, cid, details["fqdn"], details["zone"],
                                 spec["key"], details["ttl"], spec.get("dnsName") or "",
                                 bool(details.get("delegated")), context, now)
-    payload["delegation"] = dict(details["delegation"], active=True)
+    offered = details["delegation"]
+    # in the order a present payload has it (the mark's record may have sorted its keys)
+    payload["delegation"] = {"type": offered["type"], "name": offered["name"],
+                             "value": offered["value"], "active": True}
     return _envelope(context, DELEGATION_ACTIVE, cid, payload["namespace"], payload, now, None,
                      delegationActiveKey(details["delegation"]))
 

@@ -266,6 +266,8 @@ class ActivationTests(DelegationCase):
         active = self.payloads()[2]
         self.assertEqual((active["delegation"], active["challenge_id"]),
                          (self.delegation.asPayload(True), self.payloads()[0]["challenge_id"]))
+        # the frontend reads one shape: the keys in the order the present had them
+        self.assertEqual(list(active["delegation"]), list(self.payloads()[0]["delegation"]))
         asked = len(self.checker.calls)
         self.status("invalid", "later trouble")  # seen active already: not asked again
         self.assertEqual(len(self.checker.calls), asked)
