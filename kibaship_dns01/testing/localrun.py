@@ -232,6 +232,8 @@ async def _delegated(reactor, env, world, base, cluster, key, project):
     _say("   after the CleanUp the key is withdrawn:")
     await _dig(world, offer["value"], replica=0)
     return ok
+
+
 def _runUntilStopped(reactor, args, cluster):
     """:func:`_run`, cancelled when the reactor is asked to stop (Ctrl-C).
 
