@@ -357,6 +357,27 @@ class InstallTests(SynchronousTestCase):
         self.assertEqual(drift(self.monitoringObjects(self.componentDocs()), charted,
                                overlay="deploy/components/monitoring"), [])
 
+    def test_chartRunbookURL(self):
+        """prometheusRule.runbookURL points every alert at the operator's copy of the
+        runbook, each keeping its own anchor; a value that is not a URL is refused."""
+        from tests.test_helm import chart, refusal, setArgs
+
+        def runbooks(*args):
+            [rule] = checkDeploy.find(chart(self, *setArgs(prometheusRule__enabled="true"), *args),
+                                      "PrometheusRule")
+            return {r["alert"]: r["annotations"]["runbook_url"]
+                    for group in rule["spec"]["groups"] for r in group["rules"] if "alert" in r}
+
+        default = runbooks()
+        moved = runbooks(*setArgs(prometheusRule__runbookURL="https://wiki.example.net/dns01"))
+        self.assertEqual(set(moved), {r["alert"] for r in alertRules()})
+        self.assertEqual(moved, {alert: "https://wiki.example.net/dns01#" + url.partition("#")[2]
+                                 for alert, url in default.items()})
+        self.assertTrue(all(url.startswith(RUNBOOK_URL) and len(url) > len(RUNBOOK_URL)
+                            for url in default.values()), default)
+        self.assertIn("runbookURL", refusal(self, *setArgs(prometheusRule__enabled="true",
+                                                           prometheusRule__runbookURL="wiki page")))
+
     def test_chartValues(self):
         from tests.test_helm import chart, setArgs
         self.assertEqual(self.monitoringObjects(chart(self)), [], "off by default")
