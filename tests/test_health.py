@@ -3,8 +3,12 @@ strings operators type (``?verbose``, ``?verbose=1``, ``?exclude=...``), answere
 ``k8s.io/apiserver``'s ``handleRootHealth`` answers them."""
 from twisted.internet import defer, reactor
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
 
 from kibaship_dns01.api.health import queryOf
+from kibaship_dns01.auth.types import Decision
+from kibaship_dns01.interfaces import IAuthorizer
 from kibaship_dns01.testing.httpclient import request
 from tests.support import startTLSSite
 
@@ -20,13 +24,30 @@ class Condition:
         return self.ready
 
 
-class HealthTests(TestCase):
+@implementer(IAuthorizer)
+class PathAuthorizer:
+    """Allows ``get`` on the paths in ``allowed``; remembers every path it was asked about."""
+
+    def __init__(self, allowed):
+        self.allowed, self.asked = set(allowed), []
+
+    def authorize(self, attributes):
+        self.asked.append(attributes.path)
+        allowed = attributes.verb == "get" and attributes.path in self.allowed
+        return defer.succeed(Decision(allowed, "" if allowed else "forbidden by the test"))
+
+
+class SiteMixin:
+    """The real site over TLS, started on the first request, with one cache condition."""
+
     site = None
+    authorizer = None
 
     async def get(self, path, ready=True):
         if self.site is None:
             self.cache = Condition("challenge-cache", ready)
-            self.site = await startTLSSite(self, None, readiness=[self.cache])
+            self.site = await startTLSSite(self, None, readiness=[self.cache],
+                                           authorizer=self.authorizer)
         self.cache.ready = ready
         return await request(reactor, "GET", self.site.url(path), caPEM=self.site.ca.certPEM)
 
@@ -36,6 +57,8 @@ class HealthTests(TestCase):
                          [b"text/plain; charset=utf-8"])
         self.assertEqual(resp.headers.getRawHeaders(b"x-content-type-options"), [b"nosniff"])
 
+
+class HealthTests(SiteMixin, TestCase):
     def test_plainAnswerIsOk(self):
         async def go():
             for path in ("/readyz", "/livez", "/healthz"):
@@ -107,6 +130,43 @@ class HealthTests(TestCase):
                 b"[-]challenge-cache failed: reason withheld\n[+]shutdown ok\n"
                 b'warn: some health checks cannot be excluded: no matches for "etcd"\n'
                 b"readyz check failed\n")
+        return defer.ensureDeferred(go())
+
+
+class CheckPathTests(SiteMixin, TestCase):
+    """``/<endpoint>/<check>``, one check each, as ``k8s.io/apiserver`` installs them;
+    authorized like any other non-resource path (only the three roots are always allowed)."""
+
+    def setUp(self):
+        self.authorizer = PathAuthorizer({"/readyz", "/readyz/challenge-cache", "/readyz/ping",
+                                          "/livez/ping", "/healthz/ping", "/readyz/shutdown",
+                                          "/readyz/etcd", "/livez/challenge-cache"})
+        verifyObject(IAuthorizer, self.authorizer)
+
+    def test_oneCheck(self):
+        async def go():
+            for path in ("/readyz/challenge-cache", "/readyz/ping", "/readyz/shutdown",
+                         "/livez/ping", "/healthz/ping"):
+                self.assertAnswer(await self.get(path), 200, b"ok")
+            self.assertAnswer(await self.get("/readyz/challenge-cache", ready=False), 500,
+                              b"internal server error: reason withheld\n")
+            self.assertAnswer(await self.get("/readyz/ping", ready=False), 200, b"ok")
+        return defer.ensureDeferred(go())
+
+    def test_unknownCheckIsNotFound(self):
+        async def go():
+            self.assertEqual((await self.get("/readyz/etcd")).code, 404)
+            # liveness has the ping check only
+            self.assertEqual((await self.get("/livez/challenge-cache")).code, 404)
+        return defer.ensureDeferred(go())
+
+    def test_checkPathsAreAuthorized(self):
+        async def go():
+            self.assertEqual((await self.get("/readyz")).code, 200)
+            self.assertEqual((await self.get("/livez/ping")).code, 200)
+            self.authorizer.allowed.discard("/livez/ping")
+            self.assertEqual((await self.get("/livez/ping")).code, 403)
+            self.assertEqual(self.authorizer.asked, ["/readyz", "/livez/ping", "/livez/ping"])
         return defer.ensureDeferred(go())
 
 

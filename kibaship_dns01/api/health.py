@@ -13,11 +13,17 @@ line for line:
 - a failing check: HTTP 500 and every line, then ``<endpoint> check failed``
   (whether or not ``verbose`` was asked: Go's handler is always verbose on failure);
 - all passing: ``ok``, or with ``?verbose`` (any value, or none) the lines and
-  ``<endpoint> check passed``.
+  ``<endpoint> check passed``;
+- one check, ``/<endpoint>/<check>`` (as ``InstallPathHandler`` adds a path per
+  check): ``ok``, or HTTP 500 ``internal server error: reason withheld``.  Unlike the
+  three root paths these are not always allowed: they are authenticated and
+  authorized like any other non-resource path (``get`` on ``/readyz/<check>``), as in
+  ``k8s.io/apiserver``, whose always-allow list names the three paths exactly.
 
 The query is read from the raw request URI: Twisted's parser drops a parameter
 without ``=``, and ``?verbose`` has none (Go's ``url.ParseQuery`` keeps it).
 """
+import functools
 import urllib.parse
 
 import attr
@@ -57,6 +63,11 @@ class HealthEndpoint:
     name = attr.ib()
     checks = attr.ib(converter=tuple)
 
+    def subPaths(self):
+        """``{"/<endpoint>/<check>": render}`` for each check."""
+        return {f"/{self.name}/{check.name}": functools.partial(_renderOne, check)
+                for check in self.checks}
+
     def render(self, request):
         """Answer ``request`` (status and headers set); return the body."""
         query = queryOf(request.uri)
@@ -74,11 +85,24 @@ class HealthEndpoint:
         if excluded:
             lines.append("warn: some health checks cannot be excluded: no matches for "
                          + _quoted(sorted(excluded)))
-        request.setHeader(b"content-type", _CONTENT_TYPE)
-        request.setHeader(b"x-content-type-options", b"nosniff")
+        _plainText(request)
         if failed:
             request.setResponseCode(500)
         elif "verbose" not in query:
             return b"ok"
         verdict = "failed" if failed else "passed"
         return "".join(f"{line}\n" for line in [*lines, f"{self.name} check {verdict}"]).encode()
+
+
+def _plainText(request):
+    request.setHeader(b"content-type", _CONTENT_TYPE)
+    request.setHeader(b"x-content-type-options", b"nosniff")
+
+
+def _renderOne(check, request):
+    """``/<endpoint>/<check>``: Go's ``adaptCheckToHandler``."""
+    _plainText(request)
+    if check.isReady():
+        return b"ok"
+    request.setResponseCode(500)
+    return b"internal server error: reason withheld\n"

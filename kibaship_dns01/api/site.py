@@ -100,10 +100,11 @@ class APIResource(Resource):
         self._solverTimeout = solverTimeout
         # liveness (and /healthz, the Deployment's liveness probe) never waits for caches:
         # a pod restarted because the API server is slow would not load them faster
-        health = {"healthz": [PING], "livez": [PING], "readyz": [PING, *self.readiness]}
+        health = [HealthEndpoint(name, checks) for name, checks in (
+            ("healthz", [PING]), ("livez", [PING]), ("readyz", [PING, *self.readiness]))]
         self._gets = {
-            **{f"/{name}": HealthEndpoint(name, checks).render
-               for name, checks in health.items()},
+            **{f"/{endpoint.name}": endpoint.render for endpoint in health},
+            **{path: render for endpoint in health for path, render in endpoint.subPaths().items()},
             "/version": lambda r: writeJSON(r, 200, discovery.versionInfo()),
             "/apis": lambda r: writeJSON(r, 200, discovery.apiGroupList(api)),
             f"/apis/{api.group}": lambda r: writeJSON(r, 200, discovery.apiGroupDocument(api)),
