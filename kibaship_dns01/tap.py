@@ -15,7 +15,7 @@ from twisted.python import usage
 
 from kibaship_dns01.durations import parseDuration
 from kibaship_dns01.logs import LEVELS
-from kibaship_dns01.names import isDNS1123Label, isDNS1123Subdomain
+from kibaship_dns01.names import bareName, isDNS1123Label, isDNS1123Subdomain
 
 ENV_PREFIX = "KIBASHIP_DNS01_"
 
@@ -149,7 +149,7 @@ def _zone(flag, value):
     """A delegation zone: a DNS name, any case, trailing dot optional; ``""``: off."""
     if not value:
         return ""
-    return _dnsName(flag, value.lower().rstrip("."))
+    return _dnsName(flag, bareName(value))
 
 
 def _list(flag, value, item):

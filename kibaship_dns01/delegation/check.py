@@ -21,6 +21,7 @@ from twisted.names import client, dns, error
 from zope.interface import implementer
 
 from kibaship_dns01.interfaces import ICNAMEChecker
+from kibaship_dns01.names import bareName
 
 log = Logger()
 
@@ -29,10 +30,6 @@ DEFAULT_BUDGET = 1.0
 MAX_HOPS = 8
 #: answers that mean "the resolvers looked, and there is no such CNAME"
 _DEFINITE = (error.DNSNameError,)
-
-
-def _bare(name):
-    return name.lower().rstrip(".")
 
 
 @implementer(ICNAMEChecker)
@@ -51,7 +48,7 @@ class CNAMEChecker:
             servers=list(servers), timeout=(perTry,), reactor=clock)
 
     def check(self, name, target):
-        d = defer.ensureDeferred(self._follow(_bare(name), _bare(target)))
+        d = defer.ensureDeferred(self._follow(bareName(name), bareName(target)))
         d.addTimeout(self._budget, self._clock)
         return d.addErrback(self._unknown, name)
 
@@ -80,8 +77,8 @@ class CNAMEChecker:
 def _cnameOf(answers, name):
     """The target of ``name``'s CNAME among ``answers`` (bare, lower case), or ``None``."""
     for rr in answers:
-        if rr.type == dns.CNAME and _bare(rr.name.name.decode("ascii", "replace")) == name:
-            return _bare(rr.payload.name.name.decode("ascii", "replace"))
+        if rr.type == dns.CNAME and bareName(rr.name.name.decode("ascii", "replace")) == name:
+            return bareName(rr.payload.name.name.decode("ascii", "replace"))
     return None
 
 

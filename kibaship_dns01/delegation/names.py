@@ -30,6 +30,8 @@ import re
 
 import attr
 
+from kibaship_dns01.names import bareName
+
 #: the context string: a future derivation (v2) can never produce a v1 label
 _CONTEXT = b"kibaship-dns01 delegation label v1\x00"
 _DIGEST_BYTES = 20
@@ -40,7 +42,7 @@ LABEL_PATTERN = re.compile(r"[a-z2-7]{%d}" % (LABEL_LENGTH,))
 
 def normalDomain(dnsName):
     """The domain a delegation is for: lower case, no trailing dot, no ``*.``."""
-    name = dnsName.lower().rstrip(".")
+    name = bareName(dnsName)
     return name[2:] if name.startswith("*.") else name
 
 
@@ -80,7 +82,7 @@ class DelegationNamer:
 
     secret = attr.ib(repr=False)
     #: the delegated zone, lower case, without the trailing dot
-    zone = attr.ib(converter=lambda z: z.lower().rstrip("."))
+    zone = attr.ib(converter=bareName)
 
     def delegationFor(self, projectUUID, dnsName):
         label = delegationLabel(self.secret, projectUUID, dnsName)

@@ -17,6 +17,8 @@ Certificates there could label it with another tenant's project.
 """
 import attr
 
+from kibaship_dns01.names import bareName, isWithin
+
 #: ``--delegation-namespaces`` value meaning every namespace
 ALL_NAMESPACES = "*"
 
@@ -67,8 +69,8 @@ class DelegationOffer:
 
     def zoneName(self, fqdn):
         """``fqdn`` (bare, lower case) when it lies in the delegation zone, else ``None``."""
-        name = fqdn.lower().rstrip(".")
-        return name if name == self.zone or name.endswith("." + self.zone) else None
+        name = bareName(fqdn)
+        return name if isWithin(name, self.zone) else None
 
     def foreignName(self, fqdn, delegation):
         """``fqdn`` (bare) when it lies in the delegation zone but is not ``delegation``'s
