@@ -125,6 +125,21 @@ class Responder:
             log, clock, "the delegation store failed {count} time(s) in the last {interval}s "
             "(DNS answered SERVFAIL); the latest: {reason}", log_kind="dns_store_failure")
 
+    def respondToBytes(self, data, transport):
+        """The :class:`Answer` to the query in ``data`` (a Deferred), or ``None`` when
+        ``data`` is not a readable query: counted as malformed on ``transport``
+        (``udp``/``tcp``), never answered."""
+        query = wire.parseQuery(data)
+        if query is None:
+            metrics.labelled(metrics.DNS_MALFORMED, transport).inc()
+            return None
+        return self.respond(query)
+
+    def countSent(self, answer, transport, started):
+        """Count ``answer``, sent on ``transport``, with its latency since ``started``."""
+        metrics.labelled(metrics.DNS_QUERIES, transport, RCODE_NAMES[answer.rcode]).inc()
+        metrics.labelled(metrics.DNS_LATENCY, transport).observe(self.clock.seconds() - started)
+
     def respond(self, query):
         """The :class:`Answer` to ``query`` (a parsed query, QR clear): a Deferred."""
         try:

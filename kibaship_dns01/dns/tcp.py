@@ -28,7 +28,6 @@ from zope.interface import implementer
 
 from kibaship_dns01 import metrics
 from kibaship_dns01.dns import wire
-from kibaship_dns01.dns.answers import RCODE_NAMES
 from kibaship_dns01.logs import ThrottledLog
 
 log = Logger()
@@ -108,12 +107,10 @@ class DNSStreamProtocol(Protocol, TimeoutMixin):
 
     def _handle(self, data):
         started = self.factory.clock.seconds()
-        query = wire.parseQuery(data)
-        if query is None:
-            metrics.labelled(metrics.DNS_MALFORMED, "tcp").inc()
+        d = self.factory.responder.respondToBytes(data, "tcp")
+        if d is None:
             return
         self._pending += 1
-        d = self.factory.responder.respond(query)
         d.addCallback(self._send, started)
         d.addErrback(lambda f: log.failure("answering a DNS query over TCP", f))
         d.addBoth(self._answered)
@@ -123,9 +120,7 @@ class DNSStreamProtocol(Protocol, TimeoutMixin):
             return
         data, _ = wire.encodeAnswer(answer.message, MAX_TCP_MESSAGE)
         self.transport.write(_PREFIX.pack(len(data)) + data)
-        metrics.labelled(metrics.DNS_QUERIES, "tcp", RCODE_NAMES[answer.rcode]).inc()
-        metrics.labelled(metrics.DNS_LATENCY, "tcp").observe(
-            self.factory.clock.seconds() - started)
+        self.factory.responder.countSent(answer, "tcp", started)
 
     def _answered(self, _):
         self._pending -= 1

@@ -36,7 +36,6 @@ from twisted.logger import Logger
 
 from kibaship_dns01 import metrics
 from kibaship_dns01.dns import wire
-from kibaship_dns01.dns.answers import RCODE_NAMES
 from kibaship_dns01.dns.ratelimit import ANSWER, SLIP
 
 log = Logger()
@@ -114,11 +113,9 @@ class DNSDatagramProtocol(DatagramProtocol):
                 self._limited(action, data, addr)
                 return
         started = self.clock.seconds()
-        query = wire.parseQuery(data)
-        if query is None:
-            metrics.labelled(metrics.DNS_MALFORMED, "udp").inc()
+        d = self.responder.respondToBytes(data, "udp")
+        if d is None:
             return
-        d = self.responder.respond(query)
         d.addCallback(self._send, addr, started)
         d.addErrback(lambda f: log.failure("answering a DNS query from {peer}", f,
                                            peer=addr[0]))
@@ -137,8 +134,7 @@ class DNSDatagramProtocol(DatagramProtocol):
             return
         if truncated:
             metrics.DNS_TRUNCATED.inc()
-        metrics.labelled(metrics.DNS_QUERIES, "udp", RCODE_NAMES[answer.rcode]).inc()
-        metrics.labelled(metrics.DNS_LATENCY, "udp").observe(self.clock.seconds() - started)
+        self.responder.countSent(answer, "udp", started)
 
     def _write(self, data, addr):
         """Send ``data``; ``False`` when the port has closed or the kernel refused it."""
