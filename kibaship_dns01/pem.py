@@ -48,13 +48,20 @@ def loadKeyPair(certPEM, keyPEM):
     chain = loadCertificates(certPEM)
     if not chain:
         raise ValueError("no PEM certificate found")
+    return chain, loadPrivateKey(keyPEM)
+
+
+def loadPrivateKey(keyPEM):
+    """The unencrypted private key of ``keyPEM``, a ``cryptography`` object.
+
+    :raise ValueError: a malformed or encrypted key, or one of a type OpenSSL lacks.
+    """
     if isinstance(keyPEM, str):
         keyPEM = keyPEM.encode("utf-8")
     try:
-        key = serialization.load_pem_private_key(keyPEM, password=None)
+        return serialization.load_pem_private_key(keyPEM, password=None)
     except (TypeError, UnsupportedAlgorithm) as e:  # encrypted, or a key type OpenSSL lacks
         raise ValueError(f"the private key cannot be used: {e}")
-    return chain, key
 
 
 def certificateOptions(certPEM, keyPEM):

@@ -24,7 +24,7 @@ from twisted.internet.interfaces import IOpenSSLServerConnectionCreator
 from kibaship_dns01 import metrics
 from kibaship_dns01.api.tlspolicy import DEFAULT, PolicyError
 from kibaship_dns01.interfaces import IReadiness
-from kibaship_dns01.pem import loadCertificates, loadKeyPair
+from kibaship_dns01.pem import loadCertificates, loadPrivateKey
 
 log = Logger()
 
@@ -66,9 +66,10 @@ def buildContext(certPEM, keyPEM, clientCAs=(), policy=DEFAULT):
     TLS 1.2 suite of the policy suits its key.
     """
     try:
-        if not loadCertificates(certPEM):
+        chain = loadCertificates(certPEM)
+        if not chain:
             raise CertificateLoadError("certificate file holds no PEM certificate")
-        chain, key = loadKeyPair(certPEM, keyPEM)
+        key = loadPrivateKey(keyPEM)
         ctx = SSL.Context(SSL.TLS_SERVER_METHOD)
         policy.apply(ctx, chain[0])
         ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE)
