@@ -206,18 +206,22 @@ def _allItems(page):
     return page.get("items") or ()
 
 
+def _invalidJSON(what, error):
+    return KubeError("%s: the API server answered invalid JSON: %s" % (what, error))
+
+
 def _decodeJSON(body, what):
     try:
         return json.loads(body)
     except ValueError as e:
-        raise KubeError("%s: the API server answered invalid JSON: %s" % (what, e))
+        raise _invalidJSON(what, e)
 
 
 def _decodeListPage(body, what):
     try:
         page = decodeList(body)
     except ValueError as e:
-        raise KubeError("%s: the API server answered invalid JSON: %s" % (what, e))
+        raise _invalidJSON(what, e)
     if isinstance(page, dict) and not isinstance(page.get("items"), (list, tuple, type(None))):
         page["items"] = _checkedItems(page["items"], what)
     return page
@@ -228,7 +232,7 @@ def _checkedItems(items, what):
     try:
         yield from items
     except ValueError as e:
-        raise KubeError("%s: the API server answered invalid JSON: %s" % (what, e))
+        raise _invalidJSON(what, e)
 
 
 def _statusOf(body):

@@ -533,12 +533,8 @@ class Informer(service.Service):
                       stored if self._view is None else self._view(obj), count=not listed)
 
     def _delete(self, obj):
-        if not obj.get("metadata"):
-            self._drop(_key(obj), None)
-        elif self._view is not None:
-            self._drop(_key(obj), self._view(obj))
-        else:
-            self._drop(_key(obj), self._trim(obj))
+        last = (self._view or self._trim)(obj) if obj.get("metadata") else None
+        self._drop(_key(obj), last)
 
     def _drop(self, key, last, count=True):
         """Forget ``key``; listeners see its ``last`` state, else the cached one."""
