@@ -252,7 +252,7 @@ def buildDelegationActiveEvent(context, details, challenge, now):
     payload["delegation"] = {"type": offered["type"], "name": offered["name"],
                              "value": offered["value"], "active": True}
     return _envelope(context, DELEGATION_ACTIVE, cid, payload["namespace"], payload, now, None,
-                     delegationActiveKey(details["delegation"]))
+                     delegationActiveKey(offered))
 
 
 def certificateID(namespace, name):

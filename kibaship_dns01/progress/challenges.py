@@ -216,12 +216,16 @@ class ChallengeFollower:
         if reminder is not None:
             key += ":reminder:%d" % (reminder,)
         event = buildStatusEvent(context, details, obj, phase, utcNow(self._clock), key, reminder)
-        result = await self._publisher.appendEvent(
-            target, context.projectUUID, event.fields, key, sequenceField=SEQUENCE_FIELD,
-            window=self._window)
+        result = await self._append(target, context, event)
         self._remember(uid, meta, state, phase, reminder, details.get("presentedAt")
                        or parseTime(meta.get("creationTimestamp")))
         self._landed(result, event, phase, details, where, reminder)
+
+    def _append(self, target, context, event):
+        """Append ``event`` to its project's stream, once per idempotency key."""
+        return self._publisher.appendEvent(
+            target, context.projectUUID, event.fields, event.idempotencyKey,
+            sequenceField=SEQUENCE_FIELD, window=self._window)
 
     async def _delegationSeen(self, context, details, obj, target, where):
         """Say ``delegation_active`` once, when a CNAME the Present offered appears."""
@@ -232,9 +236,7 @@ class ChallengeFollower:
         if await self._checker.check(offered["name"], offered["value"]) is not True:
             return
         event = buildDelegationActiveEvent(context, details, obj, utcNow(self._clock))
-        result = await self._publisher.appendEvent(
-            target, context.projectUUID, event.fields, event.idempotencyKey,
-            sequenceField=SEQUENCE_FIELD, window=self._window)
+        result = await self._append(target, context, event)
         self._active.put(offered["value"], True)
         if not result.duplicate:
             metrics.PROGRESS_EVENTS.labels(operation=DELEGATION_ACTIVE, phase="").inc()
