@@ -103,11 +103,16 @@ def _number(flag, value, minimum=0, kind=float):
 _integer = functools.partial(_number, kind=int)
 
 
-def _duration(flag, value, allowZero=False):
+def _parsed(flag, parse, value, errors=ValueError):
+    """``parse(value)``; its ``errors`` become a usage error naming ``--flag``."""
     try:
-        seconds = parseDuration(value)
-    except ValueError as e:
+        return parse(value)
+    except errors as e:
         raise usage.UsageError(f"--{flag}: {e}")
+
+
+def _duration(flag, value, allowZero=False):
+    seconds = _parsed(flag, parseDuration, value)
     if seconds < 0 or (seconds == 0 and not allowZero):
         raise usage.UsageError(f"--{flag}: must be greater than zero, got {value!r}")
     return seconds
@@ -115,10 +120,7 @@ def _duration(flag, value, allowZero=False):
 
 def _optionalDuration(flag, value, minimum=0.0):
     """A duration where ``0`` means off; otherwise at least ``minimum`` seconds."""
-    try:
-        seconds = parseDuration(value)
-    except ValueError as e:
-        raise usage.UsageError(f"--{flag}: {e}")
+    seconds = _parsed(flag, parseDuration, value)
     if seconds < 0 or 0 < seconds < minimum:
         raise usage.UsageError(f"--{flag}: must be 0 (off) or at least {minimum:g}s, "
                                f"got {value!r}")
@@ -179,10 +181,7 @@ def _hostPort(flag, value, defaultPort=53):
 def _valkeyAddress(flag, value):
     from kibaship_dns01.valkey.target import parseAddress
 
-    try:
-        parseAddress(value)
-    except ValueError as e:
-        raise usage.UsageError(f"--{flag}: {e}")
+    _parsed(flag, parseAddress, value)
     return value
 
 
@@ -192,10 +191,7 @@ def _secretFile(flag, value):
         return None
     from kibaship_dns01.delegation.secret import DelegationSecretError, loadSecret
 
-    try:
-        loadSecret(_file(flag, value))
-    except DelegationSecretError as e:
-        raise usage.UsageError(f"--{flag}: {e}")
+    _parsed(flag, loadSecret, _file(flag, value), DelegationSecretError)
     return value
 
 
@@ -338,19 +334,13 @@ FLAGS = (
 def _tlsMinVersion(flag, value):
     from kibaship_dns01.api.tlspolicy import PolicyError, parseMinVersion
 
-    try:
-        return parseMinVersion(value)
-    except PolicyError as e:
-        raise usage.UsageError(f"--{flag}: {e}")
+    return _parsed(flag, parseMinVersion, value, PolicyError)
 
 
 def _tlsCipherSuites(flag, value):
     from kibaship_dns01.api.tlspolicy import PolicyError, parseCipherSuites
 
-    try:
-        return parseCipherSuites(value)
-    except PolicyError as e:
-        raise usage.UsageError(f"--{flag}: {e}")
+    return _parsed(flag, parseCipherSuites, value, PolicyError)
 
 
 FLAGS += (
